@@ -1,0 +1,1 @@
+"""A/B evaluation: offline paired tests, interleaving, decision, report (no Triton imports here)."""

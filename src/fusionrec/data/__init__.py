@@ -1,0 +1,1 @@
+"""Data: the built-in demo catalog, ingest (the data contract), dataset artifacts, real-data adapters."""

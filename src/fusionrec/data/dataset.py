@@ -1,0 +1,114 @@
+"""Read a dataset artifact (written by the ingest step); see docs/ARCHITECTURE.md.
+
+Example:
+    >>> ds = DatasetArtifact("artifacts/dataset")                     # doctest: +SKIP
+    >>> cases, histories = ds.eval_cases("test", max_len=50)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fusionrec.artifacts import read_json, read_manifest
+from fusionrec.ranking import left_pad
+
+SPLITS = ("train", "valid", "test")
+
+
+class DatasetArtifact:
+    """A read-only view of a dataset artifact folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path, kind="dataset")
+
+    # -- tables ---------------------------------------------------------------------------
+    @cached_property
+    def items(self) -> pd.DataFrame:
+        """One row per item, sorted by ``item_idx`` (1..n_items)."""
+        return pd.read_parquet(self.path / "items.parquet").sort_values("item_idx").reset_index(drop=True)
+
+    @cached_property
+    def users(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "users.parquet").sort_values("user_idx").reset_index(drop=True)
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        """Every kept event, sorted by (user_idx, seq_pos)."""
+        df = pd.read_parquet(self.path / "interactions" / "events.parquet")
+        return df.sort_values(["user_idx", "seq_pos"], kind="stable").reset_index(drop=True)
+
+    def split(self, name: str) -> pd.DataFrame:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split '{name}', expected one of {SPLITS}")
+        return pd.read_parquet(self.path / "interactions" / f"{name}.parquet")
+
+    @cached_property
+    def stats(self) -> dict:
+        return read_json(self.path / "stats.json")
+
+    @cached_property
+    def meta(self) -> dict:
+        p = self.path / "meta.json"
+        return read_json(p) if p.exists() else {}
+
+    @property
+    def n_items(self) -> int:
+        return int(len(self.items))
+
+    @property
+    def n_users(self) -> int:
+        return int(len(self.users))
+
+    @cached_property
+    def cold_items(self) -> np.ndarray:
+        """item_idx of the held-out cold-start items."""
+        return self.items.loc[self.items["cold"].astype(bool), "item_idx"].to_numpy(np.int64)
+
+    @cached_property
+    def item_ids(self) -> np.ndarray:
+        """External item id per item_idx; index 0 is the padding entry ''."""
+        ids = np.empty(self.n_items + 1, dtype=object)
+        ids[0] = ""
+        ids[self.items["item_idx"].to_numpy()] = self.items["item_id"].astype(str).to_numpy()
+        return ids
+
+    def media_path(self, relative: str | None) -> Path | None:
+        """Absolute path of a media file stored in the artifact (``None`` stays ``None``)."""
+        if relative is None or (isinstance(relative, float) and np.isnan(relative)):
+            return None
+        return self.path / str(relative)
+
+    # -- sequences ------------------------------------------------------------------------
+    def train_sequences(self) -> list[np.ndarray]:
+        """Per user (in user_idx order, users without train events skipped) the train item_idx sequence."""
+        tr = self.events[self.events["split"] == "train"]
+        return [g["item_idx"].to_numpy(np.int64) for _, g in tr.groupby("user_idx", sort=True)]
+
+    def train_sequences_by_user(self) -> dict[int, np.ndarray]:
+        tr = self.events[self.events["split"] == "train"]
+        return {int(u): g["item_idx"].to_numpy(np.int64) for u, g in tr.groupby("user_idx", sort=True)}
+
+    def eval_cases(self, split: str = "test", max_len: int = 50) -> tuple[pd.DataFrame, np.ndarray]:
+        """The evaluation cases of ``split`` and their histories.
+
+        Returns ``(cases, histories)``: ``cases`` has ``case_id, user_idx, item_idx, timestamp,
+        seq_pos, segment``; ``histories`` is int64 [n_cases, max_len], left-padded, holding that
+        user's events with a smaller ``seq_pos`` (most recent last).
+        """
+        if split not in ("valid", "test"):
+            raise ValueError("eval cases exist for 'valid' and 'test'")
+        cases = self.split(split).sort_values("case_id").reset_index(drop=True)
+        if "segment" not in cases:
+            cases["segment"] = "warm"
+        by_user = {int(u): g["item_idx"].to_numpy(np.int64) for u, g in self.events.groupby("user_idx", sort=False)}
+        seqs = [by_user[int(u)][: int(p)] for u, p in zip(cases["user_idx"], cases["seq_pos"])]
+        return cases, left_pad(seqs, max_len)
+
+    def __repr__(self) -> str:
+        return f"DatasetArtifact({str(self.path)!r}, items={self.n_items}, users={self.n_users})"

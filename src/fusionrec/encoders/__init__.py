@@ -1,0 +1,1 @@
+"""Pretrained per-modality encoders behind a name registry, and the encode step."""

@@ -1,0 +1,1 @@
+"""Alignment, fusion, the sequential user model, baselines and training."""

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny demo catalog (real files) and its ingested dataset artifact, made once per session.
+
+Fixtures stay tiny (tens of items) so the suite fits CI's 2 cores; the default 2,000-item
+catalog belongs to benchmarks/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FUSIONREC_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY = dict(items=60, users=40, events_per_user=12, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    """A raw dataset folder in the data contract, from the demo generator (with corrupt media on purpose)."""
+    from fusionrec.data.demo import DemoConfig, generate
+
+    out = tmp_path_factory.mktemp("raw") / "demo"
+    generate(out, DemoConfig(n_items=TINY["items"], n_users=TINY["users"], events_per_user=TINY["events_per_user"], seed=TINY["seed"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_raw, tmp_path_factory) -> Path:
+    """The ingested dataset artifact of ``tiny_raw``."""
+    from fusionrec.data.ingest import IngestConfig, run
+
+    out = tmp_path_factory.mktemp("artifacts") / "dataset"
+    run(tiny_raw, out, IngestConfig(cold_item_share=0.1, seed=0))
+    return out
