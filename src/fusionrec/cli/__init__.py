@@ -15,7 +15,7 @@ import typer
 from fusionrec import __version__
 
 # Order is the order of the pipeline, which is also the order --help lists them in.
-COMMAND_MODULES = ("data", "encode", "model", "serve", "ab", "pipeline", "demo")
+COMMAND_MODULES = ("demo", "demodata", "data", "datasets", "encode", "model", "serve", "ab", "pipeline")
 
 app = typer.Typer(
     name="fusionrec",

@@ -1,0 +1,66 @@
+"""Full-ranking metrics for leave-one-out cases (one relevant item per case).
+
+Each case has one target; its rank is its 1-based position in the model's ranking of the whole
+catalog (history items excluded). With only top-K lists kept, a target outside the top K has
+rank 0 ("not found"): Recall/NDCG@k for k <= K are exact and MRR is MRR@K.
+
+Example:
+    >>> ranks = ranks_from_topk(np.array([[5, 3, 9]]), np.array([3]))
+    >>> ranks
+    array([2])
+    >>> per_case_metrics(ranks, ks=(1, 2))["ndcg@2"]
+    array([0.63092975])
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_KS = (10, 20, 50)
+
+
+def ranks_from_topk(topk_idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each target in its row of ``topk_idx`` [N, K]; 0 where it is absent."""
+    topk_idx = np.asarray(topk_idx)
+    targets = np.asarray(targets).reshape(-1, 1)
+    hit = topk_idx == targets
+    found = hit.any(axis=1)
+    return np.where(found, hit.argmax(axis=1) + 1, 0).astype(np.int64)
+
+
+def per_case_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Recall@k, NDCG@k per case and reciprocal rank (MRR per case) from 1-based ranks (0 = not found)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    found = ranks > 0
+    safe = np.where(found, ranks, 1.0)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        hit = found & (ranks <= k)
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0)
+    out["mrr"] = np.where(found, 1.0 / safe, 0.0)
+    return out
+
+
+def item_coverage(topk_idx: np.ndarray, n_items: int, k: int) -> float:
+    """Share of the catalog's n_items that appears in at least one case's top-k list."""
+    topk_idx = np.asarray(topk_idx)[:, :k]
+    shown = np.unique(topk_idx[topk_idx > 0])
+    return float(len(shown)) / float(n_items) if n_items else 0.0
+
+
+def summarize(per_case: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
+    """Mean of each per-case metric (over ``mask`` when given); ``n`` is the number of cases."""
+    out: dict[str, float] = {}
+    for name, values in per_case.items():
+        v = np.asarray(values)[mask] if mask is not None else np.asarray(values)
+        out[name] = float(v.mean()) if len(v) else float("nan")
+    n = int(np.asarray(mask).sum()) if mask is not None else len(next(iter(per_case.values()), []))
+    out["n"] = n
+    return out
+
+
+def metric_names(ks: Iterable[int] = DEFAULT_KS) -> list[str]:
+    return [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")] + ["mrr"]
