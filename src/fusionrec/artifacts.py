@@ -33,9 +33,17 @@ class ArtifactError(RuntimeError):
     """An artifact folder is missing, incomplete or of the wrong kind."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp makes 0600 files; artifacts are read by other users (KFP steps, Triton containers).
+    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
 
 
@@ -203,6 +211,7 @@ def artifact_dir(target: str | os.PathLike, overwrite: bool = True) -> Iterator[
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
         yield tmp
         if target.exists():
