@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -201,7 +202,14 @@ def _text(genre: int, rng: np.random.Generator) -> tuple[str, str]:
         g = _GENERIC_SENTENCES[rng.integers(len(_GENERIC_SENTENCES))]
         picked.insert(int(rng.integers(len(picked) + 1)), g.format(n=int(rng.integers(1, 120)), host=_HOSTS[rng.integers(len(_HOSTS))], day=_DAYS[rng.integers(len(_DAYS))], m=int(rng.integers(15, 90))))
     desc = " ".join(p[:1].upper() + p[1:] for p in picked)
-    return title, desc
+    return title, _ARTICLE.sub(_fix_article, desc)
+
+
+_ARTICLE = re.compile(r"\b([Aa])n? (?=(\w))")
+
+
+def _fix_article(m: re.Match) -> str:
+    return (m.group(1) + ("n " if m.group(2).lower() in "aeiou" else " "))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,12 +310,14 @@ def _audio(mood: int, seconds: float, sr: int, rng: np.random.Generator) -> byte
     root = rng.uniform(f_lo, f_hi)
     ratios = np.array([1.0, 2 ** ((3 if minor else 4) / 12), 2 ** (7 / 12)])
     freqs = root * ratios
-    phases = rng.uniform(0, 2 * np.pi, size=(3, 1))
-    tones = np.sin(2 * np.pi * freqs[:, None] * t[None, :] + phases) + 0.3 * np.sin(4 * np.pi * freqs[:, None] * t[None, :] + phases)
+    phases = rng.uniform(0, 1, size=(3, 1))
+    # phase in cycles computed in float64 and wrapped, the sines in float32 (fast, vectorised)
+    cyc = ((freqs[:, None] * t[None, :] + phases) % 1.0).astype(np.float32) * np.float32(2 * np.pi)
+    tones = np.sin(cyc) + np.float32(0.3) * np.sin(2 * cyc)
     bpm = rng.uniform(bpm_lo, bpm_hi)
     beat = 60.0 / bpm
     # chord re-struck every 2 beats with an exponential decay
-    env = np.exp(-(t % (2 * beat)) * (1.5 if minor else 1.0))
+    env = np.exp((-(t % (2 * beat)) * (1.5 if minor else 1.0)).astype(np.float32))
     chord = chord_gain * env * tones.sum(axis=0) / 3.0
     # percussive clicks: filtered noise bursts at each beat
     burst_len = int(0.03 * sr)
