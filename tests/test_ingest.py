@@ -151,6 +151,36 @@ def test_parquet_input_equals_csv(tmp_path, ingested):
     assert a.items["item_id"].tolist() == b.items["item_id"].tolist()
 
 
+def test_parquet_typed_columns(tmp_path):
+    """Integer ids, datetime timestamps and a nullable float weight from Parquet."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pd.DataFrame({"item_id": [10, 20, 30], "year": [1999, 2005, 2010], "tags": [["a"], ["b"], []]}).to_parquet(raw / "items.parquet")
+    pd.DataFrame({
+        "user_id": [7, 7, 8, 7],
+        "item_id": [10, 20, 30, 30],
+        "timestamp": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-01", "2020-01-03"]),
+        "weight": [1.0, None, 2.5, 1.0],
+    }).to_parquet(raw / "interactions.parquet")
+    ds = DatasetArtifact(run(raw, tmp_path / "ds", IngestConfig(cold_item_share=0.0)))
+    assert ds.items["item_id"].tolist() == ["10", "20", "30"] and ds.users["user_id"].tolist() == ["7", "8"]
+    assert ds.items["year"].tolist() == [1999, 2005, 2010]
+    assert ds.meta["tabular_columns"] == ["year"] and ds.meta["ignored_columns"]["items.parquet"] == ["tags"]
+    assert ds.events["timestamp"].tolist() == [1577836800, 1577923200, 1578009600, 1577836800]
+    assert ds.events["weight"].tolist() == [1.0, 1.0, 1.0, 2.5]
+
+
+def test_media_outside_media_folder(tmp_path):
+    items = ITEMS.replace("media/i2.png", "covers/i1.png").replace("media/i4.png", "./media/../media/i1.png")
+    raw = write_raw(tmp_path / "raw", items, INTERACTIONS)
+    (raw / "covers").mkdir()
+    (raw / "covers" / "i1.png").write_bytes(b"cover")
+    ds = DatasetArtifact(run(raw, tmp_path / "ds", IngestConfig(cold_item_share=0.0)))
+    img = ds.items["image"].tolist()
+    assert img[0] == "media/i1.png" and img[3] == "media/i1.png"  # same file, one copy
+    assert img[1] == "media/_root/covers/i1.png" and ds.media_path(img[1]).read_bytes() == b"cover"
+
+
 def test_parse_timestamps_mixed():
     s = pd.Series(["1577836800", "2020-01-01T01:00:00+01:00", "2020-01-01 00:00:00", "2020-01-01", "1577836800.9",
                    "2019-12-31T19:00:00-0500", "not a date", "2020-13-45", "2020-01-01T00:00:00Z"], dtype=object)
@@ -366,3 +396,42 @@ def test_cli(tmp_path):
     assert (params["cold_item_share"], params["seed"], params["min_user_events"]) == (0.4, 2, 3)
     res = runner.invoke(app, ["ingest", str(tmp_path), str(tmp_path / "bad")])
     assert res.exit_code == 2 and "no items.csv or items.parquet" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# the built-in demo catalog (conftest's session fixtures)
+# ---------------------------------------------------------------------------------------------
+def test_demo_catalog_ingests(tiny_raw, tiny_dataset):
+    ds = DatasetArtifact(tiny_dataset)
+    corrupt = json.loads((tiny_raw / "truth" / "corrupt.json").read_text())
+    kinds = {r["item_id"]: r["kind"] for r in corrupt}
+    items = ds.items.set_index("item_id")
+    # a missing file is recorded (status + media_issues), not fatal; corrupt bytes are copied
+    # as they are (the encoders decode and mask them)
+    for item_id, kind in kinds.items():
+        if kind == "image_missing_file":
+            assert items.loc[item_id, "image_status"] == "missing"
+        elif kind == "audio_missing_file":
+            assert items.loc[item_id, "audio_status"] == "missing"
+        elif kind.startswith("image_"):
+            assert items.loc[item_id, "image_status"] == "ok" and ds.media_path(items.loc[item_id, "image"]).is_file()
+        elif kind.startswith("audio_"):
+            assert items.loc[item_id, "audio_status"] == "ok" and ds.media_path(items.loc[item_id, "audio"]).is_file()
+    issues = pd.read_parquet(tiny_dataset / "media_issues.parquet")
+    missing = sorted(k for k in kinds.values() if k.endswith("missing_file"))
+    assert len(issues) == len(missing) and set(issues["status"]) == {"missing"}
+    n_input = len(pd.read_csv(tiny_raw / "interactions.csv"))
+    assert len(ds.events) + len(rejects(tiny_dataset)) == n_input
+    assert ds.n_items == len(pd.read_csv(tiny_raw / "items.csv"))
+    assert set(ds.meta["tabular_columns"]) >= {"price", "format"}
+    # cold items: none in train/valid, cold test cases exist, every case has a history
+    cold = set(ds.cold_items.tolist())
+    assert len(cold) == round(0.1 * ds.events["item_idx"].nunique())
+    assert not ds.split("train")["item_idx"].isin(cold).any() and not ds.split("valid")["item_idx"].isin(cold).any()
+    cases, hist = ds.eval_cases("test", max_len=20)
+    assert (cases["segment"] == "cold").sum() == ds.stats["test_cases"]["cold"] > 0
+    assert (hist[:, -1] > 0).all()
+    # every image that is "ok" lives inside the artifact (self-contained)
+    ok = ds.items[ds.items["image_status"] == "ok"]
+    assert all(ds.media_path(p).is_file() for p in ok["image"])
+    assert "cold-start" in summary(tiny_dataset)

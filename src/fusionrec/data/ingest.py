@@ -115,7 +115,7 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataContractError(f"{name} is empty (0 bytes): expected a header and at least one data row")
     try:
         if path.suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=False)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
         else:
             df = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
@@ -230,10 +230,14 @@ def parse_timestamps(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         elif isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat"):
             dt_i.append(i)
             dt_v.append(v)
-    for i in numeric_i:
-        f = float(s.iat[i])
-        if math.isfinite(f):
-            secs[i], ok[i] = math.floor(f), True
+    if numeric_i:
+        num = s.iloc[numeric_i].astype(str).str.strip()
+        as_int = pd.to_numeric(num.where(num.str.fullmatch(r"[+-]?\d{1,18}"), None), errors="coerce")
+        as_float = np.floor(pd.to_numeric(num, errors="coerce").to_numpy(np.float64))
+        good = np.isfinite(as_float) & (np.abs(as_float) < 2**62)
+        exact = as_int.notna().to_numpy()
+        vals = np.where(exact, as_int.fillna(0).to_numpy(np.int64), np.where(good, as_float, 0).astype(np.int64))
+        secs[numeric_i], ok[numeric_i] = vals, good | exact
     for idx, vals in ((naive_i, naive_s), (aware_i, aware_s)):
         if idx:
             d = pd.to_datetime(pd.Series(vals, dtype=object), format="ISO8601", utc=True, errors="coerce")
@@ -389,6 +393,21 @@ def _resolve_media(source: Path, value: str) -> tuple[str, Path | None, str]:
     return "ok", resolved, ""
 
 
+def _artifact_media_path(rel: Path, used: set[str]) -> str:
+    """Where a source file (path relative to the dataset folder) goes in the artifact.
+
+    Files under the source's ``media/`` keep their path; any other file goes under
+    ``media/_root/``; a (contrived) clash gets a numbered folder.
+    """
+    rel_s = rel.as_posix()
+    dest = rel_s if rel.parts[0] == "media" and len(rel.parts) > 1 else f"media/_root/{rel_s}"
+    n = 1
+    while dest in used:
+        dest = f"media/_clash{n}/{rel_s}"
+        n += 1
+    return dest
+
+
 def _place_media(src: Path, dst: Path, link: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
@@ -410,6 +429,7 @@ def _media(items: pd.DataFrame, source: Path, tmp: Path | None, link: bool) -> p
     issues = []
     root = source.resolve()
     placed: dict[Path, str] = {}
+    used: set[str] = set()
     todo = [(i, c) for c in MEDIA_COLUMNS for i in range(len(items))]
     statuses = {c: np.full(len(items), "absent", dtype=object) for c in MEDIA_COLUMNS}
     paths = {c: np.full(len(items), None, dtype=object) for c in MEDIA_COLUMNS}
@@ -422,10 +442,11 @@ def _media(items: pd.DataFrame, source: Path, tmp: Path | None, link: bool) -> p
         if status == "ok":
             rel = placed.get(resolved)
             if rel is None:
-                rel = "media/" + resolved.relative_to(root).as_posix()
+                rel = _artifact_media_path(resolved.relative_to(root), used)
                 if tmp is not None:
                     _place_media(resolved, tmp / rel, link)
                 placed[resolved] = rel
+                used.add(rel)
             paths[c][i] = rel
         else:
             issues.append({"item_idx": int(items["item_idx"].iat[i]), "item_id": items["item_id"].iat[i],
