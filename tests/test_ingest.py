@@ -170,6 +170,18 @@ def test_parquet_typed_columns(tmp_path):
     assert ds.events["weight"].tolist() == [1.0, 1.0, 1.0, 2.5]
 
 
+def test_all_numeric_parquet_duplicate(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pd.DataFrame({"item_id": [1, 2, 3]}).to_parquet(raw / "items.parquet")
+    pd.DataFrame({"user_id": [1, 1, 1, 1, 1], "item_id": [1, 2, 3, 3, 1], "timestamp": [1, 2, 3, 3, 4],
+                  "weight": [1.0, 1.0, 1.0, 1.0, 1.0]}).to_parquet(raw / "interactions.parquet")
+    out = run(raw, tmp_path / "ds", IngestConfig(cold_item_share=0.0))
+    rej = rejects(out)
+    assert rej[["row", "reason"]].values.tolist() == [[3, "exact duplicate"]] and "same values as row 2" in rej["detail"][0]
+    assert len(DatasetArtifact(out).events) == 4
+
+
 def test_media_outside_media_folder(tmp_path):
     items = ITEMS.replace("media/i2.png", "covers/i1.png").replace("media/i4.png", "./media/../media/i1.png")
     raw = write_raw(tmp_path / "raw", items, INTERACTIONS)

@@ -499,21 +499,19 @@ def _clean_interactions(raw: pd.DataFrame, name: str, item_index: dict[str, int]
     rej.reject(unknown, "item_id", R_UNKNOWN_ITEM,
                [f"{_line(name, r)}: item_id {items.iat[r]!r} is not in the items file (or its row was rejected)" for r in np.flatnonzero(unknown)])
 
+    # exact duplicates: same value in every column (compared as text, so NaN == NaN) as an earlier kept row
     alive_idx = np.flatnonzero(rej.alive)
-    sub = raw.iloc[alive_idx]
-    try:
-        dup_local = sub.duplicated(keep="first").to_numpy()
-    except TypeError:  # unhashable cells (parquet lists)
-        dup_local = sub.astype(str).duplicated(keep="first").to_numpy()
+    keys = list(raw.iloc[alive_idx].astype(str).itertuples(index=False, name=None))
+    first_row: dict[tuple, int] = {}
     dup = np.zeros(n, bool)
-    dup[alive_idx[dup_local]] = True
-    if dup.any():
-        firsts: dict[tuple, int] = {}
-        key_frame = sub.astype(str)
-        for r, key in zip(alive_idx, map(tuple, key_frame.itertuples(index=False, name=None))):
-            firsts.setdefault(key, r)
-        details = [f"{_line(name, r)}: same values as row {firsts[tuple(raw.iloc[r].astype(str))]}" for r in np.flatnonzero(dup)]
-        rej.reject(dup, None, R_DUP_ROW, details)
+    dup_detail = []
+    for r, key in zip(alive_idx, keys):
+        if key in first_row:
+            dup[r] = True
+            dup_detail.append(f"{_line(name, int(r))}: same values as row {first_row[key]}")
+        else:
+            first_row[key] = int(r)
+    rej.reject(dup, None, R_DUP_ROW, dup_detail)
 
     # iterated k-core over the surviving interactions
     if cfg.min_user_events > 0 or cfg.min_item_events > 0:
