@@ -1,0 +1,279 @@
+"""Offline A/B: both arms rank every held-out case over the full catalog, paired per user.
+
+Each arm is a :class:`~fusionrec.ranking.TopKRanker`. A model repository (``fusionrec export``)
+is scored in-process by :class:`OnnxRanker` on the very ONNX graph Triton serves (top-K inside
+the graph, K=100 by default: Recall/NDCG@<=K are exact, MRR is MRR@K); a model artifact
+(``fusionrec train``) through ``fusionrec.models.load_model``.
+
+Arms may have been exported against different item tables (a production model from last week's
+catalog): every ranker is wrapped so it speaks the *dataset's* item_idx, mapping through the
+external item ids of the repository's ``item_ids.json`` (items unknown to an arm are dropped from
+its histories and cannot be recommended by it).
+
+Example:
+    >>> res = offline_compare(load_ranker(repo_a, ds), load_ranker(repo_b, ds), ds, ABConfig())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fusionrec.ab.config import ABConfig
+from fusionrec.ab.stats import PairedComparison, holm, paired_compare
+from fusionrec.artifacts import ArtifactError, read_manifest
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.metrics import item_coverage, per_case_metrics, ranks_from_topk
+from fusionrec.progress import get_logger, progress
+from fusionrec.ranking import TopKRanker, left_pad
+
+log = get_logger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Item id spaces
+# --------------------------------------------------------------------------------------------
+def read_item_ids(path: str | os.PathLike) -> list[str]:
+    """Read ``item_ids.json`` (a list indexed by item_idx, or a {item_idx: item_id} mapping)."""
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        if "item_ids" in data:
+            data = data["item_ids"]
+        else:
+            n = max(int(k) for k in data) + 1 if data else 1
+            out = [""] * n
+            for k, v in data.items():
+                out[int(k)] = str(v)
+            return out
+    if not isinstance(data, list):
+        raise ArtifactError(f"{path}: expected a JSON list of item ids indexed by item_idx")
+    return ["" if v is None else str(v) for v in data]
+
+
+@dataclass
+class IdMap:
+    """Maps the dataset's item_idx to a model's item_idx and back (0 = unknown/padding)."""
+
+    to_model: np.ndarray  # [n_dataset_items+1] -> model idx
+    from_model: np.ndarray  # [n_model_items+1] -> dataset idx
+    identity: bool
+    unknown_to_model: int = 0  # dataset items the model does not know
+
+    @classmethod
+    def build(cls, dataset_ids: np.ndarray | list[str], model_ids: list[str]) -> "IdMap":
+        ds = [str(x) for x in dataset_ids]
+        model_ids = [str(x) for x in model_ids]
+        if ds == model_ids:
+            ar = np.arange(len(ds), dtype=np.int64)
+            return cls(ar, ar.copy(), True, 0)
+        pos = {iid: i for i, iid in enumerate(model_ids) if i > 0 and iid != ""}
+        to_model = np.array([0] + [pos.get(iid, 0) for iid in ds[1:]], dtype=np.int64)
+        ds_pos = {iid: i for i, iid in enumerate(ds) if i > 0}
+        from_model = np.array([0] + [ds_pos.get(iid, 0) for iid in model_ids[1:]], dtype=np.int64)
+        return cls(to_model, from_model, False, int((to_model[1:] == 0).sum()))
+
+    def histories_to_model(self, histories: np.ndarray) -> np.ndarray:
+        if self.identity:
+            return histories
+        mapped = self.to_model[histories]
+        length = histories.shape[1]
+        return left_pad([row[row > 0] for row in mapped], length)
+
+    def items_from_model(self, items: np.ndarray) -> np.ndarray:
+        if self.identity:
+            return items
+        items = np.asarray(items, dtype=np.int64)
+        safe = np.where((items >= 0) & (items < len(self.from_model)), items, 0)
+        return self.from_model[safe]
+
+
+class MappedRanker:
+    """Wrap a ranker that speaks a model's item_idx so it speaks the dataset's (a TopKRanker)."""
+
+    def __init__(self, inner: TopKRanker, idmap: IdMap):
+        self.inner = inner
+        self.idmap = idmap
+
+    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        idx, score = self.inner.topk(self.idmap.histories_to_model(np.asarray(histories, dtype=np.int64)), k)
+        return self.idmap.items_from_model(idx), score
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime over an exported model repository
+# --------------------------------------------------------------------------------------------
+class OnnxRanker:
+    """A TopKRanker running an exported ``model.onnx`` (HISTORY -> ITEM_IDX, SCORE) with onnxruntime.
+
+    Speaks the repository's own item_idx; use :func:`load_ranker` to get one mapped to a dataset.
+
+    Example:
+        >>> r = OnnxRanker("artifacts/repo")                       # doctest: +SKIP
+        >>> idx, score = r.topk(np.array([[0, 0, 3, 7]]), k=10)   # doctest: +SKIP
+    """
+
+    def __init__(self, repo: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+        from fusionrec.export import ort_session, read_repository
+
+        self.model_dir, _ = read_repository(repo)
+        self.name = self.model_dir.name
+        onnx_path = self.model_dir / "1" / "model.onnx"
+        if not onnx_path.exists():
+            raise ArtifactError(f"{onnx_path} not found: is {repo} a model repository written by 'fusionrec export'?")
+        self.session = ort_session(onnx_path, providers=providers, threads=threads)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "HISTORY" not in inputs:
+            raise ArtifactError(f"{self.model_dir}/1/model.onnx has inputs {list(inputs)}, expected HISTORY")
+        shape = inputs["HISTORY"].shape
+        self.history_len = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None
+        outs = {o.name: o for o in self.session.get_outputs()}
+        if not {"ITEM_IDX", "SCORE"} <= set(outs):
+            raise ArtifactError(f"{self.model_dir}/1/model.onnx has outputs {list(outs)}, expected ITEM_IDX and SCORE")
+        kdim = outs["ITEM_IDX"].shape[-1]
+        self.k = kdim if isinstance(kdim, int) else None
+        ids_path = self.model_dir / "item_ids.json"
+        if not ids_path.exists():
+            ids_path = self.model_dir.parent / "item_ids.json"
+        self.item_ids = read_item_ids(ids_path) if ids_path.exists() else None
+
+    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        h = np.asarray(histories, dtype=np.int64)
+        if self.history_len is not None and h.shape[1] != self.history_len:
+            h = left_pad([row[row > 0] for row in h], self.history_len)
+        if self.k is not None and k > self.k:
+            raise ValueError(f"{self.name}: asked for top-{k} but the exported graph returns top-{self.k}")
+        idx, score = self.session.run(["ITEM_IDX", "SCORE"], {"HISTORY": h})
+        if idx.shape[1] < k:
+            raise ValueError(f"{self.name}: asked for top-{k} but the graph returned {idx.shape[1]} items")
+        return np.asarray(idx[:, :k], dtype=np.int64), np.asarray(score[:, :k], dtype=np.float32)
+
+
+def load_ranker(path: str | os.PathLike, dataset: DatasetArtifact | str | os.PathLike) -> TopKRanker:
+    """A TopKRanker in the dataset's item_idx space from a model repository or a model artifact."""
+    ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    kind = None
+    if (path / "manifest.json").exists():
+        kind = read_manifest(path).get("kind")
+    if kind == "model":
+        from fusionrec.models import load_model
+
+        return load_model(path)
+    ranker = OnnxRanker(path)
+    if ranker.item_ids is None:
+        log.warning("%s has no item_ids.json: assuming it uses the dataset's item_idx", path)
+        return ranker
+    idmap = IdMap.build(ds.item_ids, ranker.item_ids)
+    if idmap.identity:
+        return ranker
+    if idmap.unknown_to_model:
+        log.warning("%s does not know %d of the dataset's items (they are dropped from its inputs)", path, idmap.unknown_to_model)
+    return MappedRanker(ranker, idmap)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking and the paired comparison
+# --------------------------------------------------------------------------------------------
+def rank_all(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank") -> np.ndarray:
+    """Top-``k`` item_idx [N, k] for every history, in batches."""
+    n = len(histories)
+    out = np.zeros((n, k), dtype=np.int64)
+    for start in progress(range(0, n, batch_size), desc=desc, unit="batch"):
+        idx, _ = ranker.topk(histories[start : start + batch_size], k)
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.shape != (min(batch_size, n - start), k):
+            raise ValueError(f"{desc}: ranker returned shape {idx.shape}, expected {(min(batch_size, n - start), k)}")
+        out[start : start + batch_size] = idx
+    return out
+
+
+@dataclass
+class OfflineResult:
+    """Everything the offline part measured."""
+
+    comparisons: list[PairedComparison]
+    coverage: dict[str, float]
+    per_case: pd.DataFrame  # case_id, user_idx, segment, target, <metric>_control, <metric>_treatment
+    topk_control: np.ndarray = field(repr=False)
+    topk_treatment: np.ndarray = field(repr=False)
+    primary: PairedComparison | None = None
+
+    def get(self, metric: str, segment: str) -> PairedComparison | None:
+        for c in self.comparisons:
+            if c.metric == metric and c.segment == segment:
+                return c
+        return None
+
+
+def per_user_sums(per_case: pd.DataFrame, column: str, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, per-user sum of ``column``, cases per user) over the rows in ``mask``."""
+    df = per_case if mask is None else per_case[mask]
+    g = df.groupby("user_idx", sort=True)[column]
+    return g.sum().index.to_numpy(), g.sum().to_numpy(np.float64), g.size().to_numpy(np.float64)
+
+
+def compare_per_case(per_case: pd.DataFrame, cfg: ABConfig) -> list[PairedComparison]:
+    """Paired comparisons of every (metric, segment) in ``cfg`` from a per-case table.
+
+    ``per_case`` needs ``user_idx``, ``segment`` and ``<metric>_control``/``<metric>_treatment``.
+    Holm's correction is applied over every comparison except the primary one.
+    """
+    out: list[PairedComparison] = []
+    for si, segment in enumerate(cfg.segments):
+        mask = None if segment == "overall" else (per_case["segment"] == segment).to_numpy()
+        if mask is not None and not mask.any():
+            log.info("no %s cases: segment skipped", segment)
+            continue
+        for mi, metric in enumerate(cfg.metrics):
+            users, t, n = per_user_sums(per_case, f"{metric}_treatment", mask)
+            _, c, _ = per_user_sums(per_case, f"{metric}_control", mask)
+            out.append(
+                paired_compare(t, c, n, metric=metric, segment=segment, n_resamples=cfg.bootstrap_resamples,
+                               confidence=cfg.confidence, seed=cfg.seed + 1000 * si + mi)
+            )
+    key = "p_ttest" if cfg.primary_test == "ttest" else "p_wilcoxon"
+    secondary = [c for c in out if not (c.metric == cfg.primary_metric and c.segment == cfg.primary_segment)]
+    for c, p in zip(secondary, holm([getattr(c, key) for c in secondary])):
+        c.p_holm = float(p)
+    return out
+
+
+def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: DatasetArtifact, cfg: ABConfig) -> OfflineResult:
+    """Rank the held-out cases with both arms and compare them per user."""
+    cases, hist = dataset.eval_cases(cfg.split, max_len=cfg.max_len)
+    if len(cases) == 0:
+        raise ValueError(f"{dataset.path}: the {cfg.split} split has no cases to evaluate")
+    log.info("offline A/B: %d %s cases of %d users", len(cases), cfg.split, cases["user_idx"].nunique())
+    top_c = rank_all(control, hist, cfg.k_max, cfg.batch_size, desc="control")
+    top_t = rank_all(treatment, hist, cfg.k_max, cfg.batch_size, desc="treatment")
+    return offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg)
+
+
+def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray, n_items: int, cfg: ABConfig) -> OfflineResult:
+    """The offline comparison from both arms' top-K lists for ``cases`` (needs ``user_idx, item_idx, segment``)."""
+    targets = cases["item_idx"].to_numpy(np.int64)
+    ks = cfg.metric_ks()
+    mc = per_case_metrics(ranks_from_topk(top_c, targets), ks)
+    mt = per_case_metrics(ranks_from_topk(top_t, targets), ks)
+    cols = {"case_id": cases["case_id"].to_numpy() if "case_id" in cases else np.arange(len(cases)),
+            "user_idx": cases["user_idx"].to_numpy(), "segment": cases["segment"].astype(str).to_numpy(), "target": targets}
+    for name in sorted(set(cfg.metrics) | {cfg.cold_recall_metric}):
+        cols[f"{name}_control"] = mc[name]
+        cols[f"{name}_treatment"] = mt[name]
+    per_case = pd.DataFrame(cols)
+    comps = compare_per_case(per_case, cfg)
+    coverage = {
+        "control": item_coverage(top_c, n_items, cfg.coverage_k),
+        "treatment": item_coverage(top_t, n_items, cfg.coverage_k),
+    }
+    res = OfflineResult(comps, coverage, per_case, top_c, top_t)
+    res.primary = res.get(cfg.primary_metric, cfg.primary_segment)
+    return res
