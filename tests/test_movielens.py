@@ -55,7 +55,8 @@ def test_converted_slice_is_a_valid_dataset(tmp_path):
     assert ds.n_users == 25
     assert ds.items["item_id"].is_unique
     assert ds.n_items == inter["item_id"].nunique()
-    assert len(ds.events) + ds.stats.get("rejected_interactions", 0) == len(inter)
+    rows = ds.stats["rows"]["interactions.parquet"]
+    assert rows["input"] == len(inter) and len(ds.events) + rows["rejected"] == len(inter)
     assert {"imdb_rating", "imdb_votes", "year"} <= set(ds.meta.get("tabular_columns", []))
     cases, hist = ds.eval_cases("test", max_len=50)
     assert set(cases["segment"]) == {"warm", "cold"}
