@@ -1,9 +1,285 @@
-"""CLI commands: pipeline (placeholder until its issue lands)."""
+"""CLI commands: ``fusionrec pipeline compile | submit | run-local`` (the Kubeflow pipeline).
+
+``compile`` writes the pipeline's YAML IR; ``submit`` sends it to a KFP cluster with
+``kfp.Client``; ``run-local`` runs the same pipeline on this machine through ``kfp.local``
+(``SubprocessRunner(use_venv=False)``: every step runs in this Python environment) and prints
+each step's wall time and where its artifacts are.
+
+Pipeline parameters are given as ``--param key=value`` (values are YAML: ``epochs=3``,
+``modalities=[text,image]``, ``train_config={batch_size: 64}``) and/or a config file
+(``--config``): its ``pipeline`` section holds pipeline parameters and each step section
+(``ingest``, ``encode``, ``align``, ``train``, ``export``, ``ab``) becomes that step's
+``<step>_config`` parameter. ``--param`` wins over the file.
+
+Example:
+    fusionrec pipeline compile pipelines/fusionrec_pipeline.yaml
+    fusionrec pipeline run-local --param "dataset_uri=demo://?n_items=200&n_users=100" --param epochs=2
+    fusionrec pipeline submit --host http://localhost:8080 --experiment fusionrec --param dataset_uri=/data/catalog
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+
+from fusionrec.cli.common import user_errors
+
+#: config-file sections that map to ``<section>_config`` pipeline parameters.
+STEP_SECTIONS = ("ingest", "encode", "align", "train", "export", "ab")
+
+
+class PipelineError(ValueError):
+    """A pipeline parameter, host or local run problem, reported as one line."""
+
+
+def pipeline_parameters() -> dict[str, Any]:
+    """The pipeline's parameters and their defaults (from the pipeline function's signature)."""
+    import inspect
+
+    from fusionrec.pipelines.fusionrec_pipeline import fusionrec_pipeline
+
+    sig = inspect.signature(fusionrec_pipeline.pipeline_func)
+    return {name: p.default for name, p in sig.parameters.items()}
+
+
+def resolve_parameters(params: list[str] | None, config: Path | None = None) -> dict[str, Any]:
+    """Pipeline arguments from a config file and ``key=value`` pairs, checked against the pipeline."""
+    from fusionrec.config import parse_overrides, read_config_file
+
+    known = pipeline_parameters()
+    args: dict[str, Any] = {}
+    if config is not None:
+        data = read_config_file(config)
+        unknown_sections = sorted(set(data) - {"pipeline", *STEP_SECTIONS, "demo", "evaluate", "serve"})
+        if unknown_sections:
+            raise PipelineError(f"{config}: unknown section(s) {unknown_sections}; use pipeline, {', '.join(STEP_SECTIONS)}")
+        args.update(data.get("pipeline") or {})
+        for section in STEP_SECTIONS:
+            if data.get(section):
+                args[f"{section}_config"] = dict(data[section])
+    args.update(parse_overrides(params))
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise PipelineError(f"unknown pipeline parameter(s) {unknown}; the pipeline takes: {', '.join(known)}")
+    for name, value in args.items():
+        default = known[name]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise PipelineError(f"pipeline parameter {name} must be true/false, got {value!r}")
+        if isinstance(default, (list, dict)) and not isinstance(value, type(default)):
+            raise PipelineError(f"pipeline parameter {name} must be a {type(default).__name__} (YAML), got {value!r}")
+        if isinstance(default, str) and value is not None and not isinstance(value, str):
+            args[name] = str(value)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            args[name] = float(value)
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# run-local: step timings and artifact locations from kfp.local's log records
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXEC = re.compile(r"^Executing task '([^']+)'")
+_DONE = re.compile(r"^Task '([^']+)' finished with status (\w+)")
+_CACHED = re.compile(r"^Task '?([^' ]+)'? cache hit")
+_OUTPUTS = re.compile(r"^Task '([^']+)' outputs:")
+_ARTIFACT = re.compile(r"^\s*(\w+): \w+\(\s*name='[^']*',\s*uri='([^']+)'", re.M)
+_PARAM = re.compile(r"^\s{4}(\w+): (?!\w+\(\s*name=)(.*)$", re.M)
+
+
+class StepRecorder:
+    """A logging filter on the root logger recording each kfp.local task's start, end and outputs.
+
+    kfp.local replaces the root logger's handlers while a pipeline runs but keeps its filters;
+    tasks of a ParallelFor run in worker threads, so a task is keyed by (thread, name).
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+        self._open: dict[tuple[int, str], dict[str, Any]] = {}
+        self._last_done: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record) -> bool:  # logging.Filter protocol
+        try:
+            msg = _ANSI.sub("", record.getMessage())
+        except Exception:  # never break kfp's logging
+            return True
+        with self._lock:
+            if m := _EXEC.match(msg):
+                step = {"step": m.group(1), "status": "RUNNING", "start": record.created, "end": None, "outputs": {}, "params": {}}
+                self.steps.append(step)
+                self._open[(record.thread, m.group(1))] = step
+            elif m := _DONE.match(msg):
+                step = self._open.pop((record.thread, m.group(1)), None)
+                if step is not None:
+                    step.update(status=m.group(2), end=record.created)
+                    self._last_done[record.thread] = step
+            elif m := _CACHED.match(msg):
+                step = self._open.get((record.thread, m.group(1)))
+                if step is not None:
+                    step["cached"] = True
+            elif m := _OUTPUTS.match(msg):
+                step = self._last_done.get(record.thread)
+                if step is not None and step["step"] == m.group(1):
+                    step["outputs"].update({k: v for k, v in _ARTIFACT.findall(msg)})
+                    step["params"].update({k: v.strip() for k, v in _PARAM.findall(msg) if k not in step["outputs"]})
+        return True
+
+    def table(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [{**s, "wall_s": round((s["end"] or now) - s["start"], 2)} for s in self.steps]
+
+
+def run_local(args: dict[str, Any], workdir: Path, cache: bool = True) -> dict[str, Any]:
+    """Run the pipeline through kfp.local in this environment; returns the run summary (also written to ``workdir``)."""
+    import logging
+
+    from kfp import local
+
+    from fusionrec.artifacts import atomic_write_json
+    from fusionrec.pipelines.fusionrec_pipeline import fusionrec_pipeline
+
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = dict(args)
+    args.setdefault("serving_location", str(workdir / "serving"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "outputs"),
+               raise_on_error=True, enable_caching=cache, cache_root=str(workdir / "cache"))
+    recorder = StepRecorder()
+    root = logging.getLogger()
+    root.addFilter(recorder)
+    started = time.time()
+    error: str | None = None
+    try:
+        fusionrec_pipeline(**args)
+    except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
+        error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    finally:
+        root.removeFilter(recorder)
+    steps = recorder.table()
+    promoted = any(s["step"].startswith("promote") and s["status"] == "SUCCESS" for s in steps)
+    summary = {
+        "status": "FAILURE" if error else "SUCCESS",
+        "error": error,
+        "wall_s": round(time.time() - started, 2),
+        "workdir": str(workdir),
+        "pipeline_root": str(workdir / "outputs"),
+        "parameters": args,
+        "promoted": promoted,
+        "serving_location": args["serving_location"] if promoted else None,
+        "steps": [{k: v for k, v in s.items() if k not in ("start", "end")} for s in steps],
+    }
+    atomic_write_json(workdir / "run_summary.json", summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = ["", f"{'step':<22} {'status':<9} {'wall':>8}  outputs"]
+    for s in summary["steps"]:
+        outs = [f"{k}: {v}" for k, v in s["outputs"].items()] + [f"{k} = {v}" for k, v in s["params"].items()]
+        status = "CACHED" if s.get("cached") else s["status"]
+        lines.append(f"{s['step']:<22} {status:<9} {s['wall_s']:>7.1f}s  {outs[0] if outs else ''}")
+        lines += [f"{'':<42}{o}" for o in outs[1:]]
+    lines.append(f"pipeline {summary['status']} in {summary['wall_s']:.1f} s; outputs under {summary['pipeline_root']}")
+    if summary["promoted"]:
+        lines.append(f"promoted model repository: {summary['serving_location']}")
+    else:
+        lines.append("no model promoted (the A/B decision was reject, or no serving_location)")
+    lines.append(f"run summary: {Path(summary['workdir']) / 'run_summary.json'}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import urllib3
+
+    return (urllib3.exceptions.HTTPError, ConnectionError, OSError)
+
+
+def submit(host: str, args: dict[str, Any], experiment: str, run_name: str | None = None,
+           namespace: str | None = None, existing_token: str | None = None) -> dict[str, str]:
+    """Compile the pipeline and create a run on the KFP at ``host``; returns run id and URL."""
+    import tempfile
+
+    import kfp
+    from kfp_server_api.exceptions import ApiException
+
+    from fusionrec.pipelines.fusionrec_pipeline import compile_pipeline
+
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
+            warnings.simplefilter("ignore", FutureWarning)
+            client = kfp.Client(host=host, namespace=namespace, existing_token=existing_token)
+        with tempfile.TemporaryDirectory() as tmp:
+            package = compile_pipeline(Path(tmp) / "fusionrec_pipeline.yaml")
+            result = client.create_run_from_pipeline_package(str(package), arguments=args, run_name=run_name,
+                                                             experiment_name=experiment, namespace=namespace)
+    except _connection_errors() as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise PipelineError(f"cannot reach KFP at {host}: {reason}") from None
+    except ApiException as exc:
+        raise PipelineError(f"KFP at {host} refused the request: HTTP {exc.status} {exc.reason}"
+                            + (f": {str(exc.body)[:300]}" if exc.body else "")) from None
+    run_id = result.run_id
+    return {"run_id": run_id, "url": f"{host.rstrip('/')}/#/runs/details/{run_id}"}
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    group = typer.Typer(help="The Kubeflow pipeline: compile it, submit it to a KFP cluster, or run it locally with kfp.local.",
+                        no_args_is_help=True)
+    app.add_typer(group, name="pipeline")
+
+    ParamOption = typer.Option(None, "--param", "-p", help="Pipeline parameter key=value (YAML value; repeatable).")
+    ConfigFile = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                              help="Config file: its 'pipeline' section = parameters, step sections = <step>_config.")
+
+    @group.command("compile")
+    def compile_cmd(
+        out: Path = typer.Argument(Path("pipelines/fusionrec_pipeline.yaml"), help="Where to write the compiled YAML."),
+        gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Request a GPU for encode/align/train/export."),
+    ) -> None:
+        """Compile the pipeline to KFP v2 YAML (identical bytes for identical code)."""
+        with user_errors(PipelineError):
+            from fusionrec.pipelines.fusionrec_pipeline import compile_pipeline
+
+            path = compile_pipeline(out, gpu=gpu)
+            typer.echo(f"compiled pipeline -> {path}")
+
+    @group.command("submit")
+    def submit_cmd(
+        host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://localhost:8080 (port-forwarded ml-pipeline-ui)."),
+        experiment: str = typer.Option("fusionrec", "--experiment", help="Experiment name (created when missing)."),
+        run_name: Optional[str] = typer.Option(None, "--run-name", help="Run name (default: KFP's)."),
+        namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user clusters)."),
+        token: Optional[str] = typer.Option(None, "--token", envvar="KFP_TOKEN", help="Bearer token for an authenticated endpoint."),
+        param: Optional[list[str]] = ParamOption,
+        config: Optional[Path] = ConfigFile,
+    ) -> None:
+        """Submit a run of the pipeline to a KFP cluster (kfp.Client)."""
+        with user_errors(PipelineError):
+            args = resolve_parameters(param, config)
+            info = submit(host, args, experiment, run_name, namespace, token)
+            typer.echo(f"submitted run {info['run_id']}: {info['url']}")
+
+    @group.command("run-local")
+    def run_local_cmd(
+        param: Optional[list[str]] = ParamOption,
+        config: Optional[Path] = ConfigFile,
+        workdir: Path = typer.Option(Path("artifacts/pipeline"), "--workdir", help="Pipeline root, cache and default serving location."),
+        cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse outputs of steps whose inputs did not change."),
+        as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    ) -> None:
+        """Run the whole pipeline here through kfp.local (each step in this Python environment)."""
+        with user_errors(PipelineError):
+            summary = run_local(resolve_parameters(param, config), workdir, cache=cache)
+        typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+        if summary["status"] != "SUCCESS":
+            typer.secho(f"error: pipeline failed: {summary['error']}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1)
