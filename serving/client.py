@@ -1,0 +1,267 @@
+"""gRPC client of a served fusionrec model (``tritonclient.grpc``, sync and asyncio).
+
+External item ids in and out (``item_ids.json`` of the model repository), an empty history gets
+the popularity fallback (``popular.json``) without calling the model, unknown ids raise a clear
+``ValueError`` before anything is sent, every call has a deadline, and UNAVAILABLE is retried a
+bounded number of times with backoff. ``RecommendClient.topk`` makes it a
+``fusionrec.ranking.TopKRanker`` over item_idx arrays (the A/B replay uses that).
+
+Example:
+    >>> from fusionrec.serving.client import RecommendClient
+    >>> client = RecommendClient("127.0.0.1:8001", model="fusionrec", repo="artifacts/repo")   # doctest: +SKIP
+    >>> client.recommend(["m12", "m7"], k=5)                                                    # doctest: +SKIP
+    [('m33', 4.21), ('m2', 3.97), ...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fusionrec.artifacts import read_json
+from fusionrec.export import INPUT_NAME, INVALID_IDX, OUTPUT_IDX, OUTPUT_SCORE, read_repository
+from fusionrec.ranking import left_pad
+
+Recommendation = list[tuple[str, float]]
+
+
+class _Base:
+    def __init__(self, url: str = "127.0.0.1:8001", model: str = "fusionrec", repo: str | os.PathLike | None = None,
+                 item_ids: Sequence[str] | None = None, popular: Sequence[int] | None = None,
+                 max_len: int | None = None, max_batch_size: int | None = None, timeout_s: float = 10.0,
+                 retries: int = 3, backoff_s: float = 0.2):
+        self.url = url
+        self.model = model
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.k_max: int | None = None
+        self.max_len = max_len
+        self.max_batch_size = max_batch_size
+        popular_counts: list[float] = []
+        if repo is not None:
+            mdir, info = read_repository(repo, model if (Path(repo) / model / "config.pbtxt").exists() else None)
+            from .config import read_model_config
+
+            mc = read_model_config(mdir / "config.pbtxt")
+            self.max_len = self.max_len or int(mc.input[0].dims[0])
+            self.k_max = int(mc.output[0].dims[0])
+            self.max_batch_size = self.max_batch_size or int(mc.max_batch_size)
+            if item_ids is None and (mdir / "item_ids.json").exists():
+                item_ids = read_json(mdir / "item_ids.json")
+            if popular is None and (mdir / "popular.json").exists():
+                pop = read_json(mdir / "popular.json")
+                popular, popular_counts = pop["item_idx"], [float(c) for c in pop.get("count", [])]
+        self.item_ids = list(item_ids) if item_ids is not None else None
+        self._index = {str(x): i for i, x in enumerate(self.item_ids)} if self.item_ids else {}
+        self._index.pop("", None)
+        self.popular = np.asarray(popular if popular is not None else [], dtype=np.int64)
+        self.popular_score = np.asarray(popular_counts or [0.0] * len(self.popular), dtype=np.float32)
+
+    # -- id mapping --------------------------------------------------------------------------
+    def to_idx(self, history: Sequence[str]) -> list[int]:
+        """External ids -> item_idx; a ``ValueError`` listing every unknown id."""
+        if self.item_ids is None:
+            raise ValueError("this client has no item id map: pass repo= (the model repository) or item_ids=")
+        unknown = [h for h in history if str(h) not in self._index]
+        if unknown:
+            raise ValueError(f"unknown item id(s) for model '{self.model}': {', '.join(map(repr, unknown[:10]))}"
+                             + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+        return [self._index[str(h)] for h in history]
+
+    def to_ids(self, idx: np.ndarray, score: np.ndarray) -> Recommendation:
+        assert self.item_ids is not None
+        return [(self.item_ids[int(i)], float(s)) for i, s in zip(idx, score)]
+
+    def _prepare(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        h = np.asarray(histories, dtype=np.int64)
+        if h.ndim != 2:
+            raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
+        if self.k_max is not None and k > self.k_max:
+            raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k_max}")
+        if self.max_len is not None and h.shape[1] != self.max_len:
+            h = left_pad([row[row > 0] for row in h], self.max_len)
+        empty = ~(h > 0).any(axis=1)
+        return h, empty
+
+    def _fallback(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.popular) < k:
+            raise ValueError(f"empty history and the popularity fallback holds only {len(self.popular)} items (< k={k}); "
+                             "pass repo= so popular.json is used")
+        return np.tile(self.popular[:k], (n, 1)), np.tile(self.popular_score[:k], (n, 1))
+
+    @staticmethod
+    def _check_rows(idx: np.ndarray, offset: int) -> None:
+        bad = np.where((idx == INVALID_IDX).all(axis=1))[0]
+        if len(bad):
+            raise ValueError(f"the server rejected history row(s) {[int(b) + offset for b in bad[:10]]}: "
+                             "an item_idx is outside [0, n_items] for this model")
+
+    def _chunks(self, n: int) -> list[slice]:
+        step = self.max_batch_size or n or 1
+        return [slice(s, min(n, s + step)) for s in range(0, n, step)]
+
+    def _inputs(self, h: np.ndarray, grpc):
+        inp = grpc.InferInput(INPUT_NAME, list(h.shape), "INT64")
+        inp.set_data_from_numpy(np.ascontiguousarray(h))
+        outs = [grpc.InferRequestedOutput(OUTPUT_IDX), grpc.InferRequestedOutput(OUTPUT_SCORE)]
+        return [inp], outs
+
+    @staticmethod
+    def _retryable(exc: Exception) -> bool:
+        status = str(getattr(exc, "status", lambda: "")() or "")
+        return "UNAVAILABLE" in status or "UNAVAILABLE" in str(exc)[:200]
+
+    @staticmethod
+    def _timeout(exc: Exception) -> bool:
+        status = str(getattr(exc, "status", lambda: "")() or "")
+        return "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in str(exc)
+
+
+class RecommendClient(_Base):
+    """Synchronous client (``tritonclient.grpc``); a ``TopKRanker``.
+
+    Example:
+        >>> RecommendClient(model="fusionrec", repo="artifacts/repo").recommend([], k=3)   # popular items  # doctest: +SKIP
+    """
+
+    def __init__(self, url: str = "127.0.0.1:8001", model: str = "fusionrec", repo: str | os.PathLike | None = None, **kw):
+        super().__init__(url, model, repo, **kw)
+        import tritonclient.grpc as grpc
+
+        self._grpc = grpc
+        self._client = grpc.InferenceServerClient(url)
+        if self.max_len is None or self.max_batch_size is None:
+            cfg = self._call(lambda: self._client.get_model_config(model, client_timeout=self.timeout_s)).config
+            self.max_len = self.max_len or int(cfg.input[0].dims[0])
+            self.k_max = self.k_max or int(cfg.output[0].dims[0])
+            self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
+
+    def _call(self, fn):
+        from tritonclient.utils import InferenceServerException
+
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except InferenceServerException as exc:
+                if self._timeout(exc):
+                    raise TimeoutError(f"model '{self.model}' at {self.url} did not answer within {self.timeout_s}s") from exc
+                if not self._retryable(exc) or attempt == self.retries:
+                    raise
+                time.sleep(self.backoff_s * 2 ** attempt)
+
+    def _infer(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inputs, outputs = self._inputs(h, self._grpc)
+        res = self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s))
+        return res.as_numpy(OUTPUT_IDX), res.as_numpy(OUTPUT_SCORE)
+
+    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback."""
+        h, empty = self._prepare(histories, k)
+        idx = np.zeros((len(h), k), np.int64)
+        score = np.zeros((len(h), k), np.float32)
+        if empty.any():
+            idx[empty], score[empty] = self._fallback(int(empty.sum()), k)
+        rows = np.where(~empty)[0]
+        for sl in self._chunks(len(rows)):
+            i, s = self._infer(h[rows[sl]])
+            self._check_rows(i, int(rows[sl][0]) if len(rows[sl]) else 0)
+            idx[rows[sl]], score[rows[sl]] = i[:, :k], s[:, :k]
+        return idx, score
+
+    def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[Recommendation]:
+        """External-id histories (most recent last) -> per user [(item_id, score), ...] best first."""
+        h = left_pad([self.to_idx(x) for x in histories], self.max_len or max(1, max(map(len, histories), default=1)))
+        idx, score = self.topk(h, k)
+        return [self.to_ids(i, s) for i, s in zip(idx, score)]
+
+    def recommend(self, history: Sequence[str], k: int = 10) -> Recommendation:
+        return self.recommend_many([history], k)[0]
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "RecommendClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncRecommendClient(_Base):
+    """asyncio client (``tritonclient.grpc.aio``); same API as ``RecommendClient`` with ``await``.
+
+    Example:
+        >>> async with AsyncRecommendClient(model="fusionrec", repo="artifacts/repo") as c:   # doctest: +SKIP
+        ...     recs = await c.recommend(["m12"], k=5)
+    """
+
+    def __init__(self, url: str = "127.0.0.1:8001", model: str = "fusionrec", repo: str | os.PathLike | None = None, **kw):
+        super().__init__(url, model, repo, **kw)
+        import tritonclient.grpc as grpc
+        import tritonclient.grpc.aio as aio
+
+        self._grpc = grpc
+        self._client = aio.InferenceServerClient(url)
+
+    async def _call(self, fn):
+        from tritonclient.utils import InferenceServerException
+
+        for attempt in range(self.retries + 1):
+            try:
+                return await fn()
+            except InferenceServerException as exc:
+                if self._timeout(exc):
+                    raise TimeoutError(f"model '{self.model}' at {self.url} did not answer within {self.timeout_s}s") from exc
+                if not self._retryable(exc) or attempt == self.retries:
+                    raise
+                await asyncio.sleep(self.backoff_s * 2 ** attempt)
+
+    async def _ensure_meta(self) -> None:
+        if self.max_len is None or self.max_batch_size is None:
+            cfg = (await self._call(lambda: self._client.get_model_config(self.model, client_timeout=self.timeout_s))).config
+            self.max_len = self.max_len or int(cfg.input[0].dims[0])
+            self.k_max = self.k_max or int(cfg.output[0].dims[0])
+            self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
+
+    async def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        await self._ensure_meta()
+        h, empty = self._prepare(histories, k)
+        idx = np.zeros((len(h), k), np.int64)
+        score = np.zeros((len(h), k), np.float32)
+        if empty.any():
+            idx[empty], score[empty] = self._fallback(int(empty.sum()), k)
+        rows = np.where(~empty)[0]
+
+        async def one(sl: slice):
+            inputs, outputs = self._inputs(h[rows[sl]], self._grpc)
+            res = await self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s))
+            return sl, res.as_numpy(OUTPUT_IDX), res.as_numpy(OUTPUT_SCORE)
+
+        for sl, i, s in await asyncio.gather(*(one(sl) for sl in self._chunks(len(rows)))):
+            self._check_rows(i, int(rows[sl][0]) if len(rows[sl]) else 0)
+            idx[rows[sl]], score[rows[sl]] = i[:, :k], s[:, :k]
+        return idx, score
+
+    async def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[Recommendation]:
+        await self._ensure_meta()
+        h = left_pad([self.to_idx(x) for x in histories], int(self.max_len))
+        idx, score = await self.topk(h, k)
+        return [self.to_ids(i, s) for i, s in zip(idx, score)]
+
+    async def recommend(self, history: Sequence[str], k: int = 10) -> Recommendation:
+        return (await self.recommend_many([history], k))[0]
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncRecommendClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

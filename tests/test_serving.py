@@ -1,0 +1,305 @@
+"""A real Triton server (nvidia-pytriton's tritonserver) on loopback, queried over gRPC with tritonclient.
+
+One server per test session (start-up is several seconds), serving the exported test model under two names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.export import ort_session
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_export import K, MAX_LEN, export_standin  # noqa: E402
+
+MODEL = "standin"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def serving_repo(tiny_dataset, tmp_path_factory) -> Path:
+    return export_standin(tiny_dataset, tmp_path_factory.mktemp("serving") / "repo", max_queue_delay_microseconds=20000)
+
+
+@pytest.fixture(scope="session")
+def server(serving_repo):
+    from fusionrec.serving.server import start_server
+
+    g, h, m = free_ports(3)
+    handle = start_server({MODEL: serving_repo, "second": serving_repo}, grpc_port=g, http_port=h, metrics_port=m)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def histories(tiny_dataset) -> np.ndarray:
+    return DatasetArtifact(tiny_dataset).eval_cases("test", MAX_LEN)[1]
+
+
+@pytest.fixture(scope="session")
+def reference(serving_repo):
+    sess = ort_session(serving_repo / MODEL / "1" / "model.onnx")
+    return lambda h: sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": np.ascontiguousarray(h, dtype=np.int64)})
+
+
+def _input(h: np.ndarray, dtype: str = "INT64"):
+    import tritonclient.grpc as grpc
+
+    inp = grpc.InferInput("HISTORY", list(h.shape), dtype)
+    inp.set_data_from_numpy(h)
+    return [inp]
+
+
+def _stats(client, model=MODEL) -> tuple[int, int]:
+    s = client.get_inference_statistics(model).model_stats[0]
+    return int(s.inference_count), int(s.execution_count)
+
+
+async def _gather(url: str, arrays: list[np.ndarray], model=MODEL, dtypes: list[str] | None = None):
+    """Send every array as its own request, all in flight at once; results or exceptions, in order."""
+    import tritonclient.grpc.aio as aio
+
+    client = aio.InferenceServerClient(url)
+    try:
+        dtypes = dtypes or ["INT64"] * len(arrays)
+        return await asyncio.gather(*(client.infer(model, _input(a, d)) for a, d in zip(arrays, dtypes)), return_exceptions=True)
+    finally:
+        await client.close()
+
+
+def test_grpc_equals_onnxruntime_in_process(server, histories, reference):
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(server.grpc_url)
+    for name in (MODEL, "second"):  # two models on one server
+        for s in range(0, len(histories), 64):
+            h = histories[s: s + 64]
+            res = client.infer(name, _input(h))
+            idx, score = reference(h)
+            assert res.as_numpy("ITEM_IDX").dtype == np.int64
+            np.testing.assert_array_equal(res.as_numpy("ITEM_IDX"), idx)
+            np.testing.assert_allclose(res.as_numpy("SCORE"), score, rtol=0, atol=1e-6)
+
+
+def test_concurrent_requests_are_batched(server, histories, reference):
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(server.grpc_url)
+    inf0, exe0 = _stats(client)
+    rows = [histories[i % len(histories)][None] for i in range(64)]
+    results = asyncio.run(_gather(server.grpc_url, rows))
+    for r, h in zip(results, rows):
+        assert not isinstance(r, Exception), r
+        np.testing.assert_array_equal(r.as_numpy("ITEM_IDX"), reference(h)[0])
+    inf1, exe1 = _stats(client)
+    assert inf1 - inf0 == 64
+    assert exe1 - exe0 < inf1 - inf0, f"64 concurrent requests ran in {exe1 - exe0} executions: not batched"
+
+
+def test_malformed_requests_get_errors_and_server_keeps_serving(server, histories, reference, serving_repo):
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    from fusionrec.serving.client import RecommendClient
+
+    client = grpc.InferenceServerClient(server.grpc_url)
+    good = histories[:2]
+    with pytest.raises(InferenceServerException, match="INT32|data-type"):
+        client.infer(MODEL, _input(good.astype(np.int32), "INT32"))
+    with pytest.raises(InferenceServerException, match="shape"):
+        client.infer(MODEL, _input(np.zeros((1, MAX_LEN + 3), np.int64)))
+    with pytest.raises(InferenceServerException, match="batch"):
+        client.infer(MODEL, _input(np.repeat(good, 40, axis=0)))  # 80 > max_batch_size 64
+    n_items = json.loads((serving_repo / MODEL / "export_report.json").read_text())["n_items"]
+    bad = good.copy()
+    bad[1, -1] = n_items + 7  # out of range: that row gets the per-row status, its neighbour is answered
+    res = client.infer(MODEL, _input(bad))
+    assert (res.as_numpy("ITEM_IDX")[1] == -1).all() and np.isnan(res.as_numpy("SCORE")[1]).all()
+    np.testing.assert_array_equal(res.as_numpy("ITEM_IDX")[0], reference(good[:1])[0][0])
+    with pytest.raises(ValueError, match="outside"):
+        RecommendClient(server.grpc_url, model=MODEL, repo=serving_repo).topk(bad, 5)
+    # still serving
+    np.testing.assert_array_equal(client.infer(MODEL, _input(good)).as_numpy("ITEM_IDX"), reference(good)[0])
+    assert client.is_server_live() and client.is_model_ready(MODEL)
+
+
+@pytest.mark.parametrize("kind", ["out_of_range", "wrong_dtype"])
+def test_one_bad_request_among_31_good_ones(server, histories, reference, kind):
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(server.grpc_url)
+    inf0, exe0 = _stats(client)
+    rows = [histories[i % len(histories)][None].copy() for i in range(32)]
+    dtypes = ["INT64"] * 32
+    if kind == "out_of_range":
+        rows[13][0, -1] = 10_000
+    else:
+        rows[13] = rows[13].astype(np.int32)
+        dtypes[13] = "INT32"
+    results = asyncio.run(_gather(server.grpc_url, rows, dtypes=dtypes))
+    for i, (r, h) in enumerate(zip(results, rows)):
+        if i == 13:
+            if kind == "out_of_range":
+                assert (r.as_numpy("ITEM_IDX") == -1).all()
+            else:
+                assert isinstance(r, Exception)
+            continue
+        assert not isinstance(r, Exception), f"good request {i} failed: {r}"
+        np.testing.assert_array_equal(r.as_numpy("ITEM_IDX"), reference(h)[0])
+    inf1, exe1 = _stats(client)
+    n_reached = 32 if kind == "out_of_range" else 31
+    assert inf1 - inf0 == n_reached
+    assert exe1 - exe0 < n_reached  # they really shared batches with the bad one
+
+
+def test_recommend_client_sync_and_async(server, serving_repo, histories, reference):
+    import tritonclient.grpc as grpc
+
+    from fusionrec.ranking import TopKRanker
+    from fusionrec.serving.client import AsyncRecommendClient, RecommendClient
+
+    ids = json.loads((serving_repo / MODEL / "item_ids.json").read_text())
+    pop = json.loads((serving_repo / MODEL / "popular.json").read_text())
+    stats = grpc.InferenceServerClient(server.grpc_url)
+    with RecommendClient(server.grpc_url, model=MODEL, repo=serving_repo) as client:
+        assert isinstance(client, TopKRanker)
+        idx, score = client.topk(histories[:70], 5)  # 70 > max batch: split into two calls
+        ref_i, ref_s = reference(histories[:70])
+        np.testing.assert_array_equal(idx, ref_i[:, :5])
+        h = histories[3]
+        ext = [ids[i] for i in h[h > 0]]
+        recs = client.recommend(ext, k=4)
+        assert [r[0] for r in recs] == [ids[i] for i in reference(h[None])[0][0][:4]]
+        # cold user: popularity fallback, the model is not called
+        inf0, _ = _stats(stats)
+        cold = client.recommend([], k=3)
+        assert [r[0] for r in cold] == pop["item_id"][:3] and _stats(stats)[0] == inf0
+        with pytest.raises(ValueError, match="unknown item id.*'nope'"):
+            client.recommend([ext[0], "nope"], k=3)
+        with pytest.raises(ValueError, match="top-10"):
+            client.recommend(ext, k=K + 1)
+        with pytest.raises(TimeoutError):
+            RecommendClient(server.grpc_url, model=MODEL, repo=serving_repo, timeout_s=1e-6).topk(histories[:64], 5)
+
+    async def run_async():
+        async with AsyncRecommendClient(server.grpc_url, model=MODEL, repo=serving_repo) as ac:
+            return await ac.recommend(ext, k=4), (await ac.topk(histories[:70], 5))[0]
+
+    arecs, aidx = asyncio.run(run_async())
+    assert [r[0] for r in arecs] == [r[0] for r in recs]
+    np.testing.assert_array_equal(aidx, idx)
+
+
+def test_client_retries_unavailable_then_fails(serving_repo, histories):
+    from tritonclient.utils import InferenceServerException
+
+    from fusionrec.serving.client import RecommendClient
+
+    (port,) = free_ports(1)
+    client = RecommendClient(f"127.0.0.1:{port}", model=MODEL, repo=serving_repo, retries=2, backoff_s=0.1, timeout_s=2)
+    t0 = time.perf_counter()
+    with pytest.raises(InferenceServerException, match="UNAVAILABLE|failed to connect|unavailable"):
+        client.topk(histories[:2], 3)
+    assert time.perf_counter() - t0 >= 0.1 + 0.2  # two backoffs: it retried
+
+
+def test_cli_recommend_prints_ranked_ids(server, serving_repo, histories):
+    from typer.testing import CliRunner
+
+    from fusionrec.cli import app
+
+    ids = json.loads((serving_repo / MODEL / "item_ids.json").read_text())
+    h = histories[5]
+    hist = ",".join(ids[i] for i in h[h > 0])
+    res = CliRunner().invoke(app, ["recommend", "--user-history", hist, "-k", "3", "--url", server.grpc_url,
+                                   "--model", MODEL, "--repo", str(serving_repo)])
+    assert res.exit_code == 0, res.output
+    lines = [ln.split() for ln in res.stdout.strip().splitlines()]
+    assert [ln[0] for ln in lines] == ["1", "2", "3"] and all(ln[1] in ids for ln in lines)
+    bad = CliRunner().invoke(app, ["recommend", "--user-history", "no-such-item", "--url", server.grpc_url,
+                                   "--model", MODEL, "--repo", str(serving_repo)])
+    assert bad.exit_code == 2 and "unknown item id" in bad.output
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_serve_subprocess_sigterm_leaves_no_process(serving_repo):
+    import tritonclient.grpc as grpc
+
+    g, h, m = free_ports(3)
+    cli = Path(sys.executable).parent / "fusionrec"
+    proc = subprocess.Popen([str(cli), "serve", str(serving_repo), "--grpc-port", str(g), "--http-port", str(h),
+                             "--metrics-port", str(m)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "FUSIONREC_LOG_LEVEL": "WARNING"})
+    try:
+        client = grpc.InferenceServerClient(f"127.0.0.1:{g}")
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if client.is_model_ready(MODEL):
+                    break
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+        assert client.is_model_ready(MODEL)
+        kids = _descendants(proc.pid)
+        cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") for p in kids if _alive(p)}
+        assert any("tritonserver" in c for c in cmdlines.values()), cmdlines
+        assert any("stub" in c for c in cmdlines.values()), cmdlines  # the Python-backend stub(s)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(p) for p in kids):
+            time.sleep(0.2)
+        left = {p: cmdlines.get(p, "?") for p in kids if _alive(p)}
+        assert not left, f"orphaned after SIGTERM: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
