@@ -219,3 +219,17 @@ def test_oracle_ceiling(tiny_raw: Path, tiny_dataset: Path) -> None:
     topk = np.argsort(-scores, axis=1, kind="stable")[:, :50]
     pop = summarize(per_case_metrics(ranks_from_topk(topk, cases["item_idx"].to_numpy())))
     assert oracle["overall"]["ndcg@10"] > pop["ndcg@10"] + 0.05
+
+
+def test_demo_oracle_cli(tiny_raw: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    import json
+
+    from fusionrec.cli import app
+
+    res = CliRunner().invoke(app, ["demo-oracle", str(tiny_raw), str(tiny_dataset), "--out", str(tmp_path / "o.json")])
+    assert res.exit_code == 0, res.output
+    assert "overall" in res.output and "ndcg@10" in res.output
+    figures = json.loads((tmp_path / "o.json").read_text())
+    assert figures["overall"] == pytest.approx(oracle_metrics(tiny_raw, tiny_dataset)["overall"])
+    res = CliRunner().invoke(app, ["demo-oracle", str(tmp_path), str(tiny_dataset)])
+    assert res.exit_code == 2 and "truth" in res.output
