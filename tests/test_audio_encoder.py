@@ -248,7 +248,7 @@ def media(tmp_path_factory, tracks) -> dict[str, Path]:
 
 EXPECT_REASON = {
     "silent.wav": "silent", "nan.wav": "NaN", "too_short.wav": "too short", "empty.wav": "empty",
-    "zero_bytes.wav": "undecodable", "garbage.flac": "undecodable", "truncated_header.wav": "undecodable",
+    "zero_bytes.wav": "empty audio file", "garbage.flac": "undecodable", "truncated_header.wav": "undecodable",
     "missing.wav": "missing", "a_folder.wav": "missing",
 }
 
@@ -293,3 +293,43 @@ def test_long_clip_reads_evenly_spaced_crops(tmp_path, mtt):
     assert mid.shape == (3, A.PATCH_FRAMES, A.N_MELS)
     vecs, reasons = mtt.encode_batch([path])
     assert reasons == [None] and np.isfinite(vecs).all() and vecs.any()
+
+
+def test_demo_catalog_audio_reveals_mood(tiny_raw, mtt):
+    """On the built-in demo catalog (synthesized 3 s previews whose tempo/chord/register follow the
+    item's mood), corrupt files are masked and the embedding's nearest neighbour shares the mood."""
+    import pandas as pd
+
+    items = pd.read_csv(tiny_raw / "items.csv").merge(pd.read_parquet(tiny_raw / "truth" / "items.parquet"), on="item_id")
+    paths = [tiny_raw / p if isinstance(p, str) else tiny_raw / "no_audio" for p in items["audio"]]
+    vecs, reasons = mtt.encode_batch(paths)
+    bad = {i for i, r in enumerate(reasons) if r is not None}
+    corrupt = {i for i, c in enumerate(items["corrupt"]) if isinstance(c, str) and c.startswith("audio")}
+    assert corrupt and corrupt <= bad
+    ok = np.array([r is None for r in reasons])
+    v = vecs[ok]
+    v = (v - v.mean(0)) / (v.std(0) + 1e-6)
+    dist = ((v[:, None] - v[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    mood = items["shown_mood"].to_numpy()[ok]
+    acc = float((mood[dist.argmin(1)] == mood).mean())
+    chance = float(pd.Series(mood).value_counts(normalize=True).max())
+    assert acc > max(0.6, 2 * chance), (acc, chance)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(mtt, media):
+    gpu = get_encoder("audio", "musicnn", model="MTT_musicnn", device="cuda", max_patches=3)
+    assert next(gpu.net.parameters()).is_cuda and not next(mtt.net.parameters()).is_cuda  # CPU model untouched
+    paths = [media[k] for k in media if k.startswith("ok_")]
+    cpu_v, cpu_r = mtt.encode_batch(paths)
+    gpu_v, gpu_r = gpu.encode_batch(paths)
+    assert gpu_r == cpu_r
+    np.testing.assert_allclose(gpu_v, cpu_v, rtol=1e-2, atol=1e-2)  # TF32/cuDNN vs CPU float32

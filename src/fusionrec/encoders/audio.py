@@ -30,7 +30,12 @@ available here, so numeric parity with the TF graph is checked indirectly throug
 on the royalty-free tracks of the PyPI package ``immich-memories-music`` acoustic tracks get
 guitar/acoustic tags and electronic ones electronic/synth/techno tags; synthesized click tracks
 get drum/beat tags and sustained sine chords quiet/ambient/slow tags, with clearly separated
-embeddings; two crops of one track are closer than crops of different tracks.
+embeddings; two crops of one track are closer than crops of different tracks; on the demo
+catalog the nearest neighbour of an item's embedding shares its mood (~0.84 1-NN accuracy vs 0.28
+chance on 57 items). The tag check does catch layout slips: with the back end's max/mean pooling
+concatenated instead of interleaved, every track is tagged "no vocals"/"slow" and the guitar
+tracks lose "guitar". Not verified: bit-level parity with TF, and librosa's resampler (soxr/kaiser)
+vs torchaudio's sinc resampler (small spectral differences near 8 kHz).
 
 Example:
     >>> enc = get_encoder("audio")                                          # doctest: +SKIP
@@ -110,6 +115,8 @@ def decode_segments(path: Path, max_patches: int, max_decode_seconds: float = 12
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"missing audio file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError("empty audio file (0 bytes)")
     try:
         with sf.SoundFile(str(path)) as f:
             sr, n = int(f.samplerate), int(f.frames)
