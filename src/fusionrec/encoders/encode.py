@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 
 from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, load_npy, read_manifest, save_npy, save_parquet, write_manifest
 from fusionrec.config import StepConfig
-from fusionrec.encoders.registry import MODALITIES, Encoder, get_encoder, default_encoder
+from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, default_encoder, get_encoder
 from fusionrec.progress import get_logger, progress
 
 log = get_logger("fusionrec.encoders.encode")
@@ -178,6 +178,23 @@ def build_encoder(cfg: EncodeConfig) -> Encoder:
         return get_encoder(cfg.modality, name, **kwargs)
     except TypeError as exc:
         raise ValueError(f"bad encoder_kwargs for {cfg.modality} encoder '{name}': {exc}") from None
+
+
+_SHARED: dict[str, Encoder] = {}
+
+
+def shared_encoder(modality: str, name: str | None = None, **kwargs: Any) -> Encoder:
+    """``get_encoder`` memoised per process (tests, benchmarks and notebooks load weights once).
+
+    Example:
+        >>> enc = shared_encoder("text")           # doctest: +SKIP
+        >>> enc is shared_encoder("text")          # doctest: +SKIP
+        True
+    """
+    key = json.dumps([modality, name, kwargs], sort_keys=True, default=str)
+    if key not in _SHARED:
+        _SHARED[key] = get_encoder(modality, name, **kwargs)
+    return _SHARED[key]
 
 
 def encoder_key(modality: str, description: dict) -> str:
@@ -423,9 +440,7 @@ def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = N
         cols = _tabular_columns(ds, cfg)
         if not cols:
             no_columns = True
-        elif hasattr(enc, "fit"):
-            if getattr(enc, "columns", None) is None:
-                enc.columns = cols
+        elif isinstance(enc, FittableEncoder):
             enc.fit(_tabular_rows(items, cols))  # on ALL items, so every shard agrees
     positions = shard_positions(n, cfg.shard, cfg.num_shards)
     if no_columns:
@@ -555,4 +570,4 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     return load_npy(Path(path) / "embeddings.npy"), load_npy(Path(path) / "mask.npy"), m
 
 
-__all__ = ["EncodeConfig", "run", "merge", "build_encoder", "build_texts", "EmbeddingCache", "read_embeddings", "shard_positions", "MODALITIES"]
+__all__ = ["EncodeConfig", "run", "merge", "build_encoder", "shared_encoder", "build_texts", "EmbeddingCache", "read_embeddings", "shard_positions", "MODALITIES"]

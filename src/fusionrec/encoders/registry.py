@@ -5,6 +5,8 @@ An encoder turns a batch of one modality's raw inputs into float32 vectors:
 artifact); ``tabular`` -> ``dict`` (one item's tabular columns). ``encode_batch`` returns
 ``(vectors [n, dim] float32, reasons)`` where ``reasons[i]`` is ``None`` for a good row or a
 short reason string ("corrupt image: ...") that masks that item for this modality.
+An encoder that learns from the catalog (tabular) also has ``fit(rows)``: the encode step calls
+it with ALL items' inputs before encoding (see ``FittableEncoder``).
 
 Example:
     >>> enc = get_encoder("text", "minilm")                      # doctest: +SKIP
@@ -31,6 +33,13 @@ class Encoder(Protocol):
         ...
 
     def encode_batch(self, batch: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]: ...
+
+
+@runtime_checkable
+class FittableEncoder(Encoder, Protocol):
+    """An encoder with a fitting step (optional part of the protocol): ``fit`` sees every item."""
+
+    def fit(self, rows: Sequence[Any]) -> Any: ...
 
 
 _REGISTRY: dict[str, dict[str, Callable[..., Encoder]]] = {m: {} for m in MODALITIES}

@@ -59,9 +59,10 @@ class HFTextEncoder:
         name: the registry name recorded in the manifest.
         weights: how the manifest names the weights (defaults to ``model``).
 
-    Each text is encoded independently of the others in its batch: texts are padded to a
-    fixed bucket length (the smallest power of two >= the longest text in the batch, at most
-    ``max_length``), and the pooled vector depends only on the text's own tokens.
+    Each text is encoded independently of the others in its batch: a batch is split into
+    groups by padding bucket (the smallest power of two >= the text's token count, at most
+    ``max_length``), so a text's padded length, and hence its vector, depends only on its own
+    tokens (on CPU the result is bit-identical whatever the batch; see tests).
     """
 
     modality = "text"
@@ -145,16 +146,23 @@ class HFTextEncoder:
             return out, reasons
         texts = [batch[i].strip() for i in keep]
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
-        longest = max(len(ids) for ids in enc["input_ids"])
-        padded = self.tokenizer.pad(enc, padding="max_length", max_length=self._bucket(longest), return_tensors="pt")
-        with torch.inference_mode():
-            inputs = {k: v.to(self.device) for k, v in padded.items()}
-            hidden = self.model(**inputs).last_hidden_state
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if self.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        out[keep] = pooled.float().cpu().numpy()
+        ids, attn = enc["input_ids"], enc["attention_mask"]
+        groups: dict[int, list[int]] = {}
+        for j, t in enumerate(ids):  # one forward per padding bucket: a text's padding depends on itself only
+            groups.setdefault(self._bucket(len(t)), []).append(j)
+        for length, members in sorted(groups.items()):
+            feats = {"input_ids": [ids[j] for j in members], "attention_mask": [attn[j] for j in members]}
+            if "token_type_ids" in enc:
+                feats["token_type_ids"] = [enc["token_type_ids"][j] for j in members]
+            padded = self.tokenizer.pad(feats, padding="max_length", max_length=length, return_tensors="pt")
+            with torch.inference_mode():
+                inputs = {k: v.to(self.device) for k, v in padded.items()}
+                hidden = self.model(**inputs).last_hidden_state
+                mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                if self.normalize:
+                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            out[[keep[j] for j in members]] = pooled.float().cpu().numpy()
         return out, reasons
 
 
