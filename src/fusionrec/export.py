@@ -325,21 +325,29 @@ def popular_items(dataset, n: int) -> dict[str, Any]:
             "count": [int(c) for _, c in top], "source": "train events"}
 
 
-def export_module(module, n_items: int, max_len: int, item_ids: list[str], dataset: Path, out: Path,
+def export_module(module, n_items: int, max_len: int, item_ids: list[str], dataset: Path | None, out: Path,
                   cfg: ExportConfig, inputs: dict[str, Path] | None = None, extra_manifest: dict | None = None,
-                  k: int | None = None) -> Path:
+                  k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None) -> Path:
     """Export any ``history -> (item_idx, score)`` module into a Triton model repository at ``out``.
 
     ``module`` must already compute top-``k`` (``k`` defaults to ``cfg.k`` clamped to ``n_items``);
-    ``item_ids[i]`` is the external id of item_idx ``i`` (index 0 = padding ``""``).
+    ``item_ids[i]`` is the external id of item_idx ``i`` (index 0 = padding ``""``). Parity runs
+    on every test case of ``dataset`` (or on ``histories`` when no dataset is given, e.g. benchmarks).
     """
     from fusionrec.data.dataset import DatasetArtifact
 
     if len(item_ids) != n_items + 1:
         raise ValueError(f"item_ids has {len(item_ids)} entries, expected n_items + 1 = {n_items + 1}")
     k = int(k if k is not None else min(cfg.k, n_items))
-    ds = DatasetArtifact(dataset)
-    _, histories = ds.eval_cases("test", max_len)
+    ds = DatasetArtifact(dataset) if dataset is not None else None
+    if histories is None:
+        if ds is None:
+            raise ValueError("export_module needs a dataset or parity histories")
+        _, histories = ds.eval_cases("test", max_len)
+    if popular is None:
+        if ds is None:
+            raise ValueError("export_module needs a dataset or a popular list")
+        popular = popular_items(ds, cfg.popular_k)
     if len(histories) == 0:
         raise ExportError(f"{dataset} has no test cases: parity needs at least one")
     g = guarded(module, n_items)
@@ -361,9 +369,9 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
                 f"first: {json.dumps(parity['failures'][:3])}. No model repository written.")
         atomic_write_text(mdir / "config.pbtxt", config_pbtxt(cfg, max_len, k))
         atomic_write_json(mdir / "item_ids.json", list(item_ids))
-        atomic_write_json(mdir / "popular.json", popular_items(ds, cfg.popular_k))
+        atomic_write_json(mdir / "popular.json", popular)
         atomic_write_json(mdir / "export_report.json", report)
-        write_manifest(tmp, step="export", params=cfg, inputs={"dataset": dataset, **(inputs or {})},
+        write_manifest(tmp, step="export", params=cfg, inputs={**({"dataset": dataset} if dataset else {}), **(inputs or {})},
                        kind="model_repository", models=[cfg.name], n_items=n_items, max_len=max_len, k=k,
                        **(extra_manifest or {}))
     log.info("model repository written to %s (parity: %d cases, max diff %.2g, %d reordered)",
