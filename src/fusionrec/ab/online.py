@@ -87,7 +87,8 @@ class OnlineResult:
     z_clustered: float
     p_clustered: float
     interleaving: InterleavingResult | None = None
-    source: str = "in-process"  # "triton" when replayed over gRPC
+    source: str = "in-process"  # "triton ..." when replayed over gRPC
+    requests: pd.DataFrame | None = field(default=None, repr=False)  # one row per replayed request
 
     def to_dict(self) -> dict:
         return {
@@ -180,11 +181,17 @@ def replay(
     top_t = rank_all(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment")
     inter = interleave_evaluate(top_c, top_t, targets[order], uids[order], k=cfg.interleaving_k, seed=cfg.seed, unit=cfg.interleaving_unit)
 
+    requests = pd.DataFrame({
+        "case_id": (cases["case_id"].to_numpy() if "case_id" in cases else np.arange(n))[order],
+        "user_id": uids[order].astype(str), "arm": np.where(treat[order], "treatment", "control"),
+        "target": targets[order], "hit": hits[order], "latency_ms": lat[order],
+        "interleaving_credit": inter.per_request_credit,
+    })
     return OnlineResult(
         k=k, share=cfg.online_share, salt=cfg.online_salt, control=arm_c, treatment=arm_t, lift=float(lift),
         z_pooled=float(zp.statistic) if zp else float("nan"), p_pooled=float(zp.pvalue) if zp else float("nan"),
         z_clustered=float(zc.statistic) if zc else float("nan"), p_clustered=float(zc.pvalue) if zc else float("nan"),
-        interleaving=inter, source=source,
+        interleaving=inter, source=source, requests=requests,
     )
 
 

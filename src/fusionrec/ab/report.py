@@ -55,8 +55,8 @@ def plot_lifts(offline: OfflineResult, path: Path) -> Path:
     hi = np.array([c.lift_ci_high for c in comps]) * 100
     lift_f, lo_f, hi_f = (np.nan_to_num(a, nan=0.0, posinf=1e3, neginf=-1e3) for a in (lift, lo, hi))
     colors = ["tab:green" if l > 0 and lo_ > 0 else "tab:red" if h < 0 else "tab:gray" for l, lo_, h in zip(lift_f, lo_f, hi_f)]
-    ax.errorbar(lift_f, y, xerr=[np.maximum(lift_f - lo_f, 0), np.maximum(hi_f - lift_f, 0)], fmt="none", ecolor=colors, capsize=3)
-    ax.scatter(lift_f, y, c=colors, zorder=3)
+    for yi, l, lo_, h, col in zip(y, lift_f, lo_f, hi_f, colors):
+        ax.errorbar([l], [yi], xerr=[[max(l - lo_, 0.0)], [max(h - l, 0.0)]], fmt="o", color=col, ecolor=col, capsize=3)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, labels)
     ax.set_xlabel("relative lift of treatment over control, % (95% bootstrap CI)")
@@ -321,6 +321,8 @@ def write_report(out: str | os.PathLike, offline: OfflineResult, online: OnlineR
         atomic_write_json(tmp / "offline.json", {"comparisons": [c.to_dict() for c in offline.comparisons], "coverage": offline.coverage})
         if online is not None:
             atomic_write_json(tmp / "online.json", online.to_dict())
+            if online.requests is not None:
+                save_parquet(online.requests, tmp / "online_requests.parquet")
         save_parquet(offline.per_case, tmp / "per_case.parquet")
         write_manifest(tmp, step="ab", params=cfg, inputs=inputs, kind="ab_report", promote=decision["promote"], decided_by=decision["decided_by"])
     log.info("A/B decision: %s (%s)", "promote" if decision["promote"] else "reject", decision["decided_by"])
