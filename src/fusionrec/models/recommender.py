@@ -1,0 +1,345 @@
+"""The sequential multimodal recommender, its ONNX-ready serving module, and load/save.
+
+An item is a set of *channels*: its aligned modality vectors (frozen buffers, each passed
+through a learned Linear to the model size) and optionally a learned item-ID embedding. A
+fusion module turns the channels into the item vector; a causal Transformer over the history
+of item vectors gives the user vector; scores are dot products with the whole catalog.
+Items with no training interactions (cold start) have no ID channel, so they are scored
+from content alone (modality/ID dropout in training teaches the model to do that).
+
+Example:
+    >>> model = load_model("artifacts/model")                         # doctest: +SKIP
+    >>> idx, score = model.topk(np.array([[0, 0, 3, 17]]), k=10)      # doctest: +SKIP
+    >>> torch.onnx.export(model.serving_module(100), (torch.zeros(1, 50, dtype=torch.long),), "m.onnx")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from fusionrec.artifacts import read_json
+from fusionrec.models.fusion import UserGate, make_fusion
+from fusionrec.models.transformer import SequenceEncoder
+from fusionrec.ranking import left_pad
+
+EXCLUDED = -1.0e9  # score given to padding and history items (finite: exporters and ORT stay NaN-free)
+UNSCORABLE = -1.0e8  # score of items with no channel at all (e.g. cold items in an ID-only model)
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to rebuild a model's modules (saved as ``config.json["spec"]``)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    kind: Literal["sequential", "popularity"] = "sequential"
+    n_items: int
+    modalities: list[str] = []
+    aligned_dim: int = 0
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    fusion: str = "attention"
+    use_id_embedding: bool = True
+
+    @property
+    def channels(self) -> int:
+        return len(self.modalities) + int(self.use_id_embedding)
+
+
+def _prepare_histories(histories: np.ndarray, max_len: int) -> torch.Tensor:
+    h = np.asarray(histories, dtype=np.int64)
+    if h.ndim != 2:
+        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
+    if h.shape[1] != max_len:  # keep the most recent max_len items, left-pad shorter ones
+        h = left_pad([row[row > 0] for row in h], max_len) if h.shape[1] < max_len else h[:, -max_len:]
+    return torch.from_numpy(np.ascontiguousarray(h))
+
+
+class Recommender(nn.Module):
+    """Fused item vectors + causal Transformer user model; a ``fusionrec.ranking.TopKRanker``."""
+
+    def __init__(self, spec: ModelSpec, features: torch.Tensor | None = None, feature_mask: torch.Tensor | None = None,
+                 id_mask: torch.Tensor | None = None):
+        super().__init__()
+        self.spec = spec
+        n, M, D = spec.n_items + 1, len(spec.modalities), spec.aligned_dim
+        if features is None:
+            features = torch.zeros(n, M, D)
+            feature_mask = torch.zeros(n, M, dtype=torch.bool)
+        if id_mask is None:
+            id_mask = torch.zeros(n, dtype=torch.bool)
+        if tuple(features.shape) != (n, M, D):
+            raise ValueError(f"features shape {tuple(features.shape)} != (n_items+1, modalities, aligned_dim) = {(n, M, D)}")
+        self.register_buffer("features", features.float().contiguous())
+        self.register_buffer("feature_mask", feature_mask.bool().contiguous())
+        self.register_buffer("id_mask", id_mask.bool().contiguous())
+        d = spec.dim
+        self.proj = nn.ModuleList([nn.Linear(D, d) for _ in spec.modalities])
+        self.id_emb = nn.Embedding(n, d) if spec.use_id_embedding else None
+        if self.id_emb is not None:
+            nn.init.normal_(self.id_emb.weight, std=0.1)
+        if spec.channels == 0:
+            raise ValueError("a model needs at least one modality or the item-ID embedding")
+        self.fusion = make_fusion(spec.fusion, spec.channels, d)
+        self.user_gate = UserGate(spec.channels, d) if spec.fusion == "user_gate" else None
+        self.encoder = SequenceEncoder(d, spec.layers, spec.heads, spec.max_len, spec.dropout)
+
+    # -- item side ------------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return self.spec.n_items
+
+    def channels(self, drop_modality: float = 0.0, drop_id: float = 0.0, generator: torch.Generator | None = None):
+        """All items' channel vectors [N+1, C, d] and presence mask [N+1, C] (optionally with channel dropout)."""
+        vecs, masks = [], []
+        for m, proj in enumerate(self.proj):
+            vecs.append(proj(self.features[:, m]))
+            masks.append(self.feature_mask[:, m])
+        if self.id_emb is not None:
+            vecs.append(self.id_emb.weight)
+            masks.append(self.id_mask)
+        vecs_t = torch.stack(vecs, 1)
+        mask = torch.stack(masks, 1)
+        if drop_modality > 0 or drop_id > 0:
+            p = torch.full(mask.shape, float(drop_modality), device=mask.device)
+            if self.id_emb is not None:
+                p[:, -1] = float(drop_id)
+            keep = torch.rand(mask.shape, generator=generator, device=mask.device) >= p
+            dropped = mask & keep
+            # never drop every channel of an item that had one
+            mask = torch.where(dropped.any(1, keepdim=True), dropped, mask)
+        return vecs_t * mask.unsqueeze(-1).to(vecs_t.dtype), mask
+
+    def item_tables(self, drop_modality: float = 0.0, drop_id: float = 0.0, generator: torch.Generator | None = None):
+        """(input table [N+1, d] fed to the sequence model, scoring parts) for the whole catalog."""
+        vecs, mask = self.channels(drop_modality, drop_id, generator)
+        fused, _ = self.fusion(vecs, mask)
+        if self.user_gate is None:
+            return fused, (fused,)
+        return fused, (vecs, mask.to(vecs.dtype))
+
+    def fusion_weights(self) -> torch.Tensor:
+        """Per-item channel weights [N+1, C] of the item-side fusion (0 for missing channels)."""
+        vecs, mask = self.channels()
+        return self.fusion(vecs, mask)[1]
+
+    def scorable(self) -> torch.Tensor:
+        """[N+1] bool: items with at least one channel (padding row 0 excluded)."""
+        ok = self.id_mask.clone() if self.id_emb is not None else torch.zeros_like(self.id_mask)
+        if len(self.spec.modalities):
+            ok = ok | self.feature_mask.any(1)
+        ok[0] = False
+        return ok
+
+    # -- user side ------------------------------------------------------------------------
+    def user_states(self, history: torch.Tensor, input_table: torch.Tensor) -> torch.Tensor:
+        """States [B, L, d] for a left-padded history [B, L]."""
+        x = nn.functional.embedding(history, input_table)
+        return self.encoder(x, history > 0)
+
+    def score(self, h: torch.Tensor, parts: tuple) -> torch.Tensor:
+        """Scores [P, N+1] of user states ``h`` [P, d] against the catalog."""
+        if self.user_gate is None:
+            return torch.matmul(h, parts[0].t())
+        vecs, maskf = parts
+        return self.user_gate.scores(h, vecs, maskf)
+
+    # -- ranking API ----------------------------------------------------------------------
+    def serving_module(self, k: int) -> nn.Module:
+        """A pure-tensor module ``history int64 [B, L] -> (item_idx int64 [B, k], score float32 [B, k])``.
+
+        The item table is precomputed and baked in as buffers; ready for ``torch.onnx.export``.
+        """
+        return ServingModule(self, k)
+
+    @torch.no_grad()
+    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per history (history items and padding excluded); the TopKRanker protocol."""
+        k = min(int(k), self.n_items)
+        module = self.serving_module(k)
+        h = _prepare_histories(histories, self.spec.max_len).to(module.input_table.device)
+        idx, score = module(h)
+        return idx.cpu().numpy().astype(np.int64), score.cpu().numpy().astype(np.float32)
+
+    def with_new_items(self, features: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> "Recommender":
+        """A copy with m new (cold) items appended as item_idx n_items+1..n_items+m, no retraining.
+
+        ``features[modality]`` is the *aligned* [m, D] array (see ``fusionrec.models.align.project``),
+        ``masks[modality]`` [m] bool (default: all present). Modalities not given are missing.
+        """
+        unknown = set(features) - set(self.spec.modalities)
+        if unknown:
+            raise ValueError(f"model has no modality {sorted(unknown)}; it was trained with {self.spec.modalities}")
+        sizes = {len(v) for v in features.values()}
+        if len(sizes) > 1:
+            raise ValueError(f"new-item feature arrays disagree on the number of items: {sorted(sizes)}")
+        m = sizes.pop() if sizes else 0
+        D = self.spec.aligned_dim
+        feats = torch.zeros(m, len(self.spec.modalities), D)
+        fmask = torch.zeros(m, len(self.spec.modalities), dtype=torch.bool)
+        for j, mod in enumerate(self.spec.modalities):
+            if mod not in features:
+                continue
+            arr = np.asarray(features[mod], dtype=np.float32)
+            if arr.shape != (m, D):
+                raise ValueError(f"new-item features for '{mod}' must be [{m}, {D}] (aligned), got {arr.shape}")
+            mk = np.ones(m, bool) if masks is None or mod not in masks else np.asarray(masks[mod], bool)
+            feats[:, j] = torch.from_numpy(arr) * torch.from_numpy(mk).float().unsqueeze(1)
+            fmask[:, j] = torch.from_numpy(mk)
+        spec = self.spec.model_copy(update={"n_items": self.n_items + m})
+        new = Recommender(spec, torch.cat([self.features.cpu(), feats]), torch.cat([self.feature_mask.cpu(), fmask]),
+                          torch.cat([self.id_mask.cpu(), torch.zeros(m, dtype=torch.bool)]))
+        state = {k: v for k, v in self.state_dict().items() if k not in ("features", "feature_mask", "id_mask", "id_emb.weight")}
+        new.load_state_dict(state, strict=False)
+        if self.id_emb is not None:
+            with torch.no_grad():
+                new.id_emb.weight.zero_()
+                new.id_emb.weight[: self.n_items + 1] = self.id_emb.weight.detach().cpu()
+        return new.eval()
+
+    def describe(self) -> str:
+        s = self.spec
+        return f"Recommender(items={s.n_items}, modalities={s.modalities}, id={s.use_id_embedding}, fusion={s.fusion}, dim={s.dim})"
+
+
+class ServingModule(nn.Module):
+    """Exportable inference graph of a ``Recommender`` with the item table baked in."""
+
+    def __init__(self, model: Recommender, k: int):
+        super().__init__()
+        model_was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            input_table, parts = model.item_tables()
+            penalty = torch.where(model.scorable(), 0.0, UNSCORABLE)
+            penalty[0] = EXCLUDED
+        model.train(model_was_training)
+        self.k = int(k)
+        self.register_buffer("input_table", input_table.detach().clone())
+        self.register_buffer("penalty", penalty.detach().clone())
+        self.encoder = copy.deepcopy(model.encoder).eval()
+        self.user_gate = copy.deepcopy(model.user_gate).eval() if model.user_gate is not None else None
+        if self.user_gate is None:
+            self.register_buffer("item_table", parts[0].detach().clone())
+        else:
+            self.register_buffer("channel_table", parts[0].detach().clone())
+            self.register_buffer("channel_mask", parts[1].detach().clone())
+
+    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = nn.functional.embedding(history, self.input_table)
+        h = self.encoder(x, history > 0)[:, -1]
+        if self.user_gate is None:
+            scores = torch.matmul(h, self.item_table.t())
+        else:
+            scores = self.user_gate.scores(h, self.channel_table, self.channel_mask)
+        scores = scores + self.penalty.unsqueeze(0)
+        scores = scores.scatter(1, history, torch.full(history.shape, EXCLUDED, dtype=scores.dtype, device=scores.device))
+        score, idx = torch.topk(scores, self.k, dim=1)
+        return idx, score
+
+
+# -- popularity ---------------------------------------------------------------------------
+class PopularityServing(nn.Module):
+    def __init__(self, scores: torch.Tensor, k: int):
+        super().__init__()
+        self.k = int(k)
+        self.register_buffer("scores", scores.detach().clone().float())
+
+    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.scores.unsqueeze(0).expand(history.shape[0], -1)
+        scores = scores.scatter(1, history, torch.full(history.shape, EXCLUDED, dtype=scores.dtype, device=scores.device))
+        score, idx = torch.topk(scores, self.k, dim=1)
+        return idx, score
+
+
+class PopularityRanker(nn.Module):
+    """Most-popular items (train interaction counts), history excluded; same API as ``Recommender``."""
+
+    def __init__(self, spec: ModelSpec, counts: torch.Tensor | None = None):
+        super().__init__()
+        self.spec = spec
+        if counts is None:
+            counts = torch.zeros(spec.n_items + 1)
+        self.register_buffer("counts", counts.float())
+
+    @property
+    def n_items(self) -> int:
+        return self.spec.n_items
+
+    def _scores(self) -> torch.Tensor:
+        s = self.counts / self.counts.max().clamp_min(1.0)
+        s = s.clone()
+        s[0] = EXCLUDED
+        return s
+
+    def serving_module(self, k: int) -> nn.Module:
+        return PopularityServing(self._scores(), k)
+
+    @torch.no_grad()
+    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(int(k), self.n_items)
+        h = _prepare_histories(histories, self.spec.max_len)
+        idx, score = self.serving_module(k)(h)
+        return idx.numpy().astype(np.int64), score.numpy().astype(np.float32)
+
+    def with_new_items(self, features: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> "PopularityRanker":
+        sizes = {len(v) for v in features.values()}
+        if len(sizes) > 1:
+            raise ValueError(f"new-item feature arrays disagree on the number of items: {sorted(sizes)}")
+        m = sizes.pop() if sizes else 0
+        spec = self.spec.model_copy(update={"n_items": self.n_items + m})
+        return PopularityRanker(spec, torch.cat([self.counts, torch.zeros(m)])).eval()
+
+    def describe(self) -> str:
+        return f"PopularityRanker(items={self.n_items})"
+
+
+# -- persistence --------------------------------------------------------------------------
+AnyModel = Recommender | PopularityRanker
+
+
+def build_model(spec: ModelSpec) -> AnyModel:
+    return PopularityRanker(spec) if spec.kind == "popularity" else Recommender(spec)
+
+
+def save_model(model: AnyModel, folder: str | os.PathLike, extra_config: dict | None = None) -> None:
+    """Write ``model.safetensors`` + ``config.json`` (spec + extra) into ``folder`` (no pickle)."""
+    from safetensors.torch import save_file
+
+    from fusionrec.artifacts import atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    atomic_write_json(folder / "config.json", {"spec": model.spec.model_dump(mode="json"), **(extra_config or {})})
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> AnyModel:
+    """Load a model artifact (or a folder with ``model.safetensors`` + ``config.json``), in eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path / name} not found: is {path} a model artifact written by `fusionrec train`?")
+    spec = ModelSpec.model_validate(read_json(path / "config.json")["spec"])
+    state = load_file(str(path / "model.safetensors"))
+    if spec.kind == "popularity":
+        model: AnyModel = PopularityRanker(spec, state["counts"])
+    else:
+        model = Recommender(spec, state["features"], state["feature_mask"], state["id_mask"])
+        model.load_state_dict(state, strict=True)
+    from fusionrec.device import pick_device
+
+    return model.to(pick_device(device)).eval()

@@ -1,0 +1,279 @@
+"""Train step: the fused sequential recommender and its baselines, by one code path.
+
+``cfg.model`` picks what is trained:
+
+- ``fused``            every aligned modality (+ the item-ID embedding when ``use_id_embedding``);
+- ``single:<modality>`` one aligned modality (+ ID embedding when ``use_id_embedding``);
+- ``id``               the ID embedding only (SASRec-like; cannot score cold items);
+- ``popularity``       train interaction counts (no learning).
+
+Next-item prediction over the train sequences (every position, SASRec-style) with a full
+softmax over the items seen in training (``loss=sampled``: in-batch + ``n_negatives`` uniform
+negatives), channel dropout (``modality_dropout``, ``id_dropout``) so items can be scored from
+content alone, early stopping on validation NDCG@10, fixed seeds. Writes the ``model``
+artifact: ``model.safetensors``, ``config.json``, ``metrics.json``, ``per_case.parquet``.
+
+Example:
+    >>> run("artifacts/dataset", "artifacts/aligned", "artifacts/model", TrainConfig(epochs=20))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from pydantic import field_validator
+from torch import nn
+
+from fusionrec.config import StepConfig
+from fusionrec.models.fusion import FUSIONS
+from fusionrec.models.recommender import ModelSpec, PopularityRanker, Recommender, save_model
+from fusionrec.progress import get_logger, progress
+from fusionrec.ranking import left_pad
+
+log = get_logger(__name__)
+
+NEG = -1.0e9
+
+
+class TrainConfig(StepConfig):
+    """Settings of the train step (config section ``train``). Defaults train the demo catalog in about a minute on 2 cores."""
+
+    model: str = "fused"
+    fusion: str = "attention"
+    use_id_embedding: bool = True
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    modality_dropout: float = 0.1
+    id_dropout: float = 0.3
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    loss: Literal["full", "sampled"] = "full"
+    n_negatives: int = 256
+    patience: int = 4
+    valid_every: int = 1
+    max_valid_cases: Optional[int] = 3000
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    eval_k: int = 100
+    eval_ks: list[int] = [10, 20, 50]
+    max_train_seconds: Optional[float] = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v in ("fused", "id", "popularity") or (v.startswith("single:") and len(v) > 7):
+            return v
+        raise ValueError(f"model must be fused, id, single:<modality> or popularity, got '{v}'")
+
+    @field_validator("fusion")
+    @classmethod
+    def _fusion(cls, v: str) -> str:
+        if v not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got '{v}'")
+        return v
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_arrays(sequences: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """SASRec inputs/targets [U, max_len] (left-padded) from each user's most recent max_len+1 train items."""
+    seqs = [s[-(max_len + 1):] for s in sequences if len(s) >= 2]
+    return left_pad([s[:-1] for s in seqs], max_len), left_pad([s[1:] for s in seqs], max_len)
+
+
+def build_spec(cfg: TrainConfig, n_items: int, available: list[str], aligned_dim: int) -> ModelSpec:
+    base = dict(n_items=n_items, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads, max_len=cfg.max_len,
+                dropout=cfg.dropout, fusion=cfg.fusion)
+    if cfg.model == "popularity":
+        return ModelSpec(kind="popularity", **base)
+    if cfg.model == "id":
+        return ModelSpec(modalities=[], aligned_dim=0, use_id_embedding=True, **base)
+    if cfg.model == "fused":
+        mods = list(available)
+    else:
+        mods = [cfg.model.split(":", 1)[1]]
+        if mods[0] not in available:
+            raise ValueError(f"model '{cfg.model}': the aligned artifact has no modality '{mods[0]}' (it has {available})")
+    if not mods:
+        raise ValueError(f"model '{cfg.model}' needs an aligned artifact (--aligned) with at least one modality")
+    return ModelSpec(modalities=mods, aligned_dim=aligned_dim, use_id_embedding=cfg.use_id_embedding, **base)
+
+
+def _rows(parts: tuple, idx: torch.Tensor) -> tuple:
+    return tuple(p[idx] for p in parts)
+
+
+def _loss(model: Recommender, X: torch.Tensor, Y: torch.Tensor, cfg: TrainConfig, train_items: torch.Tensor,
+          train_item_list: torch.Tensor) -> torch.Tensor:
+    input_table, parts = model.item_tables(cfg.modality_dropout, cfg.id_dropout)
+    states = model.user_states(X, input_table)
+    valid = Y > 0
+    h = states[valid]
+    y = Y[valid]
+    if cfg.loss == "full":
+        logits = model.score(h, parts).float()
+        logits = logits.masked_fill(~train_items.unsqueeze(0), NEG)
+        return nn.functional.cross_entropy(logits, y)
+    neg = train_item_list[torch.randint(len(train_item_list), (cfg.n_negatives,), device=y.device)]
+    cand = torch.cat([y, neg])
+    logits = model.score(h, _rows(parts, cand)).float()
+    same = (cand.unsqueeze(0) == y.unsqueeze(1))
+    same[torch.arange(len(y)), torch.arange(len(y))] = False  # keep each row's own positive
+    logits = logits.masked_fill(same, NEG)
+    return nn.functional.cross_entropy(logits, torch.arange(len(y), device=y.device))
+
+
+def _subsample(cases, histories, n: int | None, seed: int):
+    if n is None or len(cases) <= n:
+        return cases, histories
+    keep = np.sort(np.random.default_rng(seed).choice(len(cases), n, replace=False))
+    return cases.iloc[keep].reset_index(drop=True), histories[keep]
+
+
+def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
+    """Train ``model`` in place on ``ds`` (a DatasetArtifact); returns the training record (curves, timings)."""
+    from fusionrec.evaluate import evaluate
+
+    X_np, Y_np = training_arrays(ds.train_sequences(), cfg.max_len)
+    if len(X_np) == 0:
+        raise ValueError(f"{ds.path}: no user has 2 or more train events; nothing to train on")
+    X_all = torch.from_numpy(X_np).to(device)
+    Y_all = torch.from_numpy(Y_np).to(device)
+    train_items = model.id_mask.to(device) if model.spec.use_id_embedding else None
+    if train_items is None:
+        train_items = torch.zeros(model.n_items + 1, dtype=torch.bool, device=device)
+        train_items[torch.unique(torch.cat([X_all.flatten(), Y_all.flatten()]))] = True
+        train_items[0] = False
+    train_item_list = torch.nonzero(train_items).flatten()
+    valid_cases = _subsample(*ds.eval_cases("valid", cfg.max_len), cfg.max_valid_cases, cfg.seed)
+    has_valid = len(valid_cases[0]) > 0
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    dev_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    scaler = torch.amp.GradScaler(dev_type, enabled=cfg.amp == "fp16" and dev_type == "cuda")
+    gen = np.random.default_rng(cfg.seed)
+    record: dict = {"loss": [], "valid_ndcg@10": [], "valid_recall@10": [], "epoch_seconds": []}
+    best, best_state, bad, sequences, train_seconds = -1.0, None, 0, 0, 0.0
+    t_start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.from_numpy(gen.permutation(len(X_all))).to(device)
+        bar = progress(range(0, len(perm), cfg.batch_size), desc=f"train {cfg.model} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        t0 = time.perf_counter()
+        total, steps = 0.0, 0
+        for start in bar:
+            b = perm[start:start + cfg.batch_size]
+            with torch.autocast(dev_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = _loss(model, X_all[b], Y_all[b], cfg, train_items, train_item_list)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss.detach())
+            steps += 1
+            sequences += len(b)
+            bar.set_postfix(loss=f"{total / steps:.4f}", seq_s=f"{sequences / max(train_seconds + time.perf_counter() - t0, 1e-9):.0f}")
+        dt = time.perf_counter() - t0
+        train_seconds += dt
+        record["loss"].append(total / max(steps, 1))
+        record["epoch_seconds"].append(dt)
+        msg = f"epoch {epoch + 1}: loss {record['loss'][-1]:.4f}, {len(X_all) / dt:.0f} seq/s"
+        if has_valid and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
+            model.eval()
+            res = evaluate(model, ds, "valid", ks=(10,), k_max=10, max_len=cfg.max_len, cases=valid_cases)
+            ndcg = res.summary["overall"]["ndcg@10"]
+            record["valid_ndcg@10"].append(ndcg)
+            record["valid_recall@10"].append(res.summary["overall"]["recall@10"])
+            msg += f", valid NDCG@10 {ndcg:.4f}"
+            if ndcg > best:
+                best, bad, best_state = ndcg, 0, copy.deepcopy(model.state_dict())
+                record["best_epoch"] = epoch + 1
+            else:
+                bad += 1
+        log.info(msg)
+        if has_valid and bad >= cfg.patience:
+            log.info("early stop: no valid NDCG@10 gain for %d evaluations (best %.4f at epoch %d)", bad, best, record.get("best_epoch", 0))
+            break
+        if cfg.max_train_seconds is not None and time.perf_counter() - t_start > cfg.max_train_seconds:
+            log.info("stopping: max_train_seconds %.0f reached", cfg.max_train_seconds)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    record.update(epochs_run=len(record["loss"]), train_seconds=train_seconds, sequences_seen=sequences,
+                  sequences_per_second=sequences / max(train_seconds, 1e-9), n_train_sequences=int(len(X_all)),
+                  best_valid_ndcg10=best if best >= 0 else None)
+    return record
+
+
+def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str | os.PathLike, cfg: TrainConfig | None = None) -> Path:
+    """Train ``cfg.model`` on the dataset artifact (with the aligned artifact for content models) and write the model artifact."""
+    from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.device import pick_device
+    from fusionrec.evaluate import evaluate
+    from fusionrec.models.align import load_aligned
+
+    cfg = cfg or TrainConfig()
+    out = Path(out)
+    ds = DatasetArtifact(dataset)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        tr = ds.events[ds.events["split"] == "train"]
+        counts = np.bincount(tr["item_idx"].to_numpy(np.int64), minlength=ds.n_items + 1)[: ds.n_items + 1]
+        if aligned is not None and cfg.model not in ("id", "popularity"):
+            mods, feats, fmask = load_aligned(aligned)
+            if feats.shape[0] != ds.n_items + 1:
+                raise ValueError(f"aligned artifact {aligned} has {feats.shape[0] - 1} items, dataset {dataset} has {ds.n_items}")
+        else:
+            mods, feats, fmask = [], np.zeros((ds.n_items + 1, 0, 0), np.float32), np.zeros((ds.n_items + 1, 0), bool)
+        spec = build_spec(cfg, ds.n_items, mods, feats.shape[2])
+        t0 = time.perf_counter()
+        if spec.kind == "popularity":
+            model = PopularityRanker(spec, torch.from_numpy(counts.astype(np.float32)))
+            record = {"train_seconds": time.perf_counter() - t0, "sequences_per_second": None}
+        else:
+            keep = [mods.index(m) for m in spec.modalities]
+            model = Recommender(spec, torch.from_numpy(feats[:, keep]), torch.from_numpy(fmask[:, keep]), torch.from_numpy(counts > 0))
+            model.to(device)
+            log.info("training %s (%s) on %s: %d params", cfg.model, model.describe(), device, sum(p.numel() for p in model.parameters()))
+            record = fit(model, ds, cfg, device)
+            log.info("%s: %.0f sequences/s, %.1fs training", cfg.model, record["sequences_per_second"], record["train_seconds"])
+        test = evaluate(model, ds, "test", ks=cfg.eval_ks, k_max=cfg.eval_k, max_len=cfg.max_len)
+        model = model.cpu()
+        with artifact_dir(out) as tmp:
+            save_model(model, tmp, {"train": cfg.model_dump(mode="json"), "model": cfg.model, "n_items": ds.n_items,
+                                    "modalities": spec.modalities, "fusion": spec.fusion})
+            atomic_write_json(tmp / "metrics.json", {"model": cfg.model, "fusion": spec.fusion, "modalities": spec.modalities,
+                                                     "training": record, "test": test.summary})
+            save_parquet(test.per_case, tmp / "per_case.parquet")
+            inputs = {"dataset": Path(dataset)}
+            if aligned is not None:
+                inputs["aligned"] = Path(aligned)
+            write_manifest(tmp, step="train", kind="model", params=cfg, inputs=inputs, model=cfg.model, n_items=ds.n_items)
+    finally:
+        torch.use_deterministic_algorithms(det)
+    return out
