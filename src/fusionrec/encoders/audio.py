@@ -73,7 +73,7 @@ class AudioError(Exception):
 # --------------------------------------------------------------------------------------------------
 def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
     """Mono float32 samples at ``sr`` -> 16 kHz."""
-    if sr == SR:
+    if sr == SR or x.size == 0:
         return x
     import torch
     import torchaudio.functional as AF
@@ -144,7 +144,7 @@ def decode_segments(path: Path, max_patches: int, max_decode_seconds: float = 12
     except Exception as exc:  # libsndfile errors, truncated/garbage data, unknown formats
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = re.sub(r"^Error opening .*?: ", "", msg)  # the path is already in the row's item
-        raise AudioError(f"undecodable audio ({path.name}): {msg[:200]}") from None
+        raise AudioError(f"undecodable audio: {msg[:200]}") from None
     segs = [s for s in out if s.size]
     if not segs:
         raise AudioError("empty audio (0 samples)")
@@ -240,6 +240,13 @@ class _AudioBase:
 # --------------------------------------------------------------------------------------------------
 # musicnn
 # --------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @lru_cache(maxsize=4)
 def _cached_musicnn(model: str):
     from fusionrec.encoders.musicnn_port import load_musicnn
@@ -284,7 +291,7 @@ class MusicnnEncoder(_AudioBase):
 
         return {"modality": self.modality, "encoder": self.name, "dim": self.dim,
                 "weights": {"package": "musicnn", "version": version("musicnn"), "checkpoint": self.model,
-                            "path": str(musicnn_dir() / self.model), "licence": "ISC",
+                            "sha256": _sha256(musicnn_dir() / self.model / ".data-00000-of-00001"), "licence": "ISC",
                             "format": "TensorFlow V2 bundle, read without TensorFlow"},
                 "output": "penultimate layer (batch-normalised dense 200), mean over 3 s patches",
                 "labels": self.labels, "preprocessing": self._preprocessing()}
