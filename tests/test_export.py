@@ -223,3 +223,18 @@ def test_export_real_model_and_add_items_without_retraining(trained_text_model, 
                 assert abs(row_s[row_i.tolist().index(new)] - row_s[row_i.tolist().index(orig)]) < 1e-3
     assert seen > 0
     assert (idx > n).any()
+
+
+def test_compare_topk_allows_only_near_tie_reorders():
+    from fusionrec.export import compare_topk
+
+    ref_i = np.array([[5, 6, 7, 8]])
+    ref_s = np.array([[4.0, 3.0, 3.000001, 1.0]], np.float32)
+    ok = compare_topk(ref_i, ref_s, np.array([[5, 7, 6, 8]]), np.array([[4.0, 3.000001, 3.0, 1.0]], np.float32))
+    assert ok["n_failures"] == 0 and ok["reordered_cases"] == 1
+    swapped = compare_topk(ref_i, ref_s, np.array([[6, 5, 7, 8]]), np.array([[3.0, 4.0, 3.0, 1.0]], np.float32))
+    assert swapped["n_failures"] == 1 and "rank 0" in swapped["failures"][0]["why"]
+    other_set = compare_topk(ref_i, ref_s, np.array([[5, 6, 7, 9]]), np.array([[4.0, 3.0, 3.0, 0.5]], np.float32))
+    assert other_set["n_failures"] == 1 and "set" in other_set["failures"][0]["why"]
+    drift = compare_topk(ref_i, ref_s, ref_i, ref_s + np.float32(1e-3))
+    assert drift["n_failures"] == 1 and drift["max_abs_score_diff"] > 1e-4

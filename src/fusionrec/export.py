@@ -224,14 +224,14 @@ def compare_topk(ref_idx: np.ndarray, ref_score: np.ndarray, idx: np.ndarray, sc
                 continue
         if not np.array_equal(ri, oi):
             reordered += 1
-            for j, it in enumerate(oi.tolist()):
-                if it in ref_map and abs(ref_map[it] - float(rs[j])) > tie_tolerance:
-                    failures.append({"row": r, "why": f"rank {j} holds item {it} (ref score {ref_map[it]:.6g}) "
-                                                      f"where the reference has {int(ri[j])} ({float(rs[j]):.6g})"})
-                    break
-            else:
-                pass
-        if row_max > score_tolerance and not any(f["row"] == r for f in failures[-1:]):
+            bad_rank = next((j for j, it in enumerate(oi.tolist())
+                             if it in ref_map and abs(ref_map[it] - float(rs[j])) > tie_tolerance), None)
+            if bad_rank is not None:
+                j = bad_rank
+                failures.append({"row": r, "why": f"rank {j} holds item {int(oi[j])} (ref score {ref_map[int(oi[j])]:.6g}) "
+                                                  f"where the reference has {int(ri[j])} ({float(rs[j]):.6g})"})
+                continue
+        if row_max > score_tolerance:
             failures.append({"row": r, "why": f"score diff {row_max:.3g} > {score_tolerance}"})
     return {"n_cases": int(n), "k": int(k), "max_abs_score_diff": max_diff, "reordered_cases": reordered,
             "boundary_tie_cases": boundary, "n_failures": len(failures), "failures": failures[:20]}
