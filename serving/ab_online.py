@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
-from fusionrec.ab.offline import IdMap, MappedRanker, load_ranker, offline_compare
+from fusionrec.ab.offline import IdMap, MappedRanker, case_history_len, load_ranker, offline_compare
 from fusionrec.ab.online import OnlineResult, replay
 from fusionrec.ab.report import write_report
 from fusionrec.data.dataset import DatasetArtifact
@@ -30,11 +30,16 @@ from fusionrec.progress import get_logger
 log = get_logger("fusionrec.serving.ab")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` right now (held together while the OS picks them)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _client(url: str, name: str, repo: str | os.PathLike, ds: DatasetArtifact):
@@ -61,18 +66,18 @@ def replay_on_triton(
     from .server import start_server
 
     ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
-    grpc_port, http_port, metrics_port = ports or (free_port(host), free_port(host), free_port(host))
-    cases, hist = ds.eval_cases(cfg.split, max_len=cfg.max_len)
-    users = ds.users.set_index("user_idx")["user_id"].astype(str)
-    user_ids = users.reindex(cases["user_idx"].to_numpy()).fillna("").to_numpy()
-    if (user_ids == "").any():
-        raise ValueError(f"{ds.path}: {int((user_ids == '').sum())} {cfg.split} cases have a user_idx missing from users.parquet")
+    grpc_port, http_port, metrics_port = ports or free_ports(3, host)
     models = {"control": Path(control_repo), "treatment": Path(treatment_repo)}
     log.info("starting Triton with control=%s treatment=%s on %s:%d", control_repo, treatment_repo, host, grpc_port)
     with start_server(models, host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, **server_kw) as srv:
         control = _client(srv.grpc_url, "control", control_repo, ds)
         treatment = _client(srv.grpc_url, "treatment", treatment_repo, ds)
         try:
+            cases, hist = ds.eval_cases(cfg.split, max_len=case_history_len(cfg, control, treatment))
+            users = ds.users.set_index("user_idx")["user_id"].astype(str)
+            user_ids = users.reindex(cases["user_idx"].to_numpy()).fillna("").to_numpy()
+            if (user_ids == "").any():
+                raise ValueError(f"{ds.path}: {int((user_ids == '').sum())} {cfg.split} cases have a user_idx missing from users.parquet")
             return replay(cases, hist, user_ids, control, treatment, cfg, source=f"triton grpc {srv.grpc_url}")
         finally:
             for c in (control, treatment):

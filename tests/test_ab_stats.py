@@ -412,3 +412,50 @@ def test_replay_in_process():
     assert res.treatment.latency_p50_ms == pytest.approx(1.0)  # one scripted tick per request
     assert res.p_clustered < 1e-6 and res.p_pooled < 1e-6
     assert res.interleaving.wins_treatment == res.interleaving.n_users
+
+
+# ---------------------------------------------------------------------------------------------
+# the step without a server: fusionrec.ab.run with in-process rankers writes a complete report
+# ---------------------------------------------------------------------------------------------
+class CountRanker:
+    """Items by train count (or its reverse), history excluded: a TopKRanker."""
+
+    def __init__(self, ds, reverse: bool = False):
+        tr = ds.split("train")
+        counts = np.bincount(tr["item_idx"].to_numpy(np.int64), minlength=ds.n_items + 1).astype(float)
+        counts[0] = -np.inf
+        self.order = np.argsort(counts if reverse else -counts, kind="stable")
+        self.order = self.order[self.order > 0]
+
+    def topk(self, histories, k):
+        out = np.zeros((len(histories), k), np.int64)
+        for i, h in enumerate(histories):
+            seen = set(h[h > 0].tolist())
+            row = [x for x in self.order if x not in seen][:k]
+            out[i, : len(row)] = row  # 0 = nothing (a catalog smaller than history + k)
+        return out, np.zeros(out.shape, np.float32)
+
+
+def test_run_offline_report(tiny_dataset, tmp_path):
+    from fusionrec.ab import run
+    from fusionrec.artifacts import read_json, read_manifest
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.metrics import per_case_metrics, ranks_from_topk
+
+    ds = DatasetArtifact(tiny_dataset)
+    cfg = ABConfig(bootstrap_resamples=200, k_max=20, max_len=20)
+    out = run(CountRanker(ds, reverse=True), CountRanker(ds), tiny_dataset, tmp_path / "ab", cfg)
+    assert read_manifest(out, kind="ab_report")["decided_by"] == read_json(out / "decision.json")["decided_by"]
+    d = read_json(out / "decision.json")
+    assert not d["online_run"]
+    assert all(not r["evaluated"] for r in d["rules"] if r["rule"] in ("latency_p99", "online_hit_rate"))
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "not run" in html
+    assert not (out / "online.json").exists()
+    metrics = read_json(out / "metrics.json")
+    # the overall NDCG@10 of the treatment equals a direct computation on its lists
+    cases, hist = ds.eval_cases("test", 20)
+    idx, _ = CountRanker(ds).topk(hist, 20)
+    direct = per_case_metrics(ranks_from_topk(idx, cases["item_idx"].to_numpy()), (10,))["ndcg@10"].mean()
+    assert metrics["overall.ndcg@10.treatment"] == pytest.approx(direct)
+    assert metrics["promote"] == float(d["promote"])

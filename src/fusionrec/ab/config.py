@@ -30,7 +30,7 @@ class ABConfig(StepConfig):
     bootstrap_resamples: int = Field(2000, ge=100)
     seed: int = 0
     k_max: int = Field(100, ge=1, description="top-K kept per case (must be <= the exported graph's K)")
-    max_len: int = Field(50, ge=1, description="history length fed to the models")
+    max_len: Optional[int] = Field(None, ge=1, description="history length read per case (default: the longest any arm's graph takes; each arm keeps its own most recent L)")
     batch_size: int = Field(256, ge=1)
     coverage_k: int = Field(10, ge=1, description="coverage = share of the catalog in at least one top-coverage_k list")
     split: Literal["test", "valid"] = "test"

@@ -246,9 +246,32 @@ def compare_per_case(per_case: pd.DataFrame, cfg: ABConfig) -> list[PairedCompar
     return out
 
 
+def history_len(ranker: TopKRanker) -> int | None:
+    """The history length L a ranker's graph takes (OnnxRanker, gRPC client, Recommender), if it says."""
+    for obj in (ranker, getattr(ranker, "inner", None)):
+        if obj is None:
+            continue
+        for attr in ("history_len", "max_len"):
+            v = getattr(obj, attr, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        v = getattr(getattr(obj, "spec", None), "max_len", None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def case_history_len(cfg: ABConfig, *rankers: TopKRanker, default: int = 50) -> int:
+    """``cfg.max_len``, else the longest L any arm takes (each arm then keeps its own most recent L)."""
+    if cfg.max_len is not None:
+        return cfg.max_len
+    lens = [n for n in (history_len(r) for r in rankers) if n]
+    return max(lens) if lens else default
+
+
 def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: DatasetArtifact, cfg: ABConfig) -> OfflineResult:
     """Rank the held-out cases with both arms and compare them per user."""
-    cases, hist = dataset.eval_cases(cfg.split, max_len=cfg.max_len)
+    cases, hist = dataset.eval_cases(cfg.split, max_len=case_history_len(cfg, control, treatment))
     if len(cases) == 0:
         raise ValueError(f"{dataset.path}: the {cfg.split} split has no cases to evaluate")
     log.info("offline A/B: %d %s cases of %d users", len(cases), cfg.split, cases["user_idx"].nunique())

@@ -160,7 +160,10 @@ def bootstrap_lift_ci(
     if len(finite) == 0:
         return float("nan"), float("nan"), lifts
     alpha = 1.0 - confidence
-    lo, hi = np.quantile(finite, [alpha / 2, 1 - alpha / 2], method="linear")
+    if np.isinf(finite).any():  # interpolating next to +-inf gives nan: take order statistics instead
+        lo, hi = np.quantile(finite, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    else:
+        lo, hi = np.quantile(finite, [alpha / 2, 1 - alpha / 2], method="linear")
     return float(lo), float(hi), lifts
 
 
