@@ -234,6 +234,7 @@ class ServingModule(nn.Module):
         else:
             self.register_buffer("channel_table", parts[0].detach().clone())
             self.register_buffer("channel_mask", parts[1].detach().clone())
+        self.requires_grad_(False)
 
     def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = nn.functional.embedding(history, self.input_table)
@@ -277,8 +278,11 @@ class PopularityRanker(nn.Module):
         return self.spec.n_items
 
     def _scores(self) -> torch.Tensor:
-        s = self.counts / self.counts.max().clamp_min(1.0)
-        s = s.clone()
+        """Distinct scores in (0, 1] ordered by (count desc, item_idx asc): no ties, so every backend agrees."""
+        n = self.counts.shape[0]
+        order = np.lexsort((np.arange(n), -self.counts.cpu().numpy()))  # most popular first, ties by item_idx
+        s = torch.empty(n)
+        s[torch.from_numpy(order)] = torch.arange(n, 0, -1, dtype=torch.float32) / n
         s[0] = EXCLUDED
         return s
 
