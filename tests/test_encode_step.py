@@ -92,9 +92,17 @@ def test_sharded_then_merged_equals_unsharded(modality, first_runs, tiny_dataset
         merge([shards[0], shards[2]], tmp_path / "bad")
     merged = merge(shards[::-1], tmp_path / "merged")
     man = read_manifest(merged, kind="embeddings")
-    for f in ("embeddings.npy", "mask.npy"):
-        a, b = np.load(full / f, allow_pickle=False), np.load(merged / f, allow_pickle=False)
-        np.testing.assert_array_equal(a, b)  # bit for bit: every encoder computes each item independently of its batch
+    import torch
+
+    a, b = np.load(full / "embeddings.npy", allow_pickle=False), np.load(merged / "embeddings.npy", allow_pickle=False)
+    if torch.cuda.is_available() and modality != "tabular":
+        # cuDNN/cuBLAS may pick different kernels for different batch shapes: equal to float noise only
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    else:
+        # bit for bit: on CPU every encoder computes each item independently of its batch
+        # (onnxruntime convolutions per image; text grouped by its own padding bucket)
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.load(full / "mask.npy"), np.load(merged / "mask.npy"))
     pd.testing.assert_frame_equal(pd.read_parquet(full / "reasons.parquet"), pd.read_parquet(merged / "reasons.parquet"))
     assert man["dim"] == read_manifest(full)["dim"] and man["merged_from"] == 3
 

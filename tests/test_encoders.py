@@ -95,8 +95,14 @@ def test_hf_text_encoder_rejects_missing_folder():
 
 
 # ----------------------------------------------------------------------------- image
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_image_imagenet_head_classifies_real_photos(image_encoder, photos):
-    assert image_encoder.dim == 1280 and image_encoder.backend == "onnx"
+    assert image_encoder.dim == 1280 and image_encoder.backend == ("torch" if _cuda() else "onnx")
     top = image_encoder.classify([photos["chelsea"], photos["coffee"]], k=5)
     cat_labels = {label for label, _ in top[0]}
     assert cat_labels & CAT_CLASSES, top[0]
@@ -106,12 +112,15 @@ def test_image_imagenet_head_classifies_real_photos(image_encoder, photos):
 
 
 def test_image_onnx_export_cached_and_matches_pytorch(image_encoder, photos, encoder_cache):
+    from fusionrec.encoders.encode import shared_encoder
     from fusionrec.encoders.registry import get_encoder
 
+    if image_encoder.backend != "onnx":  # on a CUDA machine the default runs in PyTorch
+        image_encoder = shared_encoder("image", backend="onnx", device="cpu")
     onnx_path = image_encoder.onnx_path
     assert onnx_path is not None and onnx_path.parent == encoder_cache / "onnx" and onnx_path.exists()
     mtime = onnx_path.stat().st_mtime_ns
-    again = get_encoder("image", backend="onnx")  # reuses the cached export
+    again = get_encoder("image", backend="onnx", device="cpu")  # reuses the cached export
     assert again.onnx_path == onnx_path and onnx_path.stat().st_mtime_ns == mtime
     paths = list(photos.values())
     v_onnx, r1 = image_encoder.encode_batch(paths)
@@ -245,3 +254,20 @@ def test_tabular_nan_robust_and_deterministic():
     again = get_encoder("tabular", top_k=1, hash_buckets=4).fit(list(reversed(rows)))
     assert again.state_hash() == enc.state_hash()
     np.testing.assert_array_equal(again.encode_batch(rows)[0], vecs[:5])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_cuda_encoders_match_cpu(photos, text_encoder, encoder_cache):
+    from fusionrec.encoders.encode import shared_encoder
+    from fusionrec.encoders.registry import get_encoder
+
+    paths = list(photos.values())
+    gpu = get_encoder("image", device="cuda")
+    assert gpu.backend == "torch" and gpu.device == "cuda"
+    cpu = shared_encoder("image", backend="onnx", device="cpu")
+    np.testing.assert_allclose(gpu.encode_batch(paths)[0], cpu.encode_batch(paths)[0], atol=2e-3, rtol=2e-3)
+    texts = ["a red bicycle", "espresso in a white cup"]
+    tg = get_encoder("text", device="cuda").encode_batch(texts)[0]
+    tc = get_encoder("text", device="cpu").encode_batch(texts)[0]
+    np.testing.assert_allclose(tg, tc, atol=1e-4)
