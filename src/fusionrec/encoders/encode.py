@@ -431,6 +431,8 @@ def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = N
     ds = DatasetArtifact(dataset)
     items = ds.items
     n = len(items)
+    if not np.array_equal(items["item_idx"].to_numpy(np.int64), np.arange(1, n + 1)):
+        raise ArtifactError(f"{dataset}: items.parquet item_idx is not 1..{n}")
     t_start = time.perf_counter()
     enc = encoder if encoder is not None else build_encoder(cfg)
     if getattr(enc, "modality", cfg.modality) != cfg.modality:
@@ -453,9 +455,6 @@ def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = N
         inputs, pre, content = _prepare(ds, cfg, enc)
         vecs, reasons, stats = _encode_items(enc, cfg, positions, inputs, pre, content, dim)
     idx = np.asarray(positions, np.int64) + 1
-    item_idx_all = items["item_idx"].to_numpy(np.int64)
-    if not np.array_equal(item_idx_all, np.arange(1, n + 1)):
-        raise ArtifactError(f"{dataset}: items.parquet item_idx is not 1..{n}")
     mask = np.asarray([r is None for r in reasons], bool)
     ids = items["item_id"].astype(str).to_numpy()
     reasons_df = pd.DataFrame(
