@@ -199,6 +199,7 @@ def start_server(
     threads: int | None = None,
     providers: list[str] | None = None,
     log_verbose: int = 0,
+    log_file: str | os.PathLike | None = None,
 ) -> ServerHandle:
     """Start tritonserver (from nvidia-pytriton) serving each exported model; return its handle.
 
@@ -207,6 +208,7 @@ def start_server(
     ``config.pbtxt``; ``max_queue_delay_us`` overrides the queue delay, ``dynamic_batching=False``
     serves every request alone (the baseline the benchmark compares against). Statistics and
     repository endpoints are left unrestricted (loopback only) so tools can read them.
+    ``log_file`` sends tritonserver's own log there instead of this process's stderr.
     """
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -217,7 +219,8 @@ def start_server(
     ensure_libpython_on_path()
     logging.getLogger("pytriton").setLevel(logging.WARNING)
     config = TritonConfig(grpc_address=host, http_address=host, metrics_address=host, grpc_port=grpc_port,
-                          http_port=http_port, metrics_port=metrics_port, exit_timeout_secs=5, log_verbose=log_verbose)
+                          http_port=http_port, metrics_port=metrics_port, exit_timeout_secs=5, log_verbose=log_verbose,
+                          log_file=Path(log_file) if log_file is not None else None)
     triton = Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[]))
     handle = ServerHandle(triton, host, grpc_port, http_port, metrics_port)
     try:

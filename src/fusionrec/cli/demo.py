@@ -52,7 +52,7 @@ def _metric_rows(models: dict[str, Optional[Path]], oracle: Optional[dict]) -> l
     return lines
 
 
-def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int) -> None:
+def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int, log_file: Path) -> None:
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.serving.ab_online import free_ports
     from fusionrec.serving.client import RecommendClient
@@ -64,9 +64,10 @@ def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int) -> None:
     warm = cases.index[cases["segment"] == "warm"][:n_users]
     grpc_port, http_port, metrics_port = free_ports(3)
     t0 = time.perf_counter()
-    with start_server(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port) as srv:
+    with start_server(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, log_file=log_file) as srv:
         name = next(iter(srv.models))
-        typer.echo(f"\nTriton serving '{name}' from {repo} on grpc {srv.grpc_url} (started in {time.perf_counter() - t0:.1f} s)")
+        typer.echo(f"\nTriton serving '{name}' from {repo} on grpc {srv.grpc_url} (started in {time.perf_counter() - t0:.1f} s;"
+                   f" server log: {log_file})")
         with RecommendClient(srv.grpc_url, model=name, repo=repo) as client:
             for i in warm:
                 hist = [str(ds.item_ids[j]) for j in histories[i] if j > 0]
@@ -83,6 +84,31 @@ def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int) -> None:
                     mark = "  <- the real next item" if item == target else ""
                     typer.echo(f"    {rank:>2}. {item:<10} {score:8.3f}  {titles.get(item, '')}{mark}")
     typer.echo("Triton stopped.")
+
+
+def _run_quietly(run_local, args: dict, workdir: Path, cache: bool, log_path: Path) -> dict:
+    """Run the pipeline with each step's stdout (kfp.local echoes whole executor inputs) in a log file.
+
+    kfp.local's own task lines ("Executing task ...", "... finished with status") still reach the
+    terminal through logging; kfp.local also swaps the root logger's handlers, which are put back
+    afterwards so later output (Triton's) is formatted as usual.
+    """
+    import contextlib
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log_path, "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), warnings.catch_warnings():
+            # kfp.local warns, per task, that cluster-only settings (resources, accelerators, images)
+            # do nothing locally: true, expected, and said once here instead.
+            warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")
+            return run_local(args, workdir, cache=cache)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def register(app: typer.Typer) -> None:
@@ -120,11 +146,15 @@ def register(app: typer.Typer) -> None:
             args = resolve_parameters(params, config)
             args.setdefault("dataset_uri", str(raw))
             args.setdefault("serving_location", str(out / "serving"))
-            typer.echo("[2/4] running the pipeline locally (kfp.local, each step in a subprocess of this environment)")
-            summary = run_local(args, out / "pipeline", cache=cache)
+            log_path = out / "pipeline.log"
+            typer.echo("[2/4] running the pipeline locally (kfp.local, each step in a subprocess of this environment);"
+                       f" the steps' own output goes to {log_path}")
+            summary = _run_quietly(run_local, args, out / "pipeline", cache, log_path)
             typer.echo(format_summary(summary))
             if summary["status"] != "SUCCESS":
-                raise RuntimeError(f"the pipeline failed: {summary['error']}")
+                tail = log_path.read_text(errors="replace").splitlines()[-40:]
+                typer.echo("\n".join(tail), err=True)
+                raise RuntimeError(f"the pipeline failed: {summary['error']} (full log: {log_path})")
 
             steps = summary["steps"]
             dataset = _find(steps, "ingest", "dataset")
@@ -145,5 +175,5 @@ def register(app: typer.Typer) -> None:
                 typer.echo("[4/4] serving on Triton and asking for recommendations over gRPC")
                 if repo is None or dataset is None:
                     raise RuntimeError("no exported model repository found in the pipeline outputs")
-                _serve_and_query(repo, dataset, n_show, k)
+                _serve_and_query(repo, dataset, n_show, k, out / "triton.log")
             typer.echo(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; everything is under {out}")
