@@ -9,7 +9,7 @@ replay on one local Triton server, team-draft interleaving) three times:
    ITEM_IDX points at the wrong items) vs ID-only: must be REJECTED;
 3. A/A (ID-only vs itself, offline): must be REJECTED (no lift, p = 1).
 
-    .venv/bin/python benchmarks/ab.py [--items 600 --users 500 --events 25] [--work artifacts/bench_ab] [--no-online]
+    .venv/bin/python benchmarks/ab.py [--items 300 --users 300 --events 20 --epochs 8] [--work artifacts/bench_ab] [--no-online]
 
 Artifacts already present in ``--work`` are reused (delete the folder to rebuild). Prints a
 table and writes benchmarks/results/ab.json.
@@ -34,6 +34,7 @@ MODALITIES = ("text", "image", "audio", "tabular")
 def step(name: str, out: Path, fn, timings: dict) -> Path:
     if (out / "manifest.json").exists():
         print(f"[reuse] {name}: {out}", flush=True)
+        timings[name] = "reused"
         return out
     t0 = time.perf_counter()
     print(f"[run]   {name} ...", flush=True)
@@ -82,13 +83,16 @@ def summarize(path: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=600)
-    ap.add_argument("--users", type=int, default=500)
-    ap.add_argument("--events", type=int, default=25)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--items", type=int, default=300)
+    ap.add_argument("--users", type=int, default=300)
+    ap.add_argument("--events", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_ab"))
     ap.add_argument("--no-online", action="store_true", help="offline A/B only (no Triton)")
+    ap.add_argument("--latency-budget-ms", type=float, default=500.0,
+                    help="p99 guardrail for this run (the production default is 100 ms; a CPU-only local Triton on a "
+                         "shared 2-core machine measured p99 ~70-110 ms for BOTH arms, so the default here is looser)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "ab.json")
     args = ap.parse_args()
 
@@ -102,7 +106,7 @@ def main() -> int:
 
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    timings: dict[str, float | str] = {}
     raw = w / "raw"
     if not (raw / "items.csv").exists() and not (raw / "items.parquet").exists():
         t0 = time.perf_counter()
@@ -118,7 +122,7 @@ def main() -> int:
     repo_i = step("export id", w / "repo_id", lambda: export(idm, ds, w / "repo_id", ExportConfig(name="id_only", **ecfg)), timings)
     repo_b = shuffled_repo(repo_f, w / "repo_broken", seed=args.seed)
 
-    cfg = ABConfig(seed=args.seed)
+    cfg = ABConfig(seed=args.seed, latency_p99_budget_ms=args.latency_budget_ms)
     results = {}
     runs = {"fused_vs_id": (repo_i, repo_f), "broken_vs_id": (repo_i, repo_b)}
     for name, (ctrl, treat) in runs.items():
@@ -136,7 +140,8 @@ def main() -> int:
     results["aa_id_vs_id_offline"] = summarize(w / "ab_aa") | {"seconds": round(time.perf_counter() - t0, 1)}
 
     checks = {
-        "fused_promoted_p_below_0.05": bool(results["fused_vs_id"]["promote"] and results["fused_vs_id"]["p"] < 0.05),
+        "fused_primary_significant_p_below_0.05": bool(results["fused_vs_id"]["rules"]["primary_metric"] and results["fused_vs_id"]["p"] < 0.05),
+        "fused_promoted": bool(results["fused_vs_id"]["promote"]),
         "broken_rejected": not results["broken_vs_id"]["promote"],
         "aa_rejected": not results["aa_id_vs_id_offline"]["promote"],
     }

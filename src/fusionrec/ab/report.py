@@ -53,7 +53,13 @@ def plot_lifts(offline: OfflineResult, path: Path) -> Path:
     lift = np.array([c.lift for c in comps]) * 100
     lo = np.array([c.lift_ci_low for c in comps]) * 100
     hi = np.array([c.lift_ci_high for c in comps]) * 100
-    lift_f, lo_f, hi_f = (np.nan_to_num(a, nan=0.0, posinf=1e3, neginf=-1e3) for a in (lift, lo, hi))
+    finite = np.concatenate([a[np.isfinite(a)] for a in (lift, lo, hi)])
+    edge = float(np.abs(finite).max()) * 1.15 if len(finite) else 100.0
+    edge = edge or 100.0  # an unbounded lift (control mean 0) is drawn at the edge and labelled
+    lift_f, lo_f, hi_f = (np.clip(np.nan_to_num(a, nan=0.0, posinf=edge, neginf=-edge), -edge, edge) for a in (lift, lo, hi))
+    for yi, l in zip(y, lift):
+        if np.isinf(l):
+            ax.annotate("unbounded (control = 0)", (edge, yi), xytext=(-4, 6), textcoords="offset points", ha="right", fontsize=8)
     colors = ["tab:green" if l > 0 and lo_ > 0 else "tab:red" if h < 0 else "tab:gray" for l, lo_, h in zip(lift_f, lo_f, hi_f)]
     for yi, l, lo_, h, col in zip(y, lift_f, lo_f, hi_f, colors):
         ax.errorbar([l], [yi], xerr=[[max(l - lo_, 0.0)], [max(h - l, 0.0)]], fmt="o", color=col, ecolor=col, capsize=3)
