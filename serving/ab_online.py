@@ -99,6 +99,11 @@ def run_with_triton(
     """
     cfg = cfg or ABConfig()
     ds = DatasetArtifact(dataset)
+    if online:
+        for role, path in (("control", control_repo), ("treatment", treatment_repo)):
+            if not any(Path(path).glob("*/1/model.onnx")) and not (Path(path) / "1" / "model.onnx").exists():
+                raise ValueError(f"{role} {path} is not a model repository (no <name>/1/model.onnx): the online replay serves "
+                                 "exported models; run `fusionrec export` first, or evaluate offline only (--no-online)")
     control = load_ranker(control_repo, ds)
     treatment = load_ranker(treatment_repo, ds)
     offline = offline_compare(control, treatment, ds, cfg)

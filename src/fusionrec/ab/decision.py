@@ -77,7 +77,7 @@ def decide(offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig) -
         rules.append({
             "rule": "coverage", "evaluated": True, "k": cfg.coverage_k, "control": cc, "treatment": ct,
             "relative_drop": drop, "max_drop": cfg.coverage_drop_max, "passed": bool(drop <= cfg.coverage_drop_max),
-            "why": f"coverage@{cfg.coverage_k} {cc:.3f} -> {ct:.3f} (drop {drop:+.1%}, max {cfg.coverage_drop_max:.0%})",
+            "why": f"coverage@{cfg.coverage_k} {cc:.3f} -> {ct:.3f} (change {-drop:+.1%}, max drop {cfg.coverage_drop_max:.0%})",
         })
 
     if cfg.cold_recall_drop_max is not None:
@@ -94,7 +94,8 @@ def decide(offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig) -
                 "rule": "cold_start_recall", "evaluated": True, "metric": m, "n_cases": int(cold.sum()),
                 "control": rc, "treatment": rt, "relative_drop": drop, "max_drop": cfg.cold_recall_drop_max,
                 "passed": bool(drop <= cfg.cold_recall_drop_max),
-                "why": f"cold {m} {rc:.4f} -> {rt:.4f} (drop {drop:+.1%}, max {cfg.cold_recall_drop_max:.0%})",
+                "why": f"cold {m} {rc:.4f} -> {rt:.4f} (" + (f"change {-drop:+.1%}" if rc > 0 else "control 0, no drop possible")
+                       + f", max drop {cfg.cold_recall_drop_max:.0%})",
             })
 
     if cfg.online_hit_rate_guardrail:
