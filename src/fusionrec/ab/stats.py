@@ -19,7 +19,7 @@ Example:
     >>> import numpy as np
     >>> d = np.array([0.1, 0.0, 0.2, -0.05, 0.15])
     >>> round(paired_ttest(d).pvalue, 4)
-    0.1173
+    0.1596
 """
 
 from __future__ import annotations
