@@ -34,17 +34,11 @@ def ab_evaluate(
     from fusionrec.ab.config import ABConfig
     from fusionrec.artifacts import read_json
     from fusionrec.components._util import config as make_config, log_metrics
+    from fusionrec.serving.ab_online import run_with_triton
 
     cfg = make_config(ABConfig, config, alpha=float(alpha))
     out = Path(ab_report.path)
-    if online:
-        from fusionrec.serving.ab_online import run_with_triton
-
-        run_with_triton(Path(control.path), Path(treatment.path), Path(dataset.path), out, cfg)
-    else:
-        from fusionrec.ab.report import run
-
-        run(Path(control.path), Path(treatment.path), Path(dataset.path), out, cfg)
+    run_with_triton(Path(control.path), Path(treatment.path), Path(dataset.path), out, cfg, online=bool(online))
     shutil.copyfile(out / "report.html", report.path)
     shutil.copyfile(out / "report.md", summary.path)
     log_metrics(metrics, out / "metrics.json")

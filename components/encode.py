@@ -48,19 +48,23 @@ def encode(
 @dsl.component(base_image=step_image("merge_embeddings"), install_kfp_package=False)
 def merge_embeddings(shards: Input[List[Dataset]], embeddings: Output[Dataset]):
     """Merge the shard artifacts of every modality into ``<embeddings>/<modality>/`` (one embeddings artifact each)."""
+    import shutil
     from collections import defaultdict
     from pathlib import Path
 
     from fusionrec.artifacts import artifact_dir, read_manifest, write_manifest
     from fusionrec.encoders.encode import merge
 
-    by_modality: dict[str, list[Path]] = defaultdict(list)
+    by_modality: dict = defaultdict(list)
     for shard in shards:
         path = Path(shard.path)
-        by_modality[read_manifest(path, kind="embeddings")["modality"]].append(path)
+        by_modality[read_manifest(path)["modality"]].append(path)
     with artifact_dir(embeddings.path) as tmp:
         for modality, paths in by_modality.items():
-            merge(paths, tmp / modality)
+            if len(paths) == 1 and read_manifest(paths[0]).get("kind") == "embeddings":
+                shutil.copytree(paths[0], tmp / modality)  # num_shards == 1: already the full artifact
+            else:
+                merge(paths, tmp / modality)
         write_manifest(tmp, step="merge_embeddings", kind="embeddings_set", modalities=sorted(by_modality),
                        inputs={f"{m}_{i}": p for m, ps in by_modality.items() for i, p in enumerate(ps)})
     embeddings.metadata["modalities"] = sorted(by_modality)

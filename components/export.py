@@ -27,4 +27,4 @@ def export_onnx(
 
     run(Path(model.path), Path(dataset.path), Path(repository.path), make_config(ExportConfig, config, name=name))
     repository.metadata.update({"format": "triton_model_repository", "model_name": name})
-    log_metrics(parity, Path(repository.path) / name / "export_report.json", prefix="parity.")
+    log_metrics(parity, Path(repository.path) / name / "export_report.json")

@@ -55,10 +55,10 @@ RESOURCES: Dict[str, Tuple[str, str, str, str]] = {
 RETRIES: Dict[str, int] = {"ingest": 2, "encode": 3, "merge_embeddings": 2, "ab_evaluate": 2, "promote": 2}
 
 
-def _resources(task: dsl.PipelineTask, step: str, gpu: bool = False) -> dsl.PipelineTask:
+def _apply_resources(task: dsl.PipelineTask, step: str, gpu: bool = False, retries: bool = True) -> dsl.PipelineTask:
     cpu_req, cpu_lim, mem_req, mem_lim = RESOURCES[step]
     task.set_cpu_request(cpu_req).set_cpu_limit(cpu_lim).set_memory_request(mem_req).set_memory_limit(mem_lim)
-    if step in RETRIES:
+    if retries and step in RETRIES:
         task.set_retry(num_retries=RETRIES[step], backoff_duration="30s", backoff_factor=2.0)
     if gpu:
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
@@ -66,8 +66,16 @@ def _resources(task: dsl.PipelineTask, step: str, gpu: bool = False) -> dsl.Pipe
     return task
 
 
-def make_pipeline(gpu: bool = True) -> Callable:
-    """The pipeline function; ``gpu`` adds a GPU request (+ toleration) to encode, align, train and export."""
+def make_pipeline(gpu: bool = True, retries: bool = True) -> Callable:
+    """The pipeline function.
+
+    ``gpu`` adds a GPU request (+ toleration) to encode, align, train and export; ``retries``
+    sets KFP retries (with back-off) on the steps in :data:`RETRIES` (``run-local`` turns them off
+    by default so that a failing step fails fast on a laptop).
+    """
+
+    def _resources(task: dsl.PipelineTask, step: str, gpu_step: bool = False) -> dsl.PipelineTask:
+        return _apply_resources(task, step, gpu and gpu_step, retries)
 
     @dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)
     def fusionrec(
@@ -118,15 +126,15 @@ def make_pipeline(gpu: bool = True) -> Callable:
         plan = _resources(encode_plan(modalities=modalities, num_shards=num_shards), "encode_plan")
         with dsl.ParallelFor(plan.output, name="encode-shards") as item:
             enc = _resources(encode(dataset=data, modality=item.modality, shard=item.shard, num_shards=num_shards,
-                                    encoders=encoders, config=encode_config), "encode", gpu)
+                                    encoders=encoders, config=encode_config), "encode", True)
         merged = _resources(merge_embeddings(shards=dsl.Collected(enc.outputs["embeddings"])), "merge_embeddings")
 
         al = _resources(align(dataset=data, embeddings=merged.outputs["embeddings"], modalities=modalities,
-                              config=align_config), "align", gpu)
+                              config=align_config), "align", True)
         fused = _resources(train_fusion(dataset=data, aligned=al.outputs["aligned"], fusion=fusion, epochs=epochs,
-                                        config=train_config), "train", gpu)
+                                        config=train_config), "train", True)
         treatment = _resources(export_onnx(model=fused.outputs["model"], dataset=data, name=model_name,
-                                           config=export_config), "export_onnx", gpu)
+                                           config=export_config), "export_onnx", True)
 
         def evaluate_and_promote(control) -> None:
             ab = _resources(ab_evaluate(control=control, treatment=treatment.outputs["repository"], dataset=data,
@@ -145,9 +153,9 @@ def make_pipeline(gpu: bool = True) -> Callable:
             evaluate_and_promote(production.output)
         with dsl.Else(name="control-is-baseline"):
             base = _resources(train_baseline(dataset=data, epochs=epochs, baseline=baseline, config=train_config),
-                              "train", gpu)
+                              "train", True)
             control = _resources(export_onnx(model=base.outputs["model"], dataset=data, name=model_name,
-                                             config=export_config), "export_onnx", gpu)
+                                             config=export_config), "export_onnx", True)
             evaluate_and_promote(control.outputs["repository"])
 
     return fusionrec

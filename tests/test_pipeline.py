@@ -264,3 +264,77 @@ def test_promote_installs_atomically_keeps_previous_and_refuses_reject(tmp_path)
     assert json.loads((serving / PROMOTED).read_text())["replaced"] == first["content_hash"]
     assert (tmp_path / "serving.previous" / "fusionrec" / "1" / "model.onnx").read_text() == "one"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole pipeline through kfp.local on a tiny demo catalog
+TINY_DEMO = "demo://?n_items=60&n_users=40&events_per_user=12&seed=7"
+TINY_ARGS = {
+    "dataset_uri": TINY_DEMO,
+    "epochs": 1,
+    "alpha": 0.5,
+    "align_config": {"epochs": 2},
+    # 60 items: the exported graph returns top-60, so the A/B compares top-50; the latency guardrail
+    # is loosened because p99 on a shared 2-core CI box measures the neighbours, not the model.
+    "ab_config": {"bootstrap_resamples": 200, "online_max_requests": 200, "k_max": 50, "latency_p99_budget_ms": 100000.0},
+}
+
+
+@pytest.mark.slow
+def test_run_local_end_to_end(tmp_path):
+    from fusionrec.artifacts import read_json, read_manifest
+    from fusionrec.cli.pipeline import format_summary, run_local
+
+    summary = run_local(dict(TINY_ARGS), tmp_path / "work", cache=False)
+    print(format_summary(summary))
+    assert summary["status"] == "SUCCESS", summary["error"]
+    assert json.loads((tmp_path / "work" / "run_summary.json").read_text())["status"] == "SUCCESS"
+    steps = {s["step"]: s for s in summary["steps"]}
+    expected = {"ingest", "encode-plan", "encode[text]", "encode[image]", "encode[audio]", "encode[tabular]",
+                "merge-embeddings", "align", "train-fusion", "export-onnx", "train-baseline", "export-onnx-2", "ab-evaluate-2"}
+    assert expected <= set(steps), sorted(steps)
+    assert not any(s.startswith("ab-evaluate") and s != "ab-evaluate-2" for s in steps), "no production control was given"
+    for s in summary["steps"]:
+        assert s["status"] == "SUCCESS" and s["wall_s"] > 0, s
+
+    out = lambda step, name: Path(steps[step]["outputs"][name])  # noqa: E731
+    dataset = out("ingest", "dataset")
+    assert read_manifest(dataset, kind="dataset")
+    # each step's artifact is where the next one read it: the manifests record their inputs' paths
+    for modality in ("text", "image", "audio", "tabular"):
+        emb = out(f"encode[{modality}]", "embeddings")
+        assert read_manifest(emb, kind="embeddings")["modality"] == modality
+        assert Path(read_manifest(emb)["inputs"]["dataset"]["path"]) == dataset
+    merged = out("merge-embeddings", "embeddings")
+    assert sorted(read_manifest(merged, kind="embeddings_set")["modalities"]) == ["audio", "image", "tabular", "text"]
+    aligned = out("align", "aligned")
+    align_inputs = read_manifest(aligned, kind="aligned")["inputs"]
+    assert Path(align_inputs["dataset"]["path"]) == dataset
+    assert {Path(v["path"]).parent for k, v in align_inputs.items() if k != "dataset"} == {merged}
+    fused = out("train-fusion", "model")
+    assert Path(read_manifest(fused, kind="model")["inputs"]["aligned"]["path"]) == aligned
+    treatment = out("export-onnx", "repository")
+    assert Path(read_manifest(treatment, kind="model_repository")["inputs"]["model"]["path"]) == fused
+    assert (treatment / "fusionrec" / "1" / "model.onnx").stat().st_size > 0
+    baseline = out("train-baseline", "model")
+    assert read_json(baseline / "config.json").get("model", "id") == "id" or read_manifest(baseline, kind="model")
+    control = out("export-onnx-2", "repository")
+    assert Path(read_manifest(control, kind="model_repository")["inputs"]["model"]["path"]) == baseline
+
+    report = out("ab-evaluate-2", "ab_report")
+    ab_inputs = read_manifest(report, kind="ab_report")["inputs"]
+    assert Path(ab_inputs["control"]["path"]) == control and Path(ab_inputs["treatment"]["path"]) == treatment
+    assert out("ab-evaluate-2", "report").read_text().lstrip().lower().startswith("<!doctype html")
+    assert out("ab-evaluate-2", "summary").read_text() == (report / "report.md").read_text()
+    decision = read_json(report / "decision.json")
+    assert steps["ab-evaluate-2"]["params"]["Output"] is decision["promote"]
+
+    # promotion happened exactly when the A/B step said so, from the treatment's repository
+    serving = tmp_path / "work" / "serving"
+    assert summary["promoted"] is decision["promote"] is ("promote-2" in steps)
+    if decision["promote"]:
+        promoted = read_json(serving / "PROMOTED")
+        assert Path(promoted["source"]) == treatment
+        assert (serving / "fusionrec" / "1" / "model.onnx").read_bytes() == (treatment / "fusionrec" / "1" / "model.onnx").read_bytes()
+    else:
+        assert not serving.exists()

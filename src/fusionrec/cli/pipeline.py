@@ -19,12 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -81,115 +81,170 @@ def resolve_parameters(params: list[str] | None, config: Path | None = None) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# run-local: step timings and artifact locations from kfp.local's log records
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXEC = re.compile(r"^Executing task '([^']+)'")
-_DONE = re.compile(r"^Task '([^']+)' finished with status (\w+)")
-_CACHED = re.compile(r"^Task '?([^' ]+)'? cache hit")
-_OUTPUTS = re.compile(r"^Task '([^']+)' outputs:")
-_ARTIFACT = re.compile(r"^\s*(\w+): \w+\(\s*name='[^']*',\s*uri='([^']+)'", re.M)
-_PARAM = re.compile(r"^\s{4}(\w+): (?!\w+\(\s*name=)(.*)$", re.M)
+# run-local: each step's wall time and outputs
+class StepTimer:
+    """Times every step kfp.local runs and reads back its outputs.
 
-
-class StepRecorder:
-    """A logging filter on the root logger recording each kfp.local task's start, end and outputs.
-
-    kfp.local replaces the root logger's handlers while a pipeline runs but keeps its filters;
-    tasks of a ParallelFor run in worker threads, so a task is keyed by (thread, name).
+    kfp.local's own log lines race between its worker threads (ParallelFor iterations run two
+    at a time and a "finished" line can be lost), so the timer wraps the subprocess task
+    handler instead: one record per step execution (retries included), keyed by the task's
+    output folder, whose ``executor_output.json`` holds the artifact URIs and output values.
     """
 
     def __init__(self) -> None:
-        self.steps: list[dict[str, Any]] = []
-        self._open: dict[tuple[int, str], dict[str, Any]] = {}
-        self._last_done: dict[int, dict[str, Any]] = {}
+        self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
-    def filter(self, record) -> bool:  # logging.Filter protocol
+    @staticmethod
+    def _task_dir(full_command: list[str]) -> str | None:
         try:
-            msg = _ANSI.sub("", record.getMessage())
-        except Exception:  # never break kfp's logging
-            return True
-        with self._lock:
-            if m := _EXEC.match(msg):
-                step = {"step": m.group(1), "status": "RUNNING", "start": record.created, "end": None, "outputs": {}, "params": {}}
-                self.steps.append(step)
-                self._open[(record.thread, m.group(1))] = step
-            elif m := _DONE.match(msg):
-                step = self._open.pop((record.thread, m.group(1)), None)
-                if step is not None:
-                    step.update(status=m.group(2), end=record.created)
-                    self._last_done[record.thread] = step
-            elif m := _CACHED.match(msg):
-                step = self._open.get((record.thread, m.group(1)))
-                if step is not None:
-                    step["cached"] = True
-            elif m := _OUTPUTS.match(msg):
-                step = self._last_done.get(record.thread)
-                if step is not None and step["step"] == m.group(1):
-                    step["outputs"].update({k: v for k, v in _ARTIFACT.findall(msg)})
-                    step["params"].update({k: v.strip() for k, v in _PARAM.findall(msg) if k not in step["outputs"]})
-        return True
+            executor_input = json.loads(full_command[full_command.index("--executor_input") + 1])
+            return str(Path(executor_input["outputs"]["outputFile"]).parent)
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
 
-    def table(self) -> list[dict[str, Any]]:
-        now = time.time()
-        return [{**s, "wall_s": round((s["end"] or now) - s["start"], 2)} for s in self.steps]
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        from kfp.local import subprocess_task_handler as handler_module
+
+        original = handler_module.SubprocessTaskHandler.run
+        timer = self
+
+        def run(handler):
+            start = time.time()
+            result = original(handler)
+            with timer._lock:
+                timer.records.append({"dir": timer._task_dir(handler.full_command), "start": start,
+                                      "end": time.time(), "status": getattr(result, "name", str(result))})
+            return result
+
+        handler_module.SubprocessTaskHandler.run = run
+        try:
+            yield
+        finally:
+            handler_module.SubprocessTaskHandler.run = original
+
+    def steps(self, run_root: Path | None) -> list[dict[str, Any]]:
+        out = []
+        for rec in sorted(self.records, key=lambda r: r["start"]):
+            task_dir = Path(rec["dir"]) if rec["dir"] else None
+            name = task_dir.name if task_dir else "?"
+            outputs: dict[str, str] = {}
+            params: dict[str, Any] = {}
+            label = ""
+            executor_output = task_dir / "executor_output.json" if task_dir else None
+            if executor_output is not None and executor_output.exists():
+                data = json.loads(executor_output.read_text())
+                for key, value in (data.get("artifacts") or {}).items():
+                    for art in value.get("artifacts", []):
+                        outputs[key] = art.get("uri", "")
+                        label = label or str((art.get("metadata") or {}).get("modality", ""))
+                params = data.get("parameterValues") or {}
+            if label:
+                name = f"{name}[{label}]"
+            out.append({"step": name, "status": rec["status"], "wall_s": round(rec["end"] - rec["start"], 2),
+                        "task_dir": str(task_dir) if task_dir else None, "outputs": outputs, "params": params})
+        return out
 
 
-def run_local(args: dict[str, Any], workdir: Path, cache: bool = True) -> dict[str, Any]:
+def _run_root(pipeline_root: Path, before: set[str]) -> Path | None:
+    new = [p for p in pipeline_root.iterdir() if p.is_dir() and p.name not in before] if pipeline_root.exists() else []
+    return max(new, key=lambda p: p.stat().st_mtime) if new else None
+
+
+def _import_kfp_local():
+    """Import ``kfp.local`` even when this repository's ``docker/`` folder shadows the docker SDK.
+
+    kfp.local imports the optional ``docker`` SDK for its DockerRunner; run from the repository
+    root (``python -m pytest``) the ``docker/`` folder of Dockerfiles is found instead as a
+    namespace package and kfp.local fails with "module 'docker' has no attribute 'DockerClient'".
+    The SubprocessRunner needs no docker SDK, so hide such a namespace package while importing.
+    """
+    import importlib.util
+    import sys
+
+    if "kfp.local.task_dispatcher" in sys.modules:
+        from kfp import local
+
+        return local
+    loaded = sys.modules.get("docker")
+    if loaded is not None:
+        shadowed = getattr(loaded, "__file__", None) is None  # a namespace package, not the SDK
+    else:
+        spec = importlib.util.find_spec("docker")
+        shadowed = spec is not None and spec.origin in (None, "namespace")
+    if shadowed:
+        sys.modules["docker"] = None  # type: ignore[assignment]  # -> ImportError inside kfp.local
+    try:
+        from kfp import local
+        from kfp.local import pipeline_orchestrator, task_dispatcher  # noqa: F401 (imported lazily by kfp otherwise)
+    finally:
+        if shadowed:
+            del sys.modules["docker"]
+    return local
+
+
+def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: bool = False) -> dict[str, Any]:
     """Run the pipeline through kfp.local in this environment; returns the run summary (also written to ``workdir``)."""
-    import logging
-
-    from kfp import local
+    local = _import_kfp_local()
 
     from fusionrec.artifacts import atomic_write_json
-    from fusionrec.pipelines.fusionrec_pipeline import fusionrec_pipeline
+    from fusionrec.pipelines.fusionrec_pipeline import make_pipeline
 
+    pipeline = make_pipeline(gpu=True, retries=retries)  # kfp.local ignores the GPU/CPU/memory requests
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     args = dict(args)
     args.setdefault("serving_location", str(workdir / "serving"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "outputs"),
                raise_on_error=True, enable_caching=cache, cache_root=str(workdir / "cache"))
-    recorder = StepRecorder()
-    root = logging.getLogger()
-    root.addFilter(recorder)
+    timer = StepTimer()
+    outputs_root = workdir / "outputs"
+    before = {p.name for p in outputs_root.iterdir()} if outputs_root.exists() else set()
     started = time.time()
     error: str | None = None
+    import warnings
+
     try:
-        fusionrec_pipeline(**args)
+        with timer.installed(), warnings.catch_warnings():
+            # expected under kfp.local: resource/GPU requests are cluster settings, and the step
+            # images are the environment this process already runs in
+            warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner.*")
+            warnings.filterwarnings("ignore", message=r".*custom or non-Python base image.*")
+            pipeline(**args)
     except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    finally:
-        root.removeFilter(recorder)
-    steps = recorder.table()
+    run_root = _run_root(outputs_root, before)
+    steps = timer.steps(run_root)
     promoted = any(s["step"].startswith("promote") and s["status"] == "SUCCESS" for s in steps)
     summary = {
         "status": "FAILURE" if error else "SUCCESS",
         "error": error,
         "wall_s": round(time.time() - started, 2),
         "workdir": str(workdir),
-        "pipeline_root": str(workdir / "outputs"),
+        "run_root": str(run_root) if run_root else None,
         "parameters": args,
         "promoted": promoted,
         "serving_location": args["serving_location"] if promoted else None,
-        "steps": [{k: v for k, v in s.items() if k not in ("start", "end")} for s in steps],
+        "steps": steps,
     }
     atomic_write_json(workdir / "run_summary.json", summary)
     return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = ["", f"{'step':<22} {'status':<9} {'wall':>8}  outputs"]
+    """The run summary as a table: step, status, wall time, outputs (artifact folders and values)."""
+    lines = ["", f"{'step':<26} {'status':<8} {'wall':>8}  outputs"]
     for s in summary["steps"]:
-        outs = [f"{k}: {v}" for k, v in s["outputs"].items()] + [f"{k} = {v}" for k, v in s["params"].items()]
-        status = "CACHED" if s.get("cached") else s["status"]
-        lines.append(f"{s['step']:<22} {status:<9} {s['wall_s']:>7.1f}s  {outs[0] if outs else ''}")
-        lines += [f"{'':<42}{o}" for o in outs[1:]]
-    lines.append(f"pipeline {summary['status']} in {summary['wall_s']:.1f} s; outputs under {summary['pipeline_root']}")
+        outs = [f"{k}: {v}" for k, v in s["outputs"].items()] + [f"{k} = {json.dumps(v)}" for k, v in s["params"].items()]
+        lines.append(f"{s['step']:<26} {s['status']:<8} {s['wall_s']:>7.1f}s  {outs[0] if outs else ''}")
+        lines += [f"{'':<46}{o}" for o in outs[1:]]
+    total = sum(s["wall_s"] for s in summary["steps"])
+    lines.append(f"pipeline {summary['status']} in {summary['wall_s']:.1f} s (steps {total:.1f} s); run folder {summary['run_root']}")
     if summary["promoted"]:
         lines.append(f"promoted model repository: {summary['serving_location']}")
     else:
-        lines.append("no model promoted (the A/B decision was reject, or no serving_location)")
+        lines.append("no model promoted (the A/B decision was reject, no serving_location, or the run failed)")
     lines.append(f"run summary: {Path(summary['workdir']) / 'run_summary.json'}")
     return "\n".join(lines)
 
@@ -274,11 +329,12 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = ConfigFile,
         workdir: Path = typer.Option(Path("artifacts/pipeline"), "--workdir", help="Pipeline root, cache and default serving location."),
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse outputs of steps whose inputs did not change."),
+        retries: bool = typer.Option(False, "--retries/--no-retries", help="Apply the pipeline's KFP retries (with back-off) as on a cluster."),
         as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
     ) -> None:
         """Run the whole pipeline here through kfp.local (each step in this Python environment)."""
         with user_errors(PipelineError):
-            summary = run_local(resolve_parameters(param, config), workdir, cache=cache)
+            summary = run_local(resolve_parameters(param, config), workdir, cache=cache, retries=retries)
         typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
         if summary["status"] != "SUCCESS":
             typer.secho(f"error: pipeline failed: {summary['error']}", fg=typer.colors.RED, err=True)
