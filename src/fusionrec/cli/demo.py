@@ -93,12 +93,16 @@ def _run_quietly(run_local, args: dict, workdir: Path, cache: bool, log_path: Pa
     terminal through logging; kfp.local also swaps the root logger's handlers, which are put back
     afterwards so later output (Triton's) is formatted as usual.
     """
+    import builtins
     import contextlib
     import logging
     import warnings
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    # kfp.local indents subprocess output by swapping builtins.print per task; with ParallelFor
+    # tasks in threads the swaps interleave and can leave an indenting print behind.
+    original_print = builtins.print
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log_path, "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), warnings.catch_warnings():
@@ -107,6 +111,7 @@ def _run_quietly(run_local, args: dict, workdir: Path, cache: bool, log_path: Pa
             warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")
             return run_local(args, workdir, cache=cache)
     finally:
+        builtins.print = original_print
         root.handlers[:] = handlers
         root.setLevel(level)
 
