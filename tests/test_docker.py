@@ -84,7 +84,7 @@ def test_every_component_base_image_is_built_here():
     assert seen == built, f"images built but used by no component: {built - seen}"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", STEP_DOCKERFILES, ids=lambda p: p.parent.name)
 def test_copy_sources_exist_and_are_not_dockerignored(dockerfile):
     ignore_file = dockerfile.with_name("Dockerfile.dockerignore")
     patterns = [ln.strip() for ln in ignore_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")] \
@@ -102,7 +102,7 @@ def test_copy_sources_exist_and_are_not_dockerignored(dockerfile):
         assert ignored(".venv", patterns) and ignored("artifacts", patterns)
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", STEP_DOCKERFILES, ids=lambda p: p.parent.name)
 def test_cmd_and_entrypoint_resolve(dockerfile):
     scripts = PYPROJECT["project"]["scripts"]
     found = False
@@ -158,3 +158,5 @@ def test_build_script_tags_match_components(monkeypatch):
     assert expected <= tags, out
     for key, (name, dockerfile) in images.IMAGES.items():
         assert f"-f {dockerfile} -t registry.example.com/ml/{name}:9.9.9" in out
+    if (ROOT / "docker/triton/Dockerfile").exists():  # the serving image (docker/triton/) is built alongside
+        assert "-f docker/triton/Dockerfile -t registry.example.com/ml/fusionrec-triton:9.9.9" in out
