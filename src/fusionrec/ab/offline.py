@@ -275,8 +275,10 @@ def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: Dataset
     if len(cases) == 0:
         raise ValueError(f"{dataset.path}: the {cfg.split} split has no cases to evaluate")
     log.info("offline A/B: %d %s cases of %d users", len(cases), cfg.split, cases["user_idx"].nunique())
-    top_c = rank_all(control, hist, cfg.k_max, cfg.batch_size, desc="control")
-    top_t = rank_all(treatment, hist, cfg.k_max, cfg.batch_size, desc="treatment")
+    # A catalog smaller than k_max is exported with K = n_items (its whole catalog): rank that deep.
+    k = min([cfg.k_max] + [r.k for r in (control, treatment) if isinstance(getattr(r, "k", None), int)])
+    top_c = rank_all(control, hist, k, cfg.batch_size, desc="control")
+    top_t = rank_all(treatment, hist, k, cfg.batch_size, desc="treatment")
     return offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg)
 
 
