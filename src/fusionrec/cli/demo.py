@@ -86,36 +86,6 @@ def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int, log_file: 
     typer.echo("Triton stopped.")
 
 
-def _run_quietly(run_local, args: dict, workdir: Path, cache: bool, log_path: Path) -> dict:
-    """Run the pipeline with each step's stdout (kfp.local echoes whole executor inputs) in a log file.
-
-    kfp.local's own task lines ("Executing task ...", "... finished with status") still reach the
-    terminal through logging; kfp.local also swaps the root logger's handlers, which are put back
-    afterwards so later output (Triton's) is formatted as usual.
-    """
-    import builtins
-    import contextlib
-    import logging
-    import warnings
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    # kfp.local indents subprocess output by swapping builtins.print per task; with ParallelFor
-    # tasks in threads the swaps interleave and can leave an indenting print behind.
-    original_print = builtins.print
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(log_path, "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), warnings.catch_warnings():
-            # kfp.local warns, per task, that cluster-only settings (resources, accelerators, images)
-            # do nothing locally: true, expected, and said once here instead.
-            warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")
-            return run_local(args, workdir, cache=cache)
-    finally:
-        builtins.print = original_print
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
@@ -154,7 +124,7 @@ def register(app: typer.Typer) -> None:
             log_path = out / "pipeline.log"
             typer.echo("[2/4] running the pipeline locally (kfp.local, each step in a subprocess of this environment);"
                        f" the steps' own output goes to {log_path}")
-            summary = _run_quietly(run_local, args, out / "pipeline", cache, log_path)
+            summary = run_local(args, out / "pipeline", cache=cache, log_file=log_path)
             typer.echo(format_summary(summary))
             if summary["status"] != "SUCCESS":
                 tail = log_path.read_text(errors="replace").splitlines()[-40:]

@@ -184,8 +184,17 @@ def _import_kfp_local():
     return local
 
 
-def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: bool = False) -> dict[str, Any]:
-    """Run the pipeline through kfp.local in this environment; returns the run summary (also written to ``workdir``)."""
+def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: bool = False,
+              log_file: Path | None = None) -> dict[str, Any]:
+    """Run the pipeline through kfp.local in this environment; returns the run summary (also written to ``workdir``).
+
+    ``log_file``: send the steps' own output there (kfp.local echoes each step's whole executor
+    input) and keep only kfp.local's task lines on the terminal.
+    """
+    import builtins
+    import contextlib
+    import logging
+
     local = _import_kfp_local()
 
     from fusionrec.artifacts import atomic_write_json
@@ -205,8 +214,18 @@ def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: 
     error: str | None = None
     import warnings
 
+    # kfp.local indents subprocess output by swapping builtins.print per task, and swaps the root
+    # logger's handlers; with ParallelFor tasks in threads the print swaps interleave and can leave
+    # an indenting print behind. Put both back afterwards.
+    original_print, root = builtins.print, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
-        with timer.installed(), warnings.catch_warnings():
+        with contextlib.ExitStack() as stack:
+            if log_file is not None:
+                Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(log_file, "w", encoding="utf-8"))))
+            stack.enter_context(timer.installed())
+            stack.enter_context(warnings.catch_warnings())
             # expected under kfp.local: resource/GPU requests are cluster settings, and the step
             # images are the environment this process already runs in
             warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner.*")
@@ -214,6 +233,10 @@ def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: 
             pipeline(**args)
     except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    finally:
+        builtins.print = original_print
+        root.handlers[:] = handlers
+        root.setLevel(level)
     run_root = _run_root(outputs_root, before)
     steps = timer.steps(run_root)
     promoted = any(s["step"].startswith("promote") and s["status"] == "SUCCESS" for s in steps)
@@ -331,10 +354,11 @@ def register(app: typer.Typer) -> None:
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse outputs of steps whose inputs did not change."),
         retries: bool = typer.Option(False, "--retries/--no-retries", help="Apply the pipeline's KFP retries (with back-off) as on a cluster."),
         as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+        log_file: Optional[Path] = typer.Option(None, "--log-file", help="Write the steps' own output there instead of the terminal."),
     ) -> None:
         """Run the whole pipeline here through kfp.local (each step in this Python environment)."""
         with user_errors(PipelineError):
-            summary = run_local(resolve_parameters(param, config), workdir, cache=cache, retries=retries)
+            summary = run_local(resolve_parameters(param, config), workdir, cache=cache, retries=retries, log_file=log_file)
         typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
         if summary["status"] != "SUCCESS":
             typer.secho(f"error: pipeline failed: {summary['error']}", fg=typer.colors.RED, err=True)
