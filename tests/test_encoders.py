@@ -271,3 +271,41 @@ def test_cuda_encoders_match_cpu(photos, text_encoder, encoder_cache):
     tg = get_encoder("text", device="cuda").encode_batch(texts)[0]
     tc = get_encoder("text", device="cpu").encode_batch(texts)[0]
     np.testing.assert_allclose(tg, tc, atol=1e-4)
+
+
+def test_hf_text_encoder_from_local_folder_matches_default(text_encoder):
+    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.text import minilm_path
+
+    hf = get_encoder("text", "hf", model=str(minilm_path()), device=text_encoder.device)
+    texts = ["a red bicycle", "espresso in a white cup"]
+    np.testing.assert_array_equal(hf.encode_batch(texts)[0], text_encoder.encode_batch(texts)[0])
+    assert hf.describe()["weights"]["sha256"] == text_encoder.describe()["weights"]["sha256"]
+
+
+def test_clip_encoder_from_local_folder(tmp_path, photos):
+    """The CLIP wiring (local folder, processor settings, projection dim) on a tiny random CLIP."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from fusionrec.encoders.registry import get_encoder
+
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16, projection_dim=24)
+    CLIPVisionModelWithProjection(cfg).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(tmp_path / "clip")
+    enc = get_encoder("image", "clip", model=str(tmp_path / "clip"), device="cpu")
+    assert enc.dim == 24 and enc.preprocess.crop == 64
+    vecs, reasons = enc.encode_batch([photos["chelsea"], tmp_path / "nope.jpg"])
+    assert reasons == [None, "missing"] and vecs.shape == (2, 24) and np.abs(vecs[0]).sum() > 0 and not vecs[1].any()
+    with pytest.raises(ValueError, match="no classifier head"):
+        enc.classify([photos["chelsea"]])
+
+
+def test_image_weights_must_match_network(tmp_path):
+    import torch
+
+    from fusionrec.encoders.registry import get_encoder
+
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="do not match"):
+        get_encoder("image", "efficientnet-lite0", weights=str(bad))

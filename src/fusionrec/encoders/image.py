@@ -94,23 +94,23 @@ def load_rgb(path: str | os.PathLike, min_side: int = 256, max_pixels: int = DEF
             raise ImageDecodeError("missing")
         if path.stat().st_size == 0:
             raise ImageDecodeError("corrupt image: empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w <= 0 or h <= 0:
-                    raise ImageDecodeError(f"corrupt image: size {w}x{h}")
-                if w * h > max_pixels:
-                    raise ImageDecodeError(f"image too large: {w}x{h} pixels (limit {max_pixels})")
-                if im.format == "JPEG" and min(w, h) > 2 * min_side:
-                    scale = min(w, h) / min_side  # draft keeps the result >= the requested size
-                    im.draft("RGB", (max(1, int(w / scale)), max(1, int(h / scale))))
-                im.load()
-                im = ImageOps.exif_transpose(im) or im
-                return _to_rgb(im)
+        # (our own pixel limit is checked from the header before decoding; Pillow's
+        # DecompressionBombError above 2x Image.MAX_IMAGE_PIXELS is caught below)
+        with Image.open(path) as im:
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise ImageDecodeError(f"corrupt image: size {w}x{h}")
+            if w * h > max_pixels:
+                raise ImageDecodeError(f"image too large: {w}x{h} pixels (limit {max_pixels})")
+            if im.format == "JPEG" and min(w, h) > 2 * min_side:
+                scale = min(w, h) / min_side  # draft keeps the result >= the requested size
+                im.draft("RGB", (max(1, int(w / scale)), max(1, int(h / scale))))
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            return _to_rgb(im)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError("corrupt image: not a recognised image format") from None
@@ -210,35 +210,58 @@ class ImageEncoder:
             self.net.to(self.device)
 
     # -- backends
+    def _export(self, path: Path) -> None:
+        torch = self._torch
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        log.info("exporting %s to ONNX once: %s", self.name, path)
+        dummy = torch.zeros(2, 3, self.preprocess.crop, self.preprocess.crop)
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    self.net, (dummy,), str(tmp), input_names=["pixels"], output_names=["features", "logits"],
+                    dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=17, dynamo=False,
+                )
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
     def _onnx_session(self):
         import onnxruntime as ort
 
         torch = self._torch
         path = cache_root() / "onnx" / f"{self.name}-{self.weights_hash[:16]}-{self.preprocess.crop}.onnx"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            log.info("exporting %s to ONNX once: %s", self.name, path)
-            dummy = torch.zeros(2, 3, self.preprocess.crop, self.preprocess.crop)
-            try:
-                with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(
-                        self.net, (dummy,), str(tmp), input_names=["pixels"], output_names=["features", "logits"],
-                        dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
-                        opset_version=17, dynamo=False,
-                    )
-                os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        fresh = not path.exists()
+        if fresh:
+            self._export(path)
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # a damaged cache file: export again
+            if fresh:
+                raise
+            log.warning("cached ONNX file %s unusable (%s); exporting again", path, str(exc).splitlines()[0][:200])
+            path.unlink(missing_ok=True)
+            self._export(path)
+            session, fresh = ort.InferenceSession(str(path), opts, providers=providers), True
+        if fresh:  # parity check of a new export against PyTorch
+            x = np.random.default_rng(0).standard_normal((2, 3, self.preprocess.crop, self.preprocess.crop)).astype(np.float32)
+            with torch.inference_mode():
+                ref = self.net(torch.from_numpy(x))[0].numpy()
+            got = session.run(None, {"pixels": x})[0]
+            err = float(np.abs(ref - got).max())
+            if err > 1e-3 * max(1.0, float(np.abs(ref).max())):
+                path.unlink(missing_ok=True)
+                raise RuntimeError(f"ONNX export of {self.name} differs from PyTorch by {err:.2e}; use --set encoder_kwargs.backend=torch")
         self.onnx_path = path
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        return session
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the network on preprocessed pixels [B,3,H,W] -> (features [B,d], logits [B,C])."""
@@ -468,8 +491,13 @@ def clip(
             f = self.net(pixel_values=x).image_embeds
             return f, f[:, :0]
 
-    size = proc.size.get("shortest_edge", 224) if isinstance(proc.size, dict) else int(proc.size)
-    crop = proc.crop_size.get("height", size) if isinstance(proc.crop_size, dict) else int(proc.crop_size or size)
+    def field(obj: Any, key: str) -> Any:  # dict (transformers 4) or SizeDict (transformers 5) or int
+        if obj is None or isinstance(obj, (int, float)):
+            return obj
+        return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+    size = field(proc.size, "shortest_edge") or field(proc.size, "height") or (proc.size if isinstance(proc.size, int) else 224)
+    crop = field(proc.crop_size, "height") or (proc.crop_size if isinstance(proc.crop_size, int) else size)
     pre = ImagePreprocess(
         resize=int(size), crop=int(crop), mean=tuple(255.0 * m for m in proc.image_mean), std=tuple(255.0 * s for s in proc.image_std),
         interpolation="bicubic",
