@@ -201,3 +201,22 @@ def test_cli_encode_shards_and_merge(tiny_dataset, tmp_path):
     assert res.exit_code == 2 and "modality" in res.output
     res = runner.invoke(app, ["encode", str(tiny_dataset), str(tmp_path / "x"), "-m", "image", "-e", "nope"])
     assert res.exit_code == 2 and "unknown image encoder 'nope'" in res.output
+
+
+def test_audio_step_masks_by_status_and_decoding(tiny_dataset, tmp_path):
+    """The step with the audio registry's weight-free encoder: dataset statuses and undecodable files masked."""
+    pytest.importorskip("fusionrec.encoders.audio")
+    from fusionrec.artifacts import read_manifest
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.encoders.encode import EncodeConfig, run
+
+    out = run(tiny_dataset, tmp_path / "audio", EncodeConfig(modality="audio", encoder="logmel-stats", cache_dir=str(tmp_path / "cache")))
+    mask = np.load(out / "mask.npy")
+    emb = np.load(out / "embeddings.npy")
+    items = DatasetArtifact(tiny_dataset).items.set_index("item_idx")
+    reasons = dict(pd.read_parquet(out / "reasons.parquet")[["item_idx", "reason"]].itertuples(index=False))
+    assert not mask[0] and not emb[~mask].any() and set(reasons) == set(np.flatnonzero(~mask[1:]) + 1)
+    not_ok = items.index[items["audio_status"] != "ok"]
+    assert len(not_ok) >= 1 and all(reasons[i] == items.loc[i, "audio_status"] for i in not_ok)
+    assert any(items.loc[i, "audio_status"] == "ok" for i in reasons)  # the demo's corrupt audio, masked by the decoder
+    assert read_manifest(out)["counts"]["skipped"] == len(not_ok)
