@@ -135,6 +135,11 @@ def register(app: typer.Typer) -> None:
             dataset = _find(steps, "ingest", "dataset")
             fused = _find(steps, "train-fusion", "model")
             control = _find(steps, "train-baseline", "model")
+            if dataset is not None:
+                from fusionrec.data.ingest import summary as dataset_summary
+
+                typer.echo("")
+                typer.echo(dataset_summary(dataset))
             typer.echo("\n[3/4] test metrics (full ranking over the catalog; cold = items never seen in training)")
             oracle = oracle_metrics(raw, dataset) if dataset is not None else None
             for line in _metric_rows({"fused (treatment)": fused, "ID-only (control)": control}, oracle):
