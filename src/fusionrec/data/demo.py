@@ -33,8 +33,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +41,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from fusionrec.artifacts import artifact_dir
 from fusionrec.config import StepConfig
 from fusionrec.progress import get_logger, progress
 
@@ -475,20 +474,8 @@ def generate(out: str | os.PathLike, cfg: DemoConfig | None = None) -> Path:
     """
     cfg = cfg or DemoConfig()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with artifact_dir(out) as tmp:
         summary = _write(tmp, cfg)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("demo catalog: %d items, %d users, %d events, %d corrupt media -> %s", summary["items"], summary["users"], summary["events"], summary["corrupt"], out)
     return out
 
