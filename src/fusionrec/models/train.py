@@ -56,8 +56,8 @@ class TrainConfig(StepConfig):
     modality_dropout: float = 0.1
     id_dropout: float = 0.3
     epochs: int = 30
-    batch_size: int = 128
-    lr: float = 2e-3
+    batch_size: int = 64
+    lr: float = 3e-3
     weight_decay: float = 1e-5
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256
