@@ -18,14 +18,18 @@ help:
 
 setup: $(STAMP)
 
+# pip's own output goes to $(VENV)/install.log (shown if a step fails); the first setup downloads
+# several GB (PyTorch's CUDA build) and takes minutes.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=24" setuptools wheel
-	$(PIP) install --quiet -e ".[dev,datasets]"
-	# musicnn ships the pretrained audio-tagging checkpoints; its metadata demands tensorflow and
-	# numpy<1.17, which we do not need (fusionrec reads the checkpoints without TensorFlow).
-	$(PIP) install --quiet --no-deps musicnn==0.1.0
+	@echo "setting up $(VENV) (pip log: $(VENV)/install.log)"
+	@$(PIP) install --upgrade "pip>=24" setuptools wheel > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@$(PIP) install -e ".[dev,datasets]" >> $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
+	@# musicnn ships the pretrained audio-tagging checkpoints; its metadata demands tensorflow and
+	@# numpy<1.17, which fusionrec does not need (it reads the checkpoints without TensorFlow).
+	@$(PIP) install --no-deps musicnn==0.1.0 >> $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
+	@echo "$(VENV) ready"
 
 demo: $(STAMP)
 	$(VENV)/bin/fusionrec demo --out $(DEMO_OUT)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -91,9 +92,24 @@ class StepTimer:
     output folder, whose ``executor_output.json`` holds the artifact URIs and output values.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, echo: Any = None) -> None:
         self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        #: called with one line per step start/end (live progress while the steps' output goes to a log file)
+        self.echo = echo
+
+    @staticmethod
+    def _label(task_dir: Path | None) -> str:
+        """The task's name, with the modality for encode tasks (``encode[text]``)."""
+        if task_dir is None:
+            return "?"
+        executor_output = task_dir / "executor_output.json"
+        if executor_output.exists():
+            for value in (json.loads(executor_output.read_text()).get("artifacts") or {}).values():
+                for art in value.get("artifacts", []):
+                    if (art.get("metadata") or {}).get("modality"):
+                        return f"{task_dir.name}[{art['metadata']['modality']}]"
+        return task_dir.name
 
     @staticmethod
     def _task_dir(full_command: list[str]) -> str | None:
@@ -112,10 +128,16 @@ class StepTimer:
 
         def run(handler):
             start = time.time()
+            task_dir = timer._task_dir(handler.full_command)
+            if timer.echo is not None:
+                timer.echo(f"  started  {Path(task_dir).name if task_dir else '?'}")
             result = original(handler)
+            status = getattr(result, "name", str(result))
             with timer._lock:
-                timer.records.append({"dir": timer._task_dir(handler.full_command), "start": start,
-                                      "end": time.time(), "status": getattr(result, "name", str(result))})
+                timer.records.append({"dir": task_dir, "start": start, "end": time.time(), "status": status})
+            if timer.echo is not None:
+                label = timer._label(Path(task_dir) if task_dir else None)
+                timer.echo(f"  {status.lower():<8} {label} ({time.time() - start:.1f} s)")
             return result
 
         handler_module.SubprocessTaskHandler.run = run
@@ -207,7 +229,8 @@ def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: 
     args.setdefault("serving_location", str(workdir / "serving"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "outputs"),
                raise_on_error=True, enable_caching=cache, cache_root=str(workdir / "cache"))
-    timer = StepTimer()
+    stderr = sys.stderr  # kept before stdout goes to log_file: live progress goes here
+    timer = StepTimer(echo=(lambda line: (stderr.write(line + "\n"), stderr.flush())) if log_file is not None else None)
     outputs_root = workdir / "outputs"
     before = {p.name for p in outputs_root.iterdir()} if outputs_root.exists() else set()
     started = time.time()
