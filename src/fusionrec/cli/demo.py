@@ -35,7 +35,7 @@ def _metric_rows(models: dict[str, Optional[Path]], oracle: Optional[dict]) -> l
     from fusionrec.artifacts import read_json
 
     cols = [("overall", "ndcg@10"), ("overall", "recall@10"), ("warm", "ndcg@10"), ("cold", "ndcg@10"), ("overall", "mrr")]
-    head = f"{'model':<22}" + "".join(f"{seg + ' ' + m:>16}" for seg, m in cols)
+    head = f"{'model':<22}" + "".join(f"{seg + ' ' + m:>18}" for seg, m in cols)
     lines = [head, "-" * len(head)]
     rows: dict[str, dict] = {}
     for label, path in models.items():
@@ -47,7 +47,7 @@ def _metric_rows(models: dict[str, Optional[Path]], oracle: Optional[dict]) -> l
         cells = []
         for seg, m in cols:
             v = summary.get(seg, {}).get(m)
-            cells.append(f"{v:>16.4f}" if isinstance(v, (int, float)) else f"{'-':>16}")
+            cells.append(f"{v:>18.4f}" if isinstance(v, (int, float)) else f"{'-':>18}")
         lines.append(f"{label:<22}" + "".join(cells))
     return lines
 
