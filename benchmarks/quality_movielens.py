@@ -35,16 +35,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 FUSIONS = ("concat", "weighted", "attention", "user_gate")
 
 
-def _step(name: str, out: Path, fn, timings: dict, fresh: bool) -> Path:
-    """Run ``fn`` unless ``out`` already holds an artifact (its manifest.json)."""
-    if (out / "manifest.json").exists() and not fresh:
-        print(f"[cached] {name}: {out}", flush=True)
-        return out
-    t0 = time.perf_counter()
-    fn()
-    timings[name] = round(time.perf_counter() - t0, 1)
-    print(f"[{timings[name]:>7.1f}s] {name} -> {out}", flush=True)
-    return out
+from quality import _step  # noqa: E402  (the demo benchmark's step runner: skip a step whose artifact exists)
 
 
 def prepare(config: Path, work: Path, fresh: bool, max_users: int | None, timings: dict) -> tuple[Path, list[Path], Path]:
