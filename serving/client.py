@@ -89,6 +89,16 @@ class _Base:
         empty = ~(h > 0).any(axis=1)
         return h, empty
 
+    def _start(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Padded histories, output arrays with empty histories already filled by the fallback, and
+        the rows that still need the model."""
+        h, empty = self._prepare(histories, k)
+        idx = np.zeros((len(h), k), np.int64)
+        score = np.zeros((len(h), k), np.float32)
+        if empty.any():
+            idx[empty], score[empty] = self._fallback(int(empty.sum()), k)
+        return h, idx, score, np.where(~empty)[0]
+
     def _fallback(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.popular) < k:
             raise ValueError(f"empty history and the popularity fallback holds only {len(self.popular)} items (< k={k}); "
@@ -162,12 +172,7 @@ class RecommendClient(_Base):
 
     def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback."""
-        h, empty = self._prepare(histories, k)
-        idx = np.zeros((len(h), k), np.int64)
-        score = np.zeros((len(h), k), np.float32)
-        if empty.any():
-            idx[empty], score[empty] = self._fallback(int(empty.sum()), k)
-        rows = np.where(~empty)[0]
+        h, idx, score, rows = self._start(histories, k)
         for sl in self._chunks(len(rows)):
             i, s = self._infer(h[rows[sl]])
             self._check_rows(i, int(rows[sl][0]) if len(rows[sl]) else 0)
@@ -231,12 +236,7 @@ class AsyncRecommendClient(_Base):
 
     async def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         await self._ensure_meta()
-        h, empty = self._prepare(histories, k)
-        idx = np.zeros((len(h), k), np.int64)
-        score = np.zeros((len(h), k), np.float32)
-        if empty.any():
-            idx[empty], score[empty] = self._fallback(int(empty.sum()), k)
-        rows = np.where(~empty)[0]
+        h, idx, score, rows = self._start(histories, k)
 
         async def one(sl: slice):
             inputs, outputs = self._inputs(h[rows[sl]], self._grpc)
