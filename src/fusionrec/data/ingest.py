@@ -515,26 +515,21 @@ def _clean_interactions(raw: pd.DataFrame, name: str, item_index: dict[str, int]
 
     # iterated k-core over the surviving interactions
     if cfg.min_user_events > 0 or cfg.min_item_events > 0:
+        kcore = [(users, "user_id", "user", cfg.min_user_events, R_KCORE_USER),
+                 (items, "item_id", "item", cfg.min_item_events, R_KCORE_ITEM)]
         while True:
             changed = False
-            alive = rej.alive
-            if cfg.min_user_events > 0:
-                cnt = users[alive].value_counts()
-                small = set(cnt[cnt < cfg.min_user_events].index)
-                m = alive & users.isin(small).to_numpy()
+            for ids, column, what, minimum, reason in kcore:
+                if minimum <= 0:
+                    continue
+                alive = rej.alive
+                cnt = ids[alive].value_counts()
+                small = set(cnt[cnt < minimum].index)
+                m = alive & ids.isin(small).to_numpy()
                 if m.any():
                     changed = True
-                    rej.reject(m, "user_id", R_KCORE_USER.format(n=cfg.min_user_events),
-                               [f"{_line(name, r)}: user {users.iat[r]!r} has {cnt[users.iat[r]]} events" for r in np.flatnonzero(m)])
-            alive = rej.alive
-            if cfg.min_item_events > 0:
-                cnt = items[alive].value_counts()
-                small = set(cnt[cnt < cfg.min_item_events].index)
-                m = alive & items.isin(small).to_numpy()
-                if m.any():
-                    changed = True
-                    rej.reject(m, "item_id", R_KCORE_ITEM.format(n=cfg.min_item_events),
-                               [f"{_line(name, r)}: item {items.iat[r]!r} has {cnt[items.iat[r]]} events" for r in np.flatnonzero(m)])
+                    rej.reject(m, column, reason.format(n=minimum),
+                               [f"{_line(name, r)}: {what} {ids.iat[r]!r} has {cnt[ids.iat[r]]} events" for r in np.flatnonzero(m)])
             if not changed:
                 break
 
