@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (and optionally push) the fusionrec step images, tagged exactly as the pipeline's components
-# name them: the names come from components/images.py, the same module the components use.
+# name them: the names come from src/fusionrec/components/images.py, the same module the components use.
 #
 #   docker/build.sh                      # build every step image
 #   docker/build.sh --push               # build and push
@@ -38,7 +38,7 @@ run() {
 }
 
 # "<key> <image> <dockerfile>" lines, in build order (an image after the one it starts FROM).
-mapfile -t LINES < <("$PYTHON" components/images.py)
+mapfile -t LINES < <("$PYTHON" src/fusionrec/components/images.py)
 declare -A REF
 for line in "${LINES[@]}"; do
   read -r key ref dockerfile <<<"$line"

@@ -29,7 +29,7 @@ def test_config_sections_are_valid_step_configs():
 
 
 def test_config_maps_onto_pipeline_parameters():
-    from fusionrec.cli.pipeline import resolve_parameters
+    from fusionrec.pipelines.params import resolve_parameters
 
     args = resolve_parameters(["dataset_uri=/data/ml"], CONFIG)
     assert args["dataset_uri"] == "/data/ml"

@@ -216,7 +216,7 @@ def test_unknown_parameter_is_rejected_with_the_list():
 
 
 def test_config_file_sections_become_parameters(tmp_path):
-    from fusionrec.cli.pipeline import resolve_parameters
+    from fusionrec.pipelines.params import resolve_parameters
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("pipeline:\n  epochs: 3\n  modalities: [text]\ntrain:\n  batch_size: 16\nab:\n  alpha: 0.01\n")
@@ -283,7 +283,7 @@ TINY_ARGS = {
 @pytest.mark.slow
 def test_run_local_end_to_end(tmp_path):
     from fusionrec.artifacts import read_json, read_manifest
-    from fusionrec.cli.pipeline import format_summary, run_local
+    from fusionrec.pipelines.local import format_summary, run_local
 
     summary = run_local(dict(TINY_ARGS), tmp_path / "work", cache=False)
     print(format_summary(summary))

@@ -103,7 +103,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole pipeline locally on the built-in demo catalog, then serve and query the promoted model."""
         with user_errors(ImportError, RuntimeError):
-            from fusionrec.cli.pipeline import format_summary, resolve_parameters, run_local
+            from fusionrec.pipelines.local import format_summary, run_local
+            from fusionrec.pipelines.params import resolve_parameters
             from fusionrec.data.demo import DemoConfig, generate, oracle_metrics
 
             out = out.resolve()

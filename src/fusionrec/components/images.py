@@ -6,7 +6,7 @@ registry and tag with ``FUSIONREC_IMAGE_REGISTRY`` / ``FUSIONREC_IMAGE_TAG`` (re
 module is imported, i.e. before ``fusionrec pipeline compile`` builds the pipeline).
 
 This file imports nothing but the standard library: ``docker/build.sh`` runs it directly
-(``python3 components/images.py``) to list ``<key> <image> <dockerfile>`` lines.
+(``python3 src/fusionrec/components/images.py``) to list ``<key> <image> <dockerfile>`` lines.
 
 Example:
     >>> image("encode")                                   # doctest: +SKIP
