@@ -26,8 +26,7 @@ import pandas as pd
 
 from fusionrec.config import StepConfig
 from fusionrec.metrics import DEFAULT_KS, item_coverage, per_case_metrics, ranks_from_topk
-from fusionrec.progress import progress
-from fusionrec.ranking import TopKRanker
+from fusionrec.ranking import TopKRanker, rank_cases
 
 SEGMENTS = ("overall", "warm", "cold")
 
@@ -50,15 +49,6 @@ class EvalResult:
     summary: dict[str, dict[str, float]]
     per_case: pd.DataFrame
     topk: np.ndarray | None = field(default=None, repr=False)
-
-
-def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank") -> np.ndarray:
-    """Top-``k`` item_idx [n_cases, k] for every history, in batches."""
-    out = []
-    for start in progress(range(0, len(histories), batch_size), desc=desc, unit="batch", leave=False):
-        idx, _ = ranker.topk(histories[start:start + batch_size], k)
-        out.append(np.asarray(idx, dtype=np.int64))
-    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
 
 def evaluate(

@@ -94,10 +94,17 @@ class Recommender(nn.Module):
         self.user_gate = UserGate(spec.channels, d) if spec.fusion == "user_gate" else None
         self.encoder = SequenceEncoder(d, spec.layers, spec.heads, spec.max_len, spec.dropout)
 
+    k = None  # the TopKRanker protocol: ranks the whole catalog (no exported K)
+
     # -- item side ------------------------------------------------------------------------
     @property
     def n_items(self) -> int:
         return self.spec.n_items
+
+    @property
+    def max_len(self) -> int:
+        """History length L (``spec.max_len``), as the TopKRanker protocol names it."""
+        return self.spec.max_len
 
     def channels(self, drop_modality: float = 0.0, drop_id: float = 0.0, generator: torch.Generator | None = None):
         """All items' channel vectors [N+1, C, d] and presence mask [N+1, C] (optionally with channel dropout)."""
@@ -273,9 +280,16 @@ class PopularityRanker(nn.Module):
             counts = torch.zeros(spec.n_items + 1)
         self.register_buffer("counts", counts.float())
 
+    k = None  # the TopKRanker protocol: ranks the whole catalog (no exported K)
+
     @property
     def n_items(self) -> int:
         return self.spec.n_items
+
+    @property
+    def max_len(self) -> int:
+        """History length L (``spec.max_len``), as the TopKRanker protocol names it."""
+        return self.spec.max_len
 
     def _scores(self) -> torch.Tensor:
         """Distinct scores in (0, 1] ordered by (count desc, item_idx asc): no ties, so every backend agrees."""
