@@ -166,8 +166,8 @@ def trained_text_model(tiny_dataset, tmp_path_factory):
     from fusionrec.encoders.encode import run as encode
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     root = tmp_path_factory.mktemp("trained")
     cache = str(root / "cache")

@@ -27,7 +27,7 @@ from fusionrec.ab.config import ABConfig
 from fusionrec.ab.stats import PairedComparison, holm, paired_compare
 from fusionrec.artifacts import read_manifest
 from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.metrics import item_coverage, per_case_metrics, ranks_from_topk
+from fusionrec.metrics import item_coverage, topk_metrics
 from fusionrec.model_repository import OnnxRanker
 from fusionrec.models import load_model
 from fusionrec.progress import get_logger
@@ -192,8 +192,8 @@ def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray,
     """The offline comparison from both arms' top-K lists for ``cases`` (needs ``user_idx, item_idx, segment``)."""
     targets = cases["item_idx"].to_numpy(np.int64)
     ks = cfg.metric_ks()
-    mc = per_case_metrics(ranks_from_topk(top_c, targets), ks)
-    mt = per_case_metrics(ranks_from_topk(top_t, targets), ks)
+    _, mc = topk_metrics(top_c, targets, ks)
+    _, mt = topk_metrics(top_t, targets, ks)
     cols = {"case_id": cases["case_id"].to_numpy() if "case_id" in cases else np.arange(len(cases)),
             "user_idx": cases["user_idx"].to_numpy(), "segment": cases["segment"].astype(str).to_numpy(), "target": targets}
     for name in sorted(set(cfg.metrics) | {cfg.cold_recall_metric}):

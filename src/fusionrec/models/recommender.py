@@ -25,7 +25,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from fusionrec.artifacts import read_json
+from fusionrec.artifacts import atomic_write_json, read_json
+from fusionrec.device import pick_device
 from fusionrec.models.fusion import UserGate, make_fusion
 from fusionrec.models.transformer import SequenceEncoder
 from fusionrec.ranking import left_pad
@@ -334,8 +335,6 @@ def save_model(model: AnyModel, folder: str | os.PathLike, extra_config: dict | 
     """Write ``model.safetensors`` + ``config.json`` (spec + extra) into ``folder`` (no pickle)."""
     from safetensors.torch import save_file
 
-    from fusionrec.artifacts import atomic_write_json
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -358,6 +357,5 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> AnyModel:
     else:
         model = Recommender(spec, state["features"], state["feature_mask"], state["id_mask"])
         model.load_state_dict(state, strict=True)
-    from fusionrec.device import pick_device
 
     return model.to(pick_device(device)).eval()
