@@ -214,6 +214,12 @@ def find_model_dir(repo: str | os.PathLike, name: str | None = None) -> Path:
     return mdir
 
 
+def is_model_repository(path: str | os.PathLike) -> bool:
+    """``path`` holds an exported graph: ``<name>/1/model.onnx``, or it is such a model folder."""
+    path = Path(path)
+    return any(path.glob(f"*/1/{MODEL_FILE}")) or (path / "1" / MODEL_FILE).exists()
+
+
 def model_dirs(repo: str | os.PathLike) -> list[Path]:
     """Every model folder of a repository (or ``[repo]`` when it is a model folder)."""
     repo = Path(repo)
