@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -32,18 +31,9 @@ from fusionrec.export import ExportConfig, export_module
 from fusionrec.export.graph import guarded
 from fusionrec.model_repository import ort_session
 from fusionrec.models.recommender import ModelSpec, Recommender
+from fusionrec.serving.server import free_ports
 
 ROOT = Path(__file__).resolve().parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def histories(n: int, n_items: int, L: int, seed: int = 0) -> np.ndarray:

@@ -40,7 +40,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from fusionrec.artifacts import ArtifactError, atomic_write_json, atomic_write_text, read_json
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import pad_histories
 
 # -- the serving contract ----------------------------------------------------------------------
 HISTORY = "HISTORY"
@@ -90,16 +90,6 @@ def feeds(histories: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
     its request here, so an additional graph input is filled in one place.
     """
     return {HISTORY: pad_histories(histories, max_len)}
-
-
-def pad_histories(histories: np.ndarray, max_len: int) -> np.ndarray:
-    """int64 [B, max_len]: rows of another length keep their most recent non-padding items."""
-    h = np.asarray(histories, dtype=np.int64)
-    if h.ndim != 2:
-        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
-    if h.shape[1] != max_len:
-        h = left_pad([row[row > 0] for row in h], max_len)
-    return np.ascontiguousarray(h)
 
 
 # -- config.pbtxt ------------------------------------------------------------------------------

@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, load_npy, read_manifest, save_npy, save_parquet, write_manifest
+from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, hash_file, load_npy, read_manifest, save_npy, save_parquet, write_manifest
 from fusionrec.config import StepConfig
-from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.data.dataset import DatasetArtifact, is_missing
 from fusionrec.encoders.image import cache_root
 from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, default_encoder, get_encoder
 from fusionrec.progress import get_logger, progress
@@ -77,17 +77,6 @@ class EncodeConfig(StepConfig):
 
 
 # ----------------------------------------------------------------------------- inputs
-def _missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    try:
-        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
-    except (TypeError, ValueError):
-        return False
-
-
 def _sentence(part: str) -> str:
     part = part.strip()
     return part if not part or part[-1] in ".!?:;" else part + "."
@@ -101,7 +90,7 @@ def build_texts(items: pd.DataFrame, meta: dict, template: str | None = None) ->
         cols = [c for c in (meta.get("text_columns") or ["title", "description"]) if c in items.columns]
         out = []
         for r in records:
-            parts = [_sentence(str(r[c])) for c in cols if not _missing(r[c]) and str(r[c]).strip()]
+            parts = [_sentence(str(r[c])) for c in cols if not is_missing(r[c]) and str(r[c]).strip()]
             out.append(" ".join(p for p in parts if p))
         return out
     try:
@@ -113,7 +102,7 @@ def build_texts(items: pd.DataFrame, meta: dict, template: str | None = None) ->
         raise ValueError(f"text_template refers to unknown item column(s) {unknown}; columns are {list(items.columns)}")
     out = []
     for r in records:
-        vals = {k: ("" if _missing(v) else v) for k, v in r.items()}
+        vals = {k: ("" if is_missing(v) else v) for k, v in r.items()}
         if not any(str(vals[f.split(".")[0].split("[")[0]]).strip() for f in fields):
             out.append("")
             continue
@@ -130,7 +119,7 @@ def _tabular_columns(ds, cfg: EncodeConfig) -> list[str]:
 
 
 def _tabular_rows(items: pd.DataFrame, cols: list[str]) -> list[dict[str, Any]]:
-    return [{c: (None if _missing(v) else v) for c, v in r.items()} for r in items[cols].to_dict("records")]
+    return [{c: (None if is_missing(v) else v) for c, v in r.items()} for r in items[cols].to_dict("records")]
 
 
 def _json_value(v: Any) -> Any:
@@ -147,14 +136,10 @@ def _json_value(v: Any) -> Any:
 
 
 def _file_digest(path: Path) -> bytes | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
+        return bytes.fromhex(hash_file(path))
     except OSError:
         return None
-    return h.digest()
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -328,9 +313,9 @@ def _prepare(ds, cfg: EncodeConfig, enc: Encoder) -> tuple[list[Any], list[str |
         paths = items[col] if col in items.columns else pd.Series([None] * n)
         status = items[status_col] if status_col in items.columns else pd.Series([None] * n)
         for i, (p, s) in enumerate(zip(paths, status)):
-            if _missing(p):
-                pre[i] = "absent" if _missing(s) or s == "ok" else str(s)
-            elif not _missing(s) and s != "ok":
+            if is_missing(p):
+                pre[i] = "absent" if is_missing(s) or s == "ok" else str(s)
+            elif not is_missing(s) and s != "ok":
                 pre[i] = str(s)
             else:
                 inputs[i] = ds.path / str(p)
@@ -561,10 +546,4 @@ def merge(shards: Sequence[Path], out: Path) -> Path:
     return out
 
 
-def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(embeddings [n_items+1, d], mask [n_items+1], manifest) of an embeddings artifact."""
-    m = read_manifest(path, kind="embeddings")
-    return load_npy(Path(path) / "embeddings.npy"), load_npy(Path(path) / "mask.npy"), m
-
-
-__all__ = ["EncodeConfig", "run", "merge", "build_encoder", "shared_encoder", "build_texts", "EmbeddingCache", "read_embeddings", "shard_positions", "MODALITIES"]
+__all__ = ["EncodeConfig", "run", "merge", "build_encoder", "shared_encoder", "build_texts", "EmbeddingCache", "shard_positions", "MODALITIES"]

@@ -29,7 +29,7 @@ from fusionrec.artifacts import atomic_write_json, read_json
 from fusionrec.device import pick_device
 from fusionrec.models.fusion import UserGate, make_fusion
 from fusionrec.models.transformer import SequenceEncoder
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import pad_histories
 
 EXCLUDED = -1.0e9  # score given to padding and history items (finite: exporters and ORT stay NaN-free)
 UNSCORABLE = -1.0e8  # score of items with no channel at all (e.g. cold items in an ID-only model)
@@ -58,12 +58,7 @@ class ModelSpec(BaseModel):
 
 
 def _prepare_histories(histories: np.ndarray, max_len: int) -> torch.Tensor:
-    h = np.asarray(histories, dtype=np.int64)
-    if h.ndim != 2:
-        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
-    if h.shape[1] != max_len:  # keep the most recent max_len items, left-pad shorter ones
-        h = left_pad([row[row > 0] for row in h], max_len) if h.shape[1] < max_len else h[:, -max_len:]
-    return torch.from_numpy(np.ascontiguousarray(h))
+    return torch.from_numpy(pad_histories(histories, max_len))
 
 
 class Recommender(nn.Module):
@@ -325,10 +320,6 @@ class PopularityRanker(nn.Module):
 
 # -- persistence --------------------------------------------------------------------------
 AnyModel = Recommender | PopularityRanker
-
-
-def build_model(spec: ModelSpec) -> AnyModel:
-    return PopularityRanker(spec) if spec.kind == "popularity" else Recommender(spec)
 
 
 def save_model(model: AnyModel, folder: str | os.PathLike, extra_config: dict | None = None) -> None:

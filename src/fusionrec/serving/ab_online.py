@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
@@ -28,21 +27,9 @@ from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
 
 from .client import RecommendClient
-from .server import start_server
+from .server import free_ports, start_server
 
 log = get_logger("fusionrec.serving.ab")
-
-
-def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports free on ``host`` right now (held together while the OS picks them)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _client(url: str, name: str, repo: str | os.PathLike, ds: DatasetArtifact):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sysconfig
 import threading
 import time
@@ -38,6 +39,18 @@ from fusionrec.progress import get_logger
 from .config import read_model_config
 
 log = get_logger("fusionrec.serving")
+
+
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` right now (held together while the OS picks them)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def ensure_libpython_on_path() -> str | None:
