@@ -38,7 +38,7 @@ tracks lose "guitar". Not verified: bit-level parity with TF, and librosa's resa
 vs torchaudio's sinc resampler (small spectral differences near 8 kHz).
 
 Example:
-    >>> enc = get_encoder("audio")                                          # doctest: +SKIP
+    >>> enc = build("audio")                                          # doctest: +SKIP
     >>> vecs, reasons = enc.encode_batch([Path("media/a.ogg"), Path("bad.wav")])  # doctest: +SKIP
     >>> vecs.shape, reasons[1]                                              # doctest: +SKIP
     ((2, 200), 'undecodable audio: ...')

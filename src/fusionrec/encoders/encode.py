@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -32,7 +31,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +41,7 @@ from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atom
 from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact, is_missing
 from fusionrec.encoders.image import cache_root
-from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, default_encoder, get_encoder
+from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, Modality, build, default_encoder
 from fusionrec.progress import get_logger, progress
 
 log = get_logger("fusionrec.encoders.encode")
@@ -53,7 +52,7 @@ MEDIA = ("image", "audio")
 class EncodeConfig(StepConfig):
     """Settings of the encode step (config file section ``encode``)."""
 
-    modality: Literal["text", "image", "audio", "tabular"] = Field(description="which modality to encode")
+    modality: Modality = Field(description="which modality to encode")
     encoder: Optional[str] = Field(None, description="registered encoder name (default: the modality's default)")
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the encoder factory, e.g. {model: <folder>}")
     batch_size: int = Field(32, ge=1, description="items per inference batch")
@@ -145,24 +144,10 @@ def _file_digest(path: Path) -> bytes | None:
 # ----------------------------------------------------------------------------- encoder
 def build_encoder(cfg: EncodeConfig) -> Encoder:
     """The registered encoder named by ``cfg`` (device and text max_length passed when it takes them)."""
-    from fusionrec.encoders.registry import _REGISTRY, _load_builtin
-
     name = cfg.encoder or default_encoder(cfg.modality)
-    _load_builtin()
-    factory = _REGISTRY[cfg.modality].get(name)
-    kwargs = dict(cfg.encoder_kwargs)
-    if factory is not None:
-        try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            params = {}
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if ("device" in params or takes_any) and "device" not in kwargs:
-            kwargs["device"] = cfg.device
-        if cfg.modality == "text" and ("max_length" in params or takes_any) and "max_length" not in kwargs:
-            kwargs["max_length"] = cfg.max_length
+    options = {"device": cfg.device, **({"max_length": cfg.max_length} if cfg.modality == "text" else {})}
     try:
-        return get_encoder(cfg.modality, name, **kwargs)
+        return build(cfg.modality, name, options=options, **cfg.encoder_kwargs)
     except TypeError as exc:
         raise ValueError(f"bad encoder_kwargs for {cfg.modality} encoder '{name}': {exc}") from None
 
@@ -171,7 +156,7 @@ _SHARED: dict[str, Encoder] = {}
 
 
 def shared_encoder(modality: str, name: str | None = None, **kwargs: Any) -> Encoder:
-    """``get_encoder`` memoised per process (tests, benchmarks and notebooks load weights once).
+    """``registry.build`` memoised per process (tests, benchmarks and notebooks load weights once).
 
     Example:
         >>> enc = shared_encoder("text")           # doctest: +SKIP
@@ -180,7 +165,7 @@ def shared_encoder(modality: str, name: str | None = None, **kwargs: Any) -> Enc
     """
     key = json.dumps([modality, name, kwargs], sort_keys=True, default=str)
     if key not in _SHARED:
-        _SHARED[key] = get_encoder(modality, name, **kwargs)
+        _SHARED[key] = build(modality, name, **kwargs)
     return _SHARED[key]
 
 

@@ -18,7 +18,7 @@ row with its reason. Greyscale, palette, CMYK, 16-bit and alpha images are conve
 scale (``draft``) and large images reduced before the final resize.
 
 Example:
-    >>> enc = get_encoder("image")                                       # doctest: +SKIP
+    >>> enc = build("image")                                       # doctest: +SKIP
     >>> vecs, reasons = enc.encode_batch([Path("cat.jpg"), Path("broken.png")])   # doctest: +SKIP
     >>> enc.classify([Path("cat.jpg")], k=3)                             # doctest: +SKIP
     [[('tiger cat', 0.39), ('Egyptian cat', 0.36), ('tabby', 0.17)]]

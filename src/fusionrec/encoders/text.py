@@ -6,7 +6,7 @@ name is only contacted when the user names one (and the hub is reachable; set
 ``HF_HUB_OFFLINE=1`` to forbid it).
 
 Example:
-    >>> enc = get_encoder("text", "minilm")                               # doctest: +SKIP
+    >>> enc = build("text", "minilm")                               # doctest: +SKIP
     >>> vecs, reasons = enc.encode_batch(["a red bicycle", ""])           # doctest: +SKIP
     >>> vecs.shape, reasons                                               # doctest: +SKIP
     ((2, 384), [None, 'empty text'])
