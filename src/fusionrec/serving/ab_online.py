@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
-from fusionrec.ab.offline import IdMap, MappedRanker, case_history_len
+from fusionrec.ab.offline import IdMap, MappedRanker, case_max_len
 from fusionrec.ab.online import OnlineResult, replay
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
@@ -59,7 +59,7 @@ def replay_on_triton(
         control = _client(srv.grpc_url, "control", control_repo, ds)
         treatment = _client(srv.grpc_url, "treatment", treatment_repo, ds)
         try:
-            cases, hist = ds.eval_cases(cfg.split, max_len=case_history_len(cfg, control, treatment))
+            cases, hist = ds.eval_cases(cfg.split, max_len=case_max_len(cfg, control, treatment))
             users = ds.users.set_index("user_idx")["user_id"].astype(str)
             user_ids = users.reindex(cases["user_idx"].to_numpy()).fillna("").to_numpy()
             if (user_ids == "").any():
