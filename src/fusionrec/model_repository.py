@@ -64,6 +64,10 @@ class TensorSpec:
     """numpy dtype name: ``int64`` or ``float32``."""
     length: str
     """``max_len`` or ``k``: the per-row length (after the batch axis) is that repository field."""
+    optional: bool = False
+    """An input a request may leave out (``optional: true`` in config.pbtxt); the server then feeds ``fill``."""
+    fill: int = 0
+    """The value of an optional input left out (e.g. -1: an empty, -1-padded id list)."""
 
     @property
     def triton_type(self) -> str:
@@ -111,7 +115,8 @@ def config_pbtxt(cfg: TritonSettings, max_len: int, k: int) -> str:
     pref = sorted({b for b in cfg.preferred_batch_size if 0 < b <= cfg.max_batch_size})
 
     def tensors(specs: Sequence[TensorSpec]) -> list[str]:
-        rows = [f'  {{ name: "{s.name}", data_type: {s.triton_type}, dims: [ {s.dims(max_len, k)} ] }}' for s in specs]
+        rows = [f'  {{ name: "{s.name}", data_type: {s.triton_type}, dims: [ {s.dims(max_len, k)} ]'
+                + (" optional: true" if s.optional else "") + " }" for s in specs]
         return [r + ("," if i < len(rows) - 1 else "") for i, r in enumerate(rows)]
 
     lines = [
