@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from fusionrec.artifacts import artifact_dir, atomic_write_json, atomic_write_text, read_json, write_manifest
+from fusionrec.artifacts import StepError, artifact_dir, atomic_write_json, atomic_write_text, check_output, read_json, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.progress import get_logger, progress
 
@@ -44,7 +45,7 @@ OUTPUT_SCORE = "SCORE"
 INVALID_IDX = -1  # ITEM_IDX of a row whose history holds an id outside [0, n_items]
 
 
-class ExportError(RuntimeError):
+class ExportError(StepError):
     """The export failed a check (ONNX checker, parity): no model repository was written."""
 
 
@@ -53,16 +54,16 @@ class ExportConfig(StepConfig):
 
     name: str = "fusionrec"
     """Model name in the Triton repository (folder name and ``name:`` in config.pbtxt)."""
-    k: int = 100
+    k: int = Field(100, ge=1)
     """Top-K computed in the graph (clamped to the number of items)."""
-    max_len: int | None = None
+    max_len: int | None = Field(None, ge=1)
     """History length L of the graph; default: the model's ``max_len``."""
-    max_batch_size: int = 64
-    max_queue_delay_microseconds: int = 2000
+    max_batch_size: int = Field(64, ge=1)
+    max_queue_delay_microseconds: int = Field(2000, ge=0)
     preferred_batch_size: list[int] = [16, 32, 64]
     instance_kind: Literal["KIND_GPU", "KIND_CPU"] = "KIND_GPU"
     """Production default is GPU; use KIND_CPU for a CPU-only Triton."""
-    instance_count: int = 1
+    instance_count: int = Field(1, ge=1)
     accelerator: Literal["none", "tensorrt"] = "none"
     """``tensorrt``: add ``gpu_execution_accelerator [{name: "tensorrt"}]`` (GPU instances only)."""
     tensorrt_fp16: bool = False
@@ -327,7 +328,8 @@ def popular_items(dataset, n: int) -> dict[str, Any]:
 
 def export_module(module, n_items: int, max_len: int, item_ids: list[str], dataset: Path | None, out: Path,
                   cfg: ExportConfig, inputs: dict[str, Path] | None = None, extra_manifest: dict | None = None,
-                  k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None) -> Path:
+                  k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None,
+                  force: bool = False) -> Path:
     """Export any ``history -> (item_idx, score)`` module into a Triton model repository at ``out``.
 
     ``module`` must already compute top-``k`` (``k`` defaults to ``cfg.k`` clamped to ``n_items``);
@@ -336,6 +338,8 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
     """
     from fusionrec.data.dataset import DatasetArtifact
 
+    sources = [dataset, *(inputs or {}).values()]
+    check_output(out, "model_repository", sources, force)
     if len(item_ids) != n_items + 1:
         raise ValueError(f"item_ids has {len(item_ids)} entries, expected n_items + 1 = {n_items + 1}")
     k = int(k if k is not None else min(cfg.k, n_items))
@@ -351,7 +355,7 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
     if len(histories) == 0:
         raise ExportError(f"{dataset} has no test cases: parity needs at least one")
     g = guarded(module, n_items)
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "model_repository", sources, force) as tmp:
         mdir = tmp / cfg.name
         (mdir / "1").mkdir(parents=True)
         onnx_path = mdir / "1" / "model.onnx"
@@ -379,11 +383,12 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
     return out
 
 
-def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig) -> Path:
+def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, force: bool = False) -> Path:
     """Export a trained model artifact into a Triton model repository (see module docstring)."""
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.models import load_model
 
+    check_output(out, "model_repository", [model, dataset], force)
     m = load_model(model, device="cpu")
     max_len = int(cfg.max_len or m.spec.max_len)
     ids = [str(x) for x in DatasetArtifact(dataset).item_ids.tolist()]
@@ -392,7 +397,7 @@ def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig) -> Path:
                          "export the model with the dataset it was trained on")
     k = min(cfg.k, m.n_items)
     return export_module(m.serving_module(k), m.n_items, max_len, ids, dataset, out, cfg,
-                         inputs={"model": model}, k=k)
+                         inputs={"model": model}, k=k, force=force)
 
 
 def read_repository(repo: str | os.PathLike, name: str | None = None) -> tuple[Path, dict]:
@@ -526,7 +531,8 @@ def encode_new_items(model, dataset: Path, aligned: Path, new_items: Path, work:
     return new_ids, features, masks, prov
 
 
-def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Path, out: Path, cfg: ExportConfig) -> Path:
+def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Path, out: Path, cfg: ExportConfig,
+                       force: bool = False) -> Path:
     """Export ``model`` with new (cold-start) items appended to its item table, without retraining.
 
     New items get item_idx ``n_items+1..``; ``item_ids.json`` lists them; parity runs as usual.
@@ -540,6 +546,7 @@ def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Pat
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.models import load_model
 
+    check_output(out, "model_repository", [model, dataset, aligned, new_items], force)
     m = load_model(model, device="cpu")
     if not getattr(m.spec, "modalities", None):
         raise ValueError(f"model {model} uses no content modality (ID-only or popularity): it cannot score new items "
@@ -554,4 +561,5 @@ def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Pat
     k = min(cfg.k, m2.n_items)
     return export_module(m2.serving_module(k), m2.n_items, max_len, ids + new_ids, dataset, out, cfg,
                          inputs={"model": model, "aligned": aligned, "new_items": Path(new_items)}, k=k,
-                         extra_manifest={"added_items": {"n": len(new_ids), "first_item_idx": len(ids), "modalities": prov}})
+                         extra_manifest={"added_items": {"n": len(new_ids), "first_item_idx": len(ids), "modalities": prov}},
+                         force=force)

@@ -16,8 +16,8 @@ from fusionrec.ab.config import ABConfig
 __all__ = ["ABConfig", "run"]
 
 
-def run(control, treatment, dataset, out, cfg: ABConfig | None = None, online=None):
+def run(control, treatment, dataset, out, cfg: ABConfig | None = None, online=None, force: bool = False):
     """The ``ab`` step (see :func:`fusionrec.ab.report.run`)."""
     from fusionrec.ab.report import run as _run
 
-    return _run(control, treatment, dataset, out, cfg, online)
+    return _run(control, treatment, dataset, out, cfg, online, force)

@@ -24,7 +24,7 @@ from fusionrec.ab.config import ABConfig
 from fusionrec.ab.decision import decide
 from fusionrec.ab.offline import OfflineResult, load_ranker, offline_compare
 from fusionrec.ab.online import OnlineResult
-from fusionrec.artifacts import artifact_dir, atomic_write_json, atomic_write_text, save_parquet, write_manifest
+from fusionrec.artifacts import artifact_dir, atomic_write_json, check_output, atomic_write_text, save_parquet, write_manifest
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
 from fusionrec.ranking import TopKRanker
@@ -308,12 +308,12 @@ def render_html(markdown_text: str, plot_files: dict[str, Path], decision: dict)
 
 
 def write_report(out: str | os.PathLike, offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig,
-                 names: dict[str, str], inputs: dict[str, str | os.PathLike]) -> Path:
+                 names: dict[str, str], inputs: dict[str, str | os.PathLike], force: bool = False) -> Path:
     """Decide and write the ``ab_report`` artifact atomically; returns its path."""
     decision = decide(offline, online, cfg)
     decision["control"] = names["control"]
     decision["treatment"] = names["treatment"]
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "ab_report", inputs.values(), force) as tmp:
         plots = {"lift": plot_lifts(offline, tmp / "lift.png"), "user_diffs": plot_user_diffs(offline, tmp / "user_diffs.png")}
         if online is not None:
             plots["latency"] = plot_latency(online, tmp / "latency.png")
@@ -342,6 +342,7 @@ def run(
     out: str | os.PathLike,
     cfg: ABConfig | None = None,
     online: OnlineResult | None = None,
+    force: bool = False,
 ) -> Path:
     """The ``ab`` step: offline comparison in-process, optional online result, decision, report.
 
@@ -350,6 +351,7 @@ def run(
     from ``fusionrec.serving.ab_online`` (None: the report says the online part was not run).
     """
     cfg = cfg or ABConfig()
+    check_output(out, "ab_report", [a for a in (control, treatment, dataset) if isinstance(a, (str, os.PathLike))], force)
     ds = DatasetArtifact(dataset)
     rankers, names, inputs = {}, {}, {"dataset": dataset}
     for role, arm in (("control", control), ("treatment", treatment)):
@@ -361,4 +363,4 @@ def run(
             rankers[role] = arm
             names[role] = type(arm).__name__
     offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg)
-    return write_report(out, offline, online, cfg, names, inputs)
+    return write_report(out, offline, online, cfg, names, inputs, force)

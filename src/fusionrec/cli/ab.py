@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def _pct(x: float) -> str:
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         no_online: bool = typer.Option(False, "--no-online", help="Skip the Triton replay and interleaving (offline only)."),
         config: Optional[Path] = ConfigOption,
         sets: Optional[list[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """A/B-evaluate TREATMENT against CONTROL and decide whether to promote it (exit code 0 either way)."""
         with user_errors():
@@ -40,11 +41,11 @@ def register(app: typer.Typer) -> None:
             if no_online:
                 from fusionrec.ab import run
 
-                path = run(control, treatment, dataset, out, cfg)
+                path = run(control, treatment, dataset, out, cfg, force=force)
             else:
                 from fusionrec.serving.ab_online import run_with_triton
 
-                path = run_with_triton(control, treatment, dataset, out, cfg)
+                path = run_with_triton(control, treatment, dataset, out, cfg, force=force)
             d = read_json(path / "decision.json")
             m = read_json(path / "metrics.json")
             prim = d["rules"][0]

@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
             stamp = out / "raw.config.json"
             if not (raw / "items.csv").exists() or not stamp.exists() or stamp.read_text() != demo_cfg.model_dump_json():
                 typer.echo(f"[1/4] generating the demo catalog ({items} items, {users} users) -> {raw}")
-                generate(raw, demo_cfg)
+                generate(raw, demo_cfg, force=stamp.exists())  # the stamp says this command wrote `raw` before
                 stamp.write_text(demo_cfg.model_dump_json())
             else:
                 typer.echo(f"[1/4] demo catalog already at {raw}")

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def _summary(path: Path) -> None:
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         list_encoders: bool = typer.Option(False, "--list", help="list the registered encoders per modality and exit"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Encode one modality of DATASET into an embeddings artifact OUT (embeddings.npy, mask.npy, reasons.parquet).
 
@@ -72,16 +73,17 @@ def register(app: typer.Typer) -> None:
             cfg = step_config(EncodeConfig, config, "encode", flags, plain)
             if kw_pairs:
                 cfg.encoder_kwargs.update(parse_overrides(kw_pairs))
-            path = run(dataset, out, cfg)
+            path = run(dataset, out, cfg, force=force)
             _summary(path)
 
     @app.command("encode-merge")
     def encode_merge(
         out: Path = typer.Argument(..., help="output embeddings artifact folder"),
         shards: List[Path] = typer.Argument(..., help="the shard artifacts of one sharded encode run", exists=True, file_okay=False),
+        force: bool = ForceOption,
     ) -> None:
         """Merge the shard artifacts of `fusionrec encode --shard i --num-shards n` into one embeddings artifact."""
         with user_errors():
             from fusionrec.encoders.encode import merge
 
-            _summary(merge(shards, out))
+            _summary(merge(shards, out, force=force))

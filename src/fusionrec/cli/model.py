@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def _print_summary(name: str, summary: dict, ks=(10, 20)) -> None:
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:i]"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Align modality embeddings into one space (projection heads, symmetric InfoNCE); prints cross-modal Recall@1/@10 before/after.
 
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
             from fusionrec.models.align import AlignConfig, run
 
             cfg = step_config(AlignConfig, config, "align", {"dim": dim, "epochs": epochs, "device": device}, sets)
-            path = run(dataset, list(embeddings), out, cfg)
+            path = run(dataset, list(embeddings), out, cfg, force=force)
             m = read_json(path / "metrics.json")
             typer.echo(f"aligned artifact -> {path}")
             typer.echo(f"{'pair':<22} {'R@1 before':>10} {'R@1 after':>10} {'R@10 before':>11} {'R@10 after':>10} {'n':>6}")
@@ -63,6 +64,7 @@ def register(app: typer.Typer) -> None:
         amp: Optional[str] = typer.Option(None, "--amp", help="none, bf16 or fp16"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Train a recommender (fused multimodal, or a baseline) and evaluate it on the test cases.
 
@@ -75,7 +77,7 @@ def register(app: typer.Typer) -> None:
             flags = {"model": model, "fusion": fusion, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dim": dim,
                      "loss": loss, "seed": seed, "device": device, "amp": amp}
             cfg = step_config(TrainConfig, config, "train", flags, sets)
-            path = run(dataset, aligned, out, cfg)
+            path = run(dataset, aligned, out, cfg, force=force)
             m = read_json(path / "metrics.json")
             tr = m["training"]
             typer.echo(f"model artifact -> {path}")
@@ -94,6 +96,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:i]"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Full-ranking evaluation (history excluded): Recall/NDCG@K, MRR, coverage; overall, warm, cold; per-case values kept.
 
@@ -104,7 +107,7 @@ def register(app: typer.Typer) -> None:
             from fusionrec.evaluate import EvalConfig, run
 
             cfg = step_config(EvalConfig, config, "evaluate", {"split": split, "k_max": k_max, "device": device}, sets)
-            path = run(dataset, model, out, cfg)
+            path = run(dataset, model, out, cfg, force=force)
             m = read_json(path / "metrics.json")
             typer.echo(f"evaluation ({cfg.split}) -> {path}")
             _print_summary(model.name, m["summary"], ks=[k for k in cfg.ks if k <= 20] or cfg.ks[:1])

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, load_npy, read_manifest, save_npy, save_parquet, write_manifest
+from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, check_output, atomic_write_json, load_npy, read_manifest, save_npy, save_parquet, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, default_encoder, get_encoder
 from fusionrec.progress import get_logger, progress
@@ -419,7 +419,7 @@ def shard_positions(n_items: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, n_items, num_shards))
 
 
-def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None) -> Path:
+def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None, force: bool = False) -> Path:
     """Encode ``cfg.modality`` of the dataset artifact ``dataset`` into ``out``.
 
     ``encoder`` lets a caller reuse an already loaded encoder (it must be the one ``cfg`` names).
@@ -428,6 +428,8 @@ def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = N
     from fusionrec.data.dataset import DatasetArtifact
 
     dataset, out = Path(dataset), Path(out)
+    kinds = ("embeddings", "embeddings_shard")  # a re-run may switch between sharded and not
+    check_output(out, kinds, [dataset], force)
     ds = DatasetArtifact(dataset)
     items = ds.items
     n = len(items)
@@ -463,7 +465,7 @@ def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = N
     reason_counts = dict(Counter(reasons_df["reason"]).most_common())
     stats["total_seconds"] = round(time.perf_counter() - t_start, 3)
     sharded = cfg.num_shards > 1
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, kinds, [dataset], force) as tmp:
         if sharded:
             save_npy(tmp / "item_idx.npy", idx)
             save_npy(tmp / "embeddings.npy", vecs)
@@ -506,11 +508,12 @@ def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = N
 _SAME = ("modality", "encoder", "weights", "dim", "preprocessing", "encoder_key", "n_items")
 
 
-def merge(shards: Sequence[Path], out: Path) -> Path:
+def merge(shards: Sequence[Path], out: Path, force: bool = False) -> Path:
     """Join the ``embeddings_shard`` artifacts of one sharded run into the full embeddings artifact."""
     shards = [Path(s) for s in shards]
     if not shards:
         raise ValueError("merge needs at least one shard artifact")
+    check_output(out, "embeddings", shards, force)
     manifests = [read_manifest(s, kind="embeddings_shard") for s in shards]
     first = manifests[0]
     for s, m in zip(shards[1:], manifests[1:]):
@@ -544,7 +547,7 @@ def merge(shards: Sequence[Path], out: Path) -> Path:
     if not seen[1:].all():
         raise ArtifactError(f"shards cover {int(seen[1:].sum())} of {n} items")
     reasons_df = pd.concat(reasons, ignore_index=True).sort_values("item_idx", kind="stable").reset_index(drop=True)
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "embeddings", shards, force) as tmp:
         save_npy(tmp / "embeddings.npy", full)
         save_npy(tmp / "mask.npy", fmask)
         save_parquet(reasons_df, tmp / "reasons.parquet")

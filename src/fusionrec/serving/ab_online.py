@@ -24,6 +24,7 @@ from fusionrec.ab.config import ABConfig
 from fusionrec.ab.offline import IdMap, MappedRanker, case_history_len, load_ranker, offline_compare
 from fusionrec.ab.online import OnlineResult, replay
 from fusionrec.ab.report import write_report
+from fusionrec.artifacts import check_output
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
 
@@ -91,6 +92,7 @@ def run_with_triton(
     out: str | os.PathLike,
     cfg: ABConfig | None = None,
     online: bool = True,
+    force: bool = False,
     **server_kw,
 ) -> Path:
     """Offline (in-process) + online replay and interleaving (Triton) + decision -> ``ab_report`` at ``out``.
@@ -98,6 +100,8 @@ def run_with_triton(
     ``online=False`` skips the server (the report says the online part was not run).
     """
     cfg = cfg or ABConfig()
+    inputs = {"control": control_repo, "treatment": treatment_repo, "dataset": dataset}
+    check_output(out, "ab_report", inputs.values(), force)  # before minutes of replay, not after
     ds = DatasetArtifact(dataset)
     if online:
         for role, path in (("control", control_repo), ("treatment", treatment_repo)):
@@ -109,5 +113,4 @@ def run_with_triton(
     offline = offline_compare(control, treatment, ds, cfg)
     online_res = replay_on_triton(control_repo, treatment_repo, ds, cfg, **server_kw) if online else None
     names = {"control": Path(control_repo).name, "treatment": Path(treatment_repo).name}
-    inputs = {"control": control_repo, "treatment": treatment_repo, "dataset": dataset}
-    return write_report(out, offline, online_res, cfg, names, inputs)
+    return write_report(out, offline, online_res, cfg, names, inputs, force)

@@ -1,0 +1,191 @@
+"""Never destroy a user's files (issue #12): where a step may write, what it refuses, and what an
+interrupted write leaves behind. Every case runs the real CLI on the tiny demo catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fusionrec.artifacts import ArtifactError, artifact_dir, check_output, read_manifest, write_manifest
+from fusionrec.cli import app
+
+runner = CliRunner()
+
+
+def cli(*args) -> "object":
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``path`` (what 'nothing was lost' means)."""
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def refused(res, folder: Path) -> None:
+    """One line, exit 2, naming the folder; no traceback."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and res.output.count("\n") == 1, res.output
+    assert str(folder) in res.output, res.output
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory) -> Path:
+    """A folder of a user's own files, none of them a fusionrec artifact."""
+    root = tmp_path_factory.mktemp("home") / "somefolder"
+    root.mkdir()
+    (root / "thesis.txt").write_text("three years of work\n")
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.md").write_text("- defend\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def popularity_model(tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pop") / "model"
+    res = cli("train", tiny_dataset, out, "--model", "popularity")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def popularity_repo(popularity_model, tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("repo") / "control_repository"
+    res = cli("export", popularity_model, tiny_dataset, out, "--cpu", "-k", "10")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+# -------------------------------------------------------------------------------- the issue's cases
+def test_ingest_into_its_own_source_is_refused_and_loses_nothing(tiny_raw, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    before = tree(raw)
+    assert {"items.csv", "interactions.csv"} <= set(before) and any(k.startswith("truth/") for k in before)
+    refused(cli("ingest", raw, raw), raw)
+    refused(cli("ingest", raw, raw, "--force"), raw)  # --force never overrides an input
+    refused(cli("ingest", raw, raw / "dataset"), raw)  # inside the input
+    refused(cli("ingest", raw, tmp_path), tmp_path)  # contains the input
+    assert tree(raw) == before
+
+
+def test_evaluate_into_a_folder_of_other_files_is_refused(tiny_dataset, popularity_model, user_folder):
+    before = tree(user_folder)
+    res = cli("evaluate", tiny_dataset, popularity_model, user_folder)
+    refused(res, user_folder)
+    assert "--force" in res.output and "thesis.txt" in res.output
+    assert tree(user_folder) == before
+
+
+def test_ab_out_on_the_control_repository_is_refused(tiny_dataset, popularity_repo):
+    before = tree(popularity_repo)
+    for extra in ([], ["--force"]):
+        res = cli("ab", "--control", popularity_repo, "--treatment", popularity_repo, "--dataset", tiny_dataset,
+                  "--out", popularity_repo, "--no-online", *extra)
+        refused(res, popularity_repo)
+        assert "input" in res.output
+    assert tree(popularity_repo) == before
+    assert read_manifest(popularity_repo)["kind"] == "model_repository"
+
+
+@pytest.mark.parametrize("step", ["demo-data", "encode", "train", "export"])
+def test_every_step_refuses_a_folder_that_is_not_its_artifact(step, tiny_dataset, popularity_model, user_folder):
+    args = {
+        "demo-data": ["demo-data", user_folder, "--items", "10", "--users", "3"],
+        "encode": ["encode", tiny_dataset, user_folder, "-m", "tabular"],
+        "train": ["train", tiny_dataset, user_folder, "--model", "popularity"],
+        "export": ["export", popularity_model, tiny_dataset, user_folder, "--cpu"],
+    }[step]
+    before = tree(user_folder)
+    res = cli(*args)
+    refused(res, user_folder)
+    assert "--force" in res.output
+    assert tree(user_folder) == before
+
+
+def test_another_kind_of_artifact_is_refused_the_same_kind_replaced_force_replaces(tiny_dataset, popularity_model, tmp_path):
+    out = tmp_path / "eval"
+    assert cli("evaluate", tiny_dataset, popularity_model, out).exit_code == 0
+    first = read_manifest(out, kind="evaluation")["created"]
+    res = cli("evaluate", tiny_dataset, popularity_model, out)  # same kind: replaced
+    assert res.exit_code == 0, res.output
+    assert read_manifest(out, kind="evaluation")["created"] >= first
+    res = cli("train", tiny_dataset, out, "--model", "popularity")  # a model step over an evaluation
+    refused(res, out)
+    assert "'evaluation' artifact" in res.output
+    assert read_manifest(out)["kind"] == "evaluation"
+    res = cli("train", tiny_dataset, out, "--model", "popularity", "--force")
+    assert res.exit_code == 0, res.output
+    assert read_manifest(out)["kind"] == "model"
+
+
+def test_empty_and_missing_folders_are_fine_a_file_never(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert check_output(tmp_path / "empty", "dataset") == tmp_path / "empty"
+    assert check_output(tmp_path / "missing" / "deeper", "dataset").name == "deeper"
+    (tmp_path / "a_file").write_text("x")
+    for force in (False, True):
+        with pytest.raises(ArtifactError, match="not a folder"):
+            check_output(tmp_path / "a_file", "dataset", force=force)
+
+
+def test_a_failed_commit_check_leaves_the_target_as_it_was(tmp_path):
+    """Something that appears in the target while the step runs is not replaced either."""
+    out = tmp_path / "out"
+    with pytest.raises(ArtifactError, match="refusing to replace"):
+        with artifact_dir(out, "dataset") as tmp:
+            (tmp / "x.txt").write_text("new")
+            out.mkdir()
+            (out / "precious.txt").write_text("old")
+    assert (out / "precious.txt").read_text() == "old" and not (out / "x.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left
+
+
+# -------------------------------------------------------------------------------- interrupted writes
+def test_sigterm_mid_write_leaves_no_temporary_folder(tmp_path):
+    """`demo-data` killed with SIGTERM while writing media: the temporary folder goes with it."""
+    out = tmp_path / "dd"
+    exe = Path(sys.executable).parent / "fusionrec"
+    proc = subprocess.Popen([str(exe), "demo-data", str(out), "--items", "20000", "--users", "10"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until it is writing media into its temporary folder
+            if any(any((t / "media" / "audio").glob("*.wav")) for t in tmp_path.glob(".dd.*.tmp")):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.05)
+        else:
+            pytest.fail("demo-data never started writing")
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 128 + signal.SIGTERM, proc.stderr.read().decode()
+    assert list(tmp_path.iterdir()) == [], [p.name for p in tmp_path.iterdir()]
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL gives no chance to clean up: the next write of the same target removes the leftovers."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".out.{dead}.abc123.tmp"
+    (stale / "media").mkdir(parents=True)
+    (stale / "media" / "big.wav").write_bytes(b"\0" * 1000)
+    alive = tmp_path / f".out.{os.getppid()}.def456.tmp"  # another live writer's: left alone
+    alive.mkdir()
+    other = tmp_path / f".other.{dead}.abc.tmp"  # another target's: left alone
+    other.mkdir()
+    with artifact_dir(tmp_path / "out", "dataset") as tmp:
+        write_manifest(tmp, step="ingest", kind="dataset")
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert read_manifest(tmp_path / "out", kind="dataset")
