@@ -189,3 +189,82 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
         write_manifest(tmp, step="ingest", kind="dataset")
     assert not stale.exists() and alive.exists() and other.exists()
     assert read_manifest(tmp_path / "out", kind="dataset")
+
+
+# -------------------------------------------------------------------------------- fail fast, one line
+@pytest.mark.parametrize("setting, field", [("epochs=0", "epochs"), ("dim=-1", "dim"), ("batch_size=0", "batch_size"),
+                                            ("lr=0", "lr"), ("dim=31", "heads")])
+def test_bad_training_settings_name_the_field(tiny_dataset, tmp_path, setting, field):
+    res = cli("train", tiny_dataset, tmp_path / "m", "--model", "id", "--set", setting)
+    assert res.exit_code == 2 and "Traceback" not in res.output and field in res.output, res.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_diverging_training_stops_without_an_artifact(tiny_dataset, tmp_path):
+    res = cli("train", tiny_dataset, tmp_path / "m", "--model", "id", "--set", "lr=1e9", "--set", "epochs=3", "--set", "dim=16")
+    assert res.exit_code == 2, res.output
+    assert "diverged" in res.output and "lower lr" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_failure_is_one_line_exit_2(popularity_model, tiny_dataset, tmp_path):
+    """An ExportError (here: the parity tolerance no graph can meet) is a step failure, not a crash."""
+    res = cli("export", popularity_model, tiny_dataset, tmp_path / "repo", "--cpu", "--set", "score_tolerance=-1")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "parity failed" in res.output and not (tmp_path / "repo").exists()
+
+
+@pytest.fixture(scope="module")
+def other_dataset(tmp_path_factory) -> Path:
+    """Another catalog (other seed, other size): its item table matches no model of the tiny one."""
+    from fusionrec.data.demo import DemoConfig, generate
+    from fusionrec.data.ingest import IngestConfig, run
+
+    root = tmp_path_factory.mktemp("other")
+    raw = generate(root / "raw", DemoConfig(n_items=25, n_users=15, events_per_user=6, seed=99))
+    return run(raw, root / "dataset", IngestConfig(cold_item_share=0.1, seed=0))
+
+
+def test_evaluate_and_ab_refuse_a_model_of_another_catalog(other_dataset, popularity_model, popularity_repo, tmp_path):
+    res = cli("evaluate", other_dataset, popularity_model, tmp_path / "eval")
+    assert res.exit_code == 2 and "has 60 items, dataset" in res.output and "has 25" in res.output, res.output
+    res = cli("ab", "--control", popularity_model, "--treatment", popularity_model, "--dataset", other_dataset,
+              "--out", tmp_path / "ab", "--no-online")
+    assert res.exit_code == 2 and "has 60 items" in res.output, res.output
+    res = cli("ab", "--control", popularity_repo, "--treatment", popularity_repo, "--dataset", other_dataset,
+              "--out", tmp_path / "ab", "--no-online")
+    assert res.exit_code == 2 and "knows only 0 of the 25 items" in res.output, res.output
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "ab").exists()
+
+
+def test_demo_data_too_large_for_the_machine_says_what_fits(tmp_path):
+    res = cli("demo-data", tmp_path / "d", "--items", "99999999999")
+    assert res.exit_code == 2 and "n_items" in res.output and "Traceback" not in res.output, res.output
+    res = cli("demo-data", tmp_path / "d", "--items", "9000000", "--users", "100000")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "GiB of memory" in res.output and "items fit" in res.output
+    assert not (tmp_path / "d").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_recommend_k_must_be_positive():
+    for k in ("0", "-3"):
+        res = cli("recommend", "--user-history", "a,b", "-k", k, "--url", "127.0.0.1:1")
+        assert res.exit_code == 2 and "Traceback" not in res.output and "-k" in res.output, res.output
+
+
+def test_epoch_milliseconds_are_converted_and_mixed_units_refused(tmp_path):
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.data.ingest import DataContractError, IngestConfig, run
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "items.csv").write_text("item_id,title\ni1,a\ni2,b\ni3,c\n")
+    ms = [1577836800000, 1577836900000, 1577837000000, 1577837100000]
+    rows = [("u1", "i1"), ("u1", "i2"), ("u1", "i3"), ("u2", "i1")]
+    (raw / "interactions.csv").write_text("user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for (u, i), t in zip(rows, ms)))
+    ds = DatasetArtifact(run(raw, tmp_path / "ds", IngestConfig(cold_item_share=0.0)))
+    assert sorted(ds.events["timestamp"]) == [t // 1000 for t in ms]
+    assert ds.stats["timestamps"]["max_iso"].startswith("2020-01-01")
+    (raw / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,i1,1577836800\nu1,i2,1577836900000\nu2,i1,1577836900\n")
+    with pytest.raises(DataContractError, match="mix seconds .* and milliseconds"):
+        run(raw, tmp_path / "ds2", IngestConfig(cold_item_share=0.0))
