@@ -268,3 +268,27 @@ def test_epoch_milliseconds_are_converted_and_mixed_units_refused(tmp_path):
     (raw / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,i1,1577836800\nu1,i2,1577836900000\nu2,i1,1577836900\n")
     with pytest.raises(DataContractError, match="mix seconds .* and milliseconds"):
         run(raw, tmp_path / "ds2", IngestConfig(cold_item_share=0.0))
+
+
+# -------------------------------------------------------------------------------- progress without a terminal
+def test_progress_is_logged_at_intervals_when_output_is_piped(tiny_dataset, tmp_path, monkeypatch, caplog):
+    """With stderr not a terminal (CI, kfp.local) a long loop logs progress lines instead of staying silent."""
+    import logging
+
+    from fusionrec.encoders.encode import EncodeConfig, run
+    from fusionrec.progress import progress
+
+    monkeypatch.delenv("FUSIONREC_QUIET", raising=False)
+    monkeypatch.setenv("FUSIONREC_PROGRESS_INTERVAL", "0")  # every update, so a tiny run shows lines
+    with caplog.at_level(logging.INFO, logger="fusionrec.progress"):
+        assert sum(progress(range(5), desc="loop", unit="x")) == 10
+        run(tiny_dataset, tmp_path / "tab", EncodeConfig(modality="tabular", cache=False))
+    lines = [r.getMessage() for r in caplog.records if r.name == "fusionrec.progress"]
+    assert any(m.startswith("loop: 5/5") for m in lines), lines
+    assert any(m.startswith("encode tabular: ") for m in lines), lines
+    assert not any("\r" in m for m in lines)
+    caplog.clear()
+    monkeypatch.setenv("FUSIONREC_PROGRESS_INTERVAL", "30")  # a loop shorter than the interval says nothing
+    with caplog.at_level(logging.INFO, logger="fusionrec.progress"):
+        list(progress(range(5), desc="short"))
+    assert not [r for r in caplog.records if r.name == "fusionrec.progress"]
