@@ -292,3 +292,107 @@ def test_progress_is_logged_at_intervals_when_output_is_piped(tiny_dataset, tmp_
     with caplog.at_level(logging.INFO, logger="fusionrec.progress"):
         list(progress(range(5), desc="short"))
     assert not [r for r in caplog.records if r.name == "fusionrec.progress"]
+
+
+# -------------------------------------------------------------------------------- serve: fail fast, quiet, clean
+def test_serve_on_a_port_in_use_fails_at_once(popularity_repo):
+    import socket
+
+    from fusionrec.serving.ab_online import free_ports
+
+    g, h, m = free_ports(3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", g))
+        taken.listen()
+        t0 = time.monotonic()
+        res = cli("serve", popularity_repo, "--grpc-port", g, "--http-port", h, "--metrics-port", m)
+        took = time.monotonic() - t0
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"port {g} (grpc) is in use" in res.output
+    assert took < 5, took  # was ~124 s of tritonserver retries, then a timeout traceback
+
+
+def test_serve_two_repositories_with_one_model_name_says_how_to_name_them(popularity_repo, tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(popularity_repo, twin)
+    res = cli("serve", popularity_repo, twin)
+    assert res.exit_code == 2 and "two models named 'fusionrec'" in res.output, res.output
+    assert "fusionrec serve control=" in res.output and "treatment=" in res.output
+    res = cli("serve", f"control={popularity_repo}", twin)
+    assert res.exit_code == 2 and "NAME=PATH" in res.output, res.output
+
+
+@pytest.fixture
+def pytriton_home():
+    """A short PYTRITON_HOME of its own (Triton's unix sockets live there: a pytest tmp path is too long)."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="ptr", dir="/tmp"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _start_serve(args: list, pytriton_home: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "fusionrec"
+    return subprocess.Popen([str(exe), "serve", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTRITON_HOME": str(pytriton_home)})
+
+
+def test_serve_named_models_quiet_output_log_file_and_no_workspace_left(popularity_repo, tmp_path, pytriton_home):
+    import tritonclient.grpc as grpc
+
+    from fusionrec.serving.ab_online import free_ports
+
+    twin = tmp_path / "twin"
+    shutil.copytree(popularity_repo, twin)
+    home, log_file = pytriton_home, tmp_path / "logs" / "triton.log"
+    g, h, m = free_ports(3)
+    proc = _start_serve([f"control={popularity_repo}", f"treatment={twin}", "--grpc-port", g, "--http-port", h,
+                         "--metrics-port", m, "--log-file", log_file], home)
+    try:
+        client = grpc.InferenceServerClient(f"127.0.0.1:{g}")
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if client.is_model_ready("control") and client.is_model_ready("treatment"):
+                    break
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+        assert client.is_model_ready("control") and client.is_model_ready("treatment")
+        assert any(home.glob("workspace_*"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read().decode()
+    assert f"Triton's own log: {log_file}" in out and "serving 'control'" in out and "serving 'treatment'" in out, out
+    for noise in ("NVML", "CudaDriverHelper", "DCGM", "+----"):  # Triton's own lines are in the log file only
+        assert noise not in out, out
+    assert log_file.stat().st_size > 0
+    assert list(home.glob("workspace_*")) == []
+
+
+def test_sigterm_while_the_server_starts_leaves_no_workspace(popularity_repo, pytriton_home):
+    from fusionrec.serving.ab_online import free_ports
+
+    home = pytriton_home
+    g, h, m = free_ports(3)
+    proc = _start_serve([popularity_repo, "--grpc-port", g, "--http-port", h, "--metrics-port", m], home)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(home.glob("workspace_*")):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.02)
+        assert any(home.glob("workspace_*"))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in proc.stdout.read().decode()
+    assert list(home.glob("workspace_*")) == []
