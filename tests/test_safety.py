@@ -59,7 +59,7 @@ def popularity_model(tiny_dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def popularity_repo(popularity_model, tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("repo") / "control_repository"
-    res = cli("export", popularity_model, tiny_dataset, out, "--cpu", "-k", "10")
+    res = cli("export", popularity_model, tiny_dataset, out, "--cpu", "-k", "20")
     assert res.exit_code == 0, res.output
     return out
 
@@ -396,3 +396,59 @@ def test_sigterm_while_the_server_starts_leaves_no_workspace(popularity_repo, py
             proc.wait()
     assert "Traceback" not in proc.stdout.read().decode()
     assert list(home.glob("workspace_*")) == []
+
+
+# -------------------------------------------------------------------------------- the A/B report as a reader sees it
+def test_ab_report_names_arms_skips_rules_and_flags_identical_arms(tiny_dataset, popularity_repo, tmp_path):
+    from fusionrec.artifacts import read_json
+
+    out = tmp_path / "ab"
+    res = cli("ab", "--control", popularity_repo, "--treatment", popularity_repo, "--dataset", tiny_dataset, "--out", out,
+              "--no-online", "--set", "k_max=20", "--set", "bootstrap_resamples=100")
+    assert res.exit_code == 0, res.output
+    assert "warning: identical arms" in res.output and "REJECT" in res.output
+    assert "latency_p99: skipped" in res.output and "online_hit_rate: skipped" in res.output
+    md = (out / "report.md").read_text()
+    name = f"fusionrec ({popularity_repo.parent.name}/{popularity_repo.name})"
+    assert md.splitlines()[0] == f"# A/B report: {name} [treatment] vs {name} [control]"  # not "repository vs repository"
+    assert "**Warning: identical arms" in md
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in md.splitlines() if line.startswith("| ") and "|" in line[2:]}
+    assert rows["latency_p99"] == "skipped" and rows["online_hit_rate"] == "skipped" and rows["coverage"] == "yes"
+    assert read_json(out / "decision.json")["warnings"][0].startswith("identical arms")
+
+
+def test_ab_report_zero_control_lift_and_clipped_latency_are_labelled(tiny_dataset, popularity_model):
+    import dataclasses
+    import itertools
+
+    import numpy as np
+
+    from fusionrec.ab.config import ABConfig
+    from fusionrec.ab.decision import decide
+    from fusionrec.ab.offline import load_ranker, offline_compare
+    from fusionrec.ab.online import replay
+    from fusionrec.ab.report import render_markdown
+    from fusionrec.ab.stats import paired_compare
+    from fusionrec.data.dataset import DatasetArtifact
+
+    ds = DatasetArtifact(tiny_dataset)
+    cfg = ABConfig(k_max=20, bootstrap_resamples=100, online_warmup=0)
+    ranker = load_ranker(popularity_model, ds)
+    offline = offline_compare(ranker, ranker, ds, cfg)
+    # a cold-start comparison whose control scores 0 everywhere (an ID-only control cannot rank cold items)
+    cold = paired_compare(np.array([1.0, 0.0, 1.0, 0.5]), np.zeros(4), np.ones(4), metric="recall@20", segment="cold",
+                          n_resamples=100)
+    assert np.isinf(cold.lift)
+    offline = dataclasses.replace(offline, comparisons=[*offline.comparisons, cold])
+    # an online replay with one straggler (2 s among 1 ms requests), from a scripted clock
+    cases, hist = ds.eval_cases("test", 10)
+    steps = itertools.chain([0.001] * 41, [2.0], itertools.repeat(0.001))
+    ticks = itertools.accumulate(steps)
+    users = ds.users.set_index("user_idx").loc[cases["user_idx"], "user_id"].astype(str).tolist()
+    online = replay(cases, hist, users, ranker, ranker, cfg, clock=lambda: next(ticks))
+    md = render_markdown(decide(offline, online, cfg), offline, online, cfg, {"control": "c", "treatment": "t"},
+                         {"lift": "lift.png", "user_diffs": "d.png", "latency": "latency.png", "interleaving": "i.png"})
+    assert "inf%" not in md
+    row = [line for line in md.splitlines() if line.startswith("| cold | recall@20 |")][-1]  # the synthetic one
+    assert "+0.6250 (abs.; control 0)" in row and "(abs.)" in row, row
+    assert "1 slower request(s), up to 2000.0 ms, are counted in its last bin" in md

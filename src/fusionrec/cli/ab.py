@@ -50,12 +50,19 @@ def register(app: typer.Typer) -> None:
             m = read_json(path / "metrics.json")
             prim = d["rules"][0]
             verdict = "PROMOTE" if d["promote"] else "REJECT"
+            typer.echo(f"{d['treatment']} (treatment) vs {d['control']} (control)")
+            for w in d.get("warnings", []):
+                typer.secho(f"warning: {w}", fg=typer.colors.YELLOW)
             typer.secho(f"{verdict}: decided by {d['decided_by']} ({d['reason']})", fg=typer.colors.GREEN if d["promote"] else typer.colors.RED)
+            if prim["mean_control"] == 0:  # a relative lift over 0 is +inf%: the difference says more
+                lift = f"difference {prim['diff']:+.4f} (control 0)"
+            else:
+                lift = f"lift {_pct(prim['lift'])} [95% CI {_pct(prim['lift_ci'][0])}, {_pct(prim['lift_ci'][1])}]"
             typer.echo(f"primary {prim['metric']} ({prim['segment']}): control {prim['mean_control']:.4f} -> treatment "
-                       f"{prim['mean_treatment']:.4f}, lift {_pct(prim['lift'])} [95% CI {_pct(prim['lift_ci'][0])}, "
-                       f"{_pct(prim['lift_ci'][1])}], p={prim['pvalue']:.3g}, d_z={prim['cohens_dz']:.3f}, users={prim['n_users']}")
+                       f"{prim['mean_treatment']:.4f}, {lift}, p={prim['pvalue']:.3g}, d_z={prim['cohens_dz']:.3f}, users={prim['n_users']}")
             for r in d["rules"][1:]:
-                typer.echo(f"  {r['rule']}: {'ok' if r['passed'] else 'BLOCKS'} - {r['why']}")
+                status = "skipped" if r.get("evaluated") is False else "ok" if r["passed"] else "BLOCKS"
+                typer.echo(f"  {r['rule']}: {status} - {r['why']}")
             if "online.lift" in m:
                 typer.echo(f"online hit rate: control {m['online.control.hit_rate']:.4f}, treatment {m['online.treatment.hit_rate']:.4f} "
                            f"(lift {_pct(m['online.lift'])}, clustered p={m['online.p_clustered']:.3g}); p99 latency "

@@ -23,7 +23,7 @@ from pathlib import Path
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.offline import IdMap, MappedRanker, case_history_len, load_ranker, offline_compare
 from fusionrec.ab.online import OnlineResult, replay
-from fusionrec.ab.report import write_report
+from fusionrec.ab.report import arm_names, identical_arms, write_report
 from fusionrec.artifacts import check_output
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
@@ -112,5 +112,5 @@ def run_with_triton(
     treatment = load_ranker(treatment_repo, ds)
     offline = offline_compare(control, treatment, ds, cfg)
     online_res = replay_on_triton(control_repo, treatment_repo, ds, cfg, **server_kw) if online else None
-    names = {"control": Path(control_repo).name, "treatment": Path(treatment_repo).name}
-    return write_report(out, offline, online_res, cfg, names, inputs, force)
+    same = identical_arms(control_repo, treatment_repo, offline)
+    return write_report(out, offline, online_res, cfg, arm_names(control_repo, treatment_repo), inputs, force, [same] if same else [])
