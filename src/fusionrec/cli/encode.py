@@ -30,8 +30,8 @@ def _summary(path: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("encode")
     def encode(
-        dataset: Path = typer.Argument(..., help="dataset artifact folder (from `fusionrec ingest`)", exists=True, file_okay=False),
-        out: Path = typer.Argument(..., help="output embeddings artifact folder"),
+        dataset: Optional[Path] = typer.Argument(None, help="dataset artifact folder (from `fusionrec ingest`)", exists=True, file_okay=False),
+        out: Optional[Path] = typer.Argument(None, help="output embeddings artifact folder"),
         modality: Optional[str] = typer.Option(None, "--modality", "-m", help="text, image, audio or tabular"),
         encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="registered encoder name (default: the modality's default)"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="items per inference batch"),
@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
                         d = None
                     typer.echo(f"{m:8s} " + ", ".join(f"{n}{' (default)' if n == d else ''}" for n in names))
                 return
+            if dataset is None or out is None:
+                raise ValueError("encode needs DATASET and OUT (or --list alone)")
             kw_pairs = [s[len("encoder_kwargs."):] for s in sets or [] if s.startswith("encoder_kwargs.")]
             plain = [s for s in sets or [] if not s.startswith("encoder_kwargs.")]
             flags = {
