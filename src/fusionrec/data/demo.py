@@ -23,8 +23,11 @@ Output folder (the data contract of ``docs/ARCHITECTURE.md``)::
     truth/items.parquet  truth/users.parquet  truth/params.json  truth/corrupt.json  README.txt
 
 Example:
-    >>> from fusionrec.data.demo import DemoConfig, generate
-    >>> generate(Path("data/demo"), DemoConfig(n_items=200, n_users=100))   # doctest: +SKIP
+    >>> import tempfile
+    >>> from fusionrec.data.demo import DemoConfig, generate, read_summary
+    >>> raw = generate(Path(tempfile.mkdtemp()) / "demo", DemoConfig(n_items=20, n_users=10))
+    >>> s = read_summary(raw); (s["items"], s["users"], (raw / "items.csv").exists())
+    (20, 10, True)
 """
 
 from __future__ import annotations

@@ -25,9 +25,23 @@ duplicate interaction row (same values in every column as an earlier row) is rej
 k-core filter drops interactions, never catalog items. Extra interaction columns are ignored.
 
 Example:
-    >>> from fusionrec.data.ingest import IngestConfig, run, summary      # doctest: +SKIP
-    >>> path = run(Path("raw/demo"), Path("artifacts/dataset"), IngestConfig(cold_item_share=0.1))
-    >>> print(summary(path))
+    >>> import tempfile
+    >>> from fusionrec.data.ingest import IngestConfig, run, summary
+    >>> raw = Path(tempfile.mkdtemp()) / "raw"
+    >>> raw.mkdir()
+    >>> _ = (raw / "items.csv").write_text("item_id,title\\nA,Red shoes\\nB,Blue hat\\nC,Green scarf\\n")
+    >>> _ = (raw / "interactions.csv").write_text("user_id,item_id,timestamp\\n"
+    ...     "u1,A,1577836800\\nu1,B,1577836900\\nu1,C,2020-01-01T00:05:00Z\\nu2,B,1577836800\\nu2,C,1577837000\\nu2,C,nope\\n")
+    >>> path = run(raw, raw.parent / "dataset", IngestConfig(cold_item_share=0.0))
+    >>> print(summary(path))                                 # doctest: +ELLIPSIS
+    dataset: .../dataset
+      items 3 (0 cold-start), users 2
+      interactions 5: train 3, valid 1, test 1
+      test cases: warm 1, cold 0; valid cases 1
+      interactions.csv: 6 rows, kept 5, rejected 1 (unparseable timestamp 1)
+      items.csv: 3 rows, kept 3, rejected 0 (none)
+      media: audio ok 0; image ok 0
+      time span: 2020-01-01T00:00:00+00:00 .. 2020-01-01T00:05:00+00:00
 """
 
 from __future__ import annotations

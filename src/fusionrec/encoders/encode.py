@@ -187,8 +187,8 @@ def shared_encoder(modality: str, name: str | None = None, **kwargs: Any) -> Enc
     """``get_encoder`` memoised per process (tests, benchmarks and notebooks load weights once).
 
     Example:
-        >>> enc = shared_encoder("text")           # doctest: +SKIP
-        >>> enc is shared_encoder("text")          # doctest: +SKIP
+        >>> enc = shared_encoder("tabular")
+        >>> enc is shared_encoder("tabular")
         True
     """
     key = json.dumps([modality, name, kwargs], sort_keys=True, default=str)

@@ -9,8 +9,10 @@ An encoder that learns from the catalog (tabular) also has ``fit(rows)``: the en
 it with ALL items' inputs before encoding (see ``FittableEncoder``).
 
 Example:
-    >>> enc = get_encoder("text", "minilm")                      # doctest: +SKIP
-    >>> vecs, reasons = enc.encode_batch(["a red bicycle"])     # doctest: +SKIP
+    >>> enc = get_encoder("text", "minilm")       # all-MiniLM-L6-v2 from its PyPI package, offline
+    >>> vecs, reasons = enc.encode_batch(["a red bicycle", ""])
+    >>> vecs.shape, reasons
+    ((2, 384), [None, 'empty text'])
 """
 
 from __future__ import annotations
