@@ -121,9 +121,14 @@ def test_served_lists_match_the_onnx_graph_in_process(ab_report, repos, tiny_dat
         if sub.empty:
             continue
         rows = [row[c] for c in sub["case_id"]]
-        idx, _ = OnnxRanker(repo).topk(hist[rows], cfg.online_k)
-        expected = (idx == by_case.loc[sub["case_id"], "item_idx"].to_numpy()[:, None]).any(1)
-        assert np.array_equal(sub["hit"].to_numpy(), expected), arm
+        k = cfg.online_k
+        idx, score = OnnxRanker(repo).topk(hist[rows], k + 1)
+        target = by_case.loc[sub["case_id"], "item_idx"].to_numpy()[:, None]
+        expected = (idx[:, :k] == target).any(1)
+        # Triton batched these requests into other shapes than this call: float noise may swap the
+        # k-th and (k+1)-th items when their scores are within 1e-5, so such a case may go either way
+        near_tie = (np.abs(score[:, k - 1] - score[:, k]) <= 1e-5) & (idx[:, k - 1: k + 1] == target).any(1)
+        assert np.array_equal(sub["hit"].to_numpy()[~near_tie], expected[~near_tie]), arm
     online = read_json(ab_report / "online.json")
     for arm in ("control", "treatment"):
         sub = req[req["arm"] == arm]

@@ -78,7 +78,9 @@ def test_text_empty_masked_long_truncated_and_batch_independent(text_encoder):
     assert not vecs[:2].any()
     assert np.isfinite(vecs).all() and abs(np.linalg.norm(vecs[2]) - 1) < 1e-5
     alone, _ = text_encoder.encode_batch(["red running shoes"])
-    np.testing.assert_array_equal(alone[0], vecs[3])  # padding/batch mates do not change a text's vector
+    # padding/batch mates do not change a text's vector beyond float noise: another padded length is
+    # another matmul shape, which CPU kernels may round differently (1e-6 on a unit vector)
+    np.testing.assert_allclose(alone[0], vecs[3], rtol=0, atol=1e-6)
 
 
 def test_text_describe_names_offline_weights(text_encoder):
@@ -128,9 +130,10 @@ def test_image_onnx_export_cached_and_matches_pytorch(image_encoder, photos, enc
     v_torch, r2 = torch_enc.encode_batch(paths)
     assert r1 == r2 == [None, None, None]
     np.testing.assert_allclose(v_onnx, v_torch, atol=1e-4, rtol=1e-4)
-    # per-item determinism: a batch of 3 equals three batches of 1
+    # a batch of 3 equals three batches of 1 to float noise: onnxruntime may tile a batch-3 GEMM
+    # differently from batch 1 (1e-5 relative on pooled features of magnitude ~1)
     singles = np.concatenate([image_encoder.encode_batch([p])[0] for p in paths])
-    np.testing.assert_array_equal(singles, v_onnx)
+    np.testing.assert_allclose(singles, v_onnx, rtol=1e-5, atol=1e-6)
 
 
 def _png_header_only(width: int, height: int) -> bytes:

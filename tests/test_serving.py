@@ -53,6 +53,16 @@ def reference(serving_repo):
     return lambda h: sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": np.ascontiguousarray(h, dtype=np.int64)})
 
 
+def assert_same_topk(idx: np.ndarray, score: np.ndarray, ref_idx: np.ndarray, ref_score: np.ndarray) -> None:
+    """Served lists equal the in-process ones up to float noise: Triton batches requests into other
+    shapes (and runs another thread count) than the reference call, and CPU kernels may round
+    differently per shape, so items whose scores are within 1e-5 may swap; nothing else may."""
+    from fusionrec.export import compare_topk
+
+    res = compare_topk(ref_idx, ref_score, idx, score, score_tolerance=1e-5, tie_tolerance=1e-5)
+    assert res["n_failures"] == 0, res["failures"][:3]
+
+
 def _input(h: np.ndarray, dtype: str = "INT64"):
     import tritonclient.grpc as grpc
 
@@ -88,8 +98,7 @@ def test_grpc_equals_onnxruntime_in_process(server, histories, reference):
             res = client.infer(name, _input(h))
             idx, score = reference(h)
             assert res.as_numpy("ITEM_IDX").dtype == np.int64
-            np.testing.assert_array_equal(res.as_numpy("ITEM_IDX"), idx)
-            np.testing.assert_allclose(res.as_numpy("SCORE"), score, rtol=0, atol=1e-6)
+            assert_same_topk(res.as_numpy("ITEM_IDX"), res.as_numpy("SCORE"), idx, score)
 
 
 def test_concurrent_requests_are_batched(server, histories, reference):
@@ -101,7 +110,7 @@ def test_concurrent_requests_are_batched(server, histories, reference):
     results = asyncio.run(_gather(server.grpc_url, rows))
     for r, h in zip(results, rows):
         assert not isinstance(r, Exception), r
-        np.testing.assert_array_equal(r.as_numpy("ITEM_IDX"), reference(h)[0])
+        assert_same_topk(r.as_numpy("ITEM_IDX"), r.as_numpy("SCORE"), *reference(h))
     inf1, exe1 = _stats(client)
     assert inf1 - inf0 == 64
     assert exe1 - exe0 < inf1 - inf0, f"64 concurrent requests ran in {exe1 - exe0} executions: not batched"
@@ -156,7 +165,7 @@ def test_one_bad_request_among_31_good_ones(server, histories, reference, kind):
                 assert isinstance(r, Exception)
             continue
         assert not isinstance(r, Exception), f"good request {i} failed: {r}"
-        np.testing.assert_array_equal(r.as_numpy("ITEM_IDX"), reference(h)[0])
+        assert_same_topk(r.as_numpy("ITEM_IDX"), r.as_numpy("SCORE"), *reference(h))
     inf1, exe1 = _stats(client)
     n_reached = 32 if kind == "out_of_range" else 31
     assert inf1 - inf0 == n_reached
@@ -176,7 +185,7 @@ def test_recommend_client_sync_and_async(server, serving_repo, histories, refere
         assert isinstance(client, TopKRanker)
         idx, score = client.topk(histories[:70], 5)  # 70 > max batch: split into two calls
         ref_i, ref_s = reference(histories[:70])
-        np.testing.assert_array_equal(idx, ref_i[:, :5])
+        assert_same_topk(idx, score, ref_i[:, :5], ref_s[:, :5])
         h = histories[3]
         ext = [ids[i] for i in h[h > 0]]
         recs = client.recommend(ext, k=4)

@@ -9,8 +9,14 @@ A config file (YAML, TOML or JSON) holds one section per step, named by the step
       fusion: attention
       epochs: 20
 
-Example:
-    >>> cfg = load_config(TrainConfig, "configs/demo.yaml", section="train", overrides={"epochs": 3})  # doctest: +SKIP
+Example (``configs/demo.yaml`` is a complete, documented file):
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "run.yaml"
+    >>> _ = path.write_text("train: {fusion: attention, epochs: 20}")
+    >>> from fusionrec.train import TrainConfig
+    >>> cfg = load_config(TrainConfig, path, section="train", overrides={"epochs": 3})
+    >>> cfg.fusion, cfg.epochs, cfg.dim          # the file, the override, a default
+    ('attention', 3, 64)
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
+from fusionrec.artifacts import artifact_dir, atomic_write_json, check_output, save_parquet, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.metrics import DEFAULT_KS, item_coverage, topk_metrics
@@ -39,9 +40,9 @@ class EvalConfig(StepConfig):
 
     split: Literal["valid", "test"] = "test"
     ks: list[int] = list(DEFAULT_KS)
-    k_max: int = 100
-    max_len: int = 50
-    batch_size: int = 256
+    k_max: int = Field(100, ge=1)
+    max_len: int = Field(50, ge=1)
+    batch_size: int = Field(256, ge=1)
     device: str = "auto"
 
 
@@ -118,16 +119,18 @@ def summary_table(rows: dict[str, dict[str, dict[str, float]]], ks: Sequence[int
     return "\n".join(lines)
 
 
-def run(dataset: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, cfg: EvalConfig | None = None) -> Path:
+def run(dataset: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, cfg: EvalConfig | None = None,
+        force: bool = False) -> Path:
     """Evaluate a model artifact on ``cfg.split`` and write an ``evaluation`` artifact (metrics.json + per_case.parquet)."""
     cfg = cfg or EvalConfig()
     out = Path(out)
+    check_output(out, "evaluation", [dataset, model], force)
     ds = DatasetArtifact(dataset)
     ranker = load_model(model, device=cfg.device)
-    if ranker.n_items < ds.n_items:
-        raise ValueError(f"model {model} knows {ranker.n_items} items but dataset {dataset} has {ds.n_items}: was it trained on another dataset?")
+    if ranker.n_items != ds.n_items:  # its item_idx would point at other items: metrics would be noise
+        raise ValueError(f"model {model} has {ranker.n_items} items, dataset {dataset} has {ds.n_items}: was it trained on another dataset?")
     res = evaluate(ranker, ds, cfg.split, cfg.ks, cfg.k_max, cfg.max_len, cfg.batch_size)
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "evaluation", [dataset, model], force) as tmp:
         atomic_write_json(tmp / "metrics.json", {"split": cfg.split, "summary": res.summary})
         save_parquet(res.per_case, tmp / "per_case.parquet")
         write_manifest(tmp, step="evaluate", kind="evaluation", params=cfg, inputs={"dataset": Path(dataset), "model": Path(model)})

@@ -4,7 +4,11 @@ one loop that ranks a set of cases with it.
 A PyTorch model, an onnxruntime session over the exported graph, a Triton gRPC client and the
 popularity baseline all rank the whole catalog for a batch of histories and return the top K.
 
+Every ranker answers ``idx, score = ranker.topk(np.array([[0, 0, 5, 9]]), k=10)``.
+
 Example:
+    >>> left_pad([[5, 9], [1, 2, 3, 4]], 3).tolist()   # histories: left-padded, most recent kept
+    [[0, 5, 9], [2, 3, 4]]
     >>> idx, score = ranker.topk(np.array([[0, 0, 5, 9]]), k=10)   # doctest: +SKIP
     >>> top = rank_cases(ranker, histories, k=100)                  # doctest: +SKIP
 """

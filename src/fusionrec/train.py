@@ -28,10 +28,10 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
+from fusionrec.artifacts import StepError, artifact_dir, atomic_write_json, check_output, save_parquet, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.device import pick_device
@@ -53,24 +53,25 @@ class TrainConfig(StepConfig, Architecture):
     come from ``Architecture``, the fields ``ModelSpec`` records.
     """
 
+    # Ranges are checked here, so a bad value is one line naming the field, not a torch error.
     model: str = "fused"
-    modality_dropout: float = 0.1
-    id_dropout: float = 0.3
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
+    modality_dropout: float = Field(0.1, ge=0, lt=1)
+    id_dropout: float = Field(0.3, ge=0, le=1)
+    epochs: int = Field(30, ge=1, description="an untrained model is never written: at least one epoch")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
     loss: Literal["full", "sampled"] = "full"
-    n_negatives: int = 256
-    patience: int = 4
-    valid_every: int = 1
-    max_valid_cases: Optional[int] = 3000
+    n_negatives: int = Field(256, ge=1)
+    patience: int = Field(4, ge=1)
+    valid_every: int = Field(1, ge=1)
+    max_valid_cases: Optional[int] = Field(3000, ge=1)
     seed: int = 0
     device: str = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
-    eval_k: int = 100
+    eval_k: int = Field(100, ge=1)
     eval_ks: list[int] = [10, 20, 50]
-    max_train_seconds: Optional[float] = None
+    max_train_seconds: Optional[float] = Field(None, gt=0)
 
     @field_validator("model")
     @classmethod
@@ -78,6 +79,18 @@ class TrainConfig(StepConfig, Architecture):
         if v in ("fused", "id", "popularity") or (v.startswith("single:") and len(v) > 7):
             return v
         raise ValueError(f"model must be fused, id, single:<modality> or popularity, got '{v}'")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "TrainConfig":
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
+        if any(k < 1 or k > self.eval_k for k in self.eval_ks):
+            raise ValueError(f"eval_ks {self.eval_ks} must lie in 1..eval_k ({self.eval_k})")
+        return self
+
+
+class TrainingError(StepError):
+    """Training went wrong in a way more epochs cannot fix (a non-finite loss); no artifact is written."""
 
 
 def seed_everything(seed: int) -> None:
@@ -174,6 +187,9 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
             b = perm[start:start + cfg.batch_size]
             with torch.autocast(dev_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = _loss(model, X_all[b], Y_all[b], cfg, train_items, train_item_list)
+            if not torch.isfinite(loss.detach()):  # diverged: every later step would be nan too
+                raise TrainingError(f"training diverged: loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1} "
+                                    f"(lr={cfg.lr:g}); lower lr (--lr / --set lr=...) or use amp=none. No model written.")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -217,10 +233,12 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
     return record
 
 
-def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str | os.PathLike, cfg: TrainConfig | None = None) -> Path:
+def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str | os.PathLike, cfg: TrainConfig | None = None,
+        force: bool = False) -> Path:
     """Train ``cfg.model`` on the dataset artifact (with the aligned artifact for content models) and write the model artifact."""
     cfg = cfg or TrainConfig()
     out = Path(out)
+    check_output(out, "model", [dataset, aligned], force)
     ds = DatasetArtifact(dataset)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
@@ -249,7 +267,7 @@ def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str 
             log.info("%s: %.0f sequences/s, %.1fs training", cfg.model, record["sequences_per_second"], record["train_seconds"])
         test = evaluate(model, ds, "test", ks=cfg.eval_ks, k_max=cfg.eval_k, max_len=cfg.max_len)
         model = model.cpu()
-        with artifact_dir(out) as tmp:
+        with artifact_dir(out, "model", [dataset, aligned], force) as tmp:
             save_model(model, tmp, {"train": cfg.model_dump(mode="json"), "model": cfg.model, "n_items": ds.n_items,
                                     "modalities": spec.modalities, "fusion": spec.fusion})
             atomic_write_json(tmp / "metrics.json", {"model": cfg.model, "fusion": spec.fusion, "modalities": spec.modalities,

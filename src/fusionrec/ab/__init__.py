@@ -21,7 +21,8 @@ from pathlib import Path
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.offline import load_ranker, offline_compare
 from fusionrec.ab.online import OnlineReplay
-from fusionrec.ab.report import write_report
+from fusionrec.ab.report import arm_names, identical_arms, write_report
+from fusionrec.artifacts import check_output
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.model_repository import is_model_repository
 from fusionrec.ranking import TopKRanker
@@ -36,6 +37,7 @@ def run(
     out: str | os.PathLike,
     cfg: ABConfig | None = None,
     online: OnlineReplay | None = None,
+    force: bool = False,
 ) -> Path:
     """Compare ``treatment`` with ``control`` on ``dataset``, decide, and write the ``ab_report`` at ``out``.
 
@@ -46,21 +48,21 @@ def run(
     was not run).
     """
     cfg = cfg or ABConfig()
+    check_output(out, "ab_report", [a for a in (control, treatment, dataset) if isinstance(a, (str, os.PathLike))], force)
     ds = DatasetArtifact(dataset)
     if online is not None:
         for role, arm in (("control", control), ("treatment", treatment)):
             if not isinstance(arm, (str, os.PathLike)) or not is_model_repository(arm):
                 raise ValueError(f"{role} {arm} is not a model repository (no <name>/1/model.onnx): the online replay serves "
                                  "exported models; run `fusionrec export` first, or evaluate offline only (--no-online)")
-    rankers, names, inputs = {}, {}, {"dataset": dataset}
+    rankers, inputs = {}, {"dataset": dataset}
     for role, arm in (("control", control), ("treatment", treatment)):
         if isinstance(arm, (str, os.PathLike)):
             rankers[role] = load_ranker(arm, ds)
-            names[role] = Path(arm).name
             inputs[role] = arm
         else:
             rankers[role] = arm
-            names[role] = type(arm).__name__
     offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg)
     online_res = online(Path(control), Path(treatment), ds, cfg) if online is not None else None
-    return write_report(out, offline, online_res, cfg, names, inputs)
+    same = identical_arms(control, treatment, offline)
+    return write_report(out, offline, online_res, cfg, arm_names(control, treatment), inputs, force, [same] if same else [])

@@ -56,7 +56,8 @@ def decide(offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig) -
         "diff": prim.diff, "mean_control": prim.mean_control, "mean_treatment": prim.mean_treatment,
         "cohens_dz": prim.cohens_dz, "n_users": prim.n_users, "n_cases": prim.n_cases,
         "passed": bool(primary_rule(p, prim.diff, cfg.alpha)),
-        "why": f"{cfg.primary_test} p={p:.4g} {'<' if p < cfg.alpha else '>='} alpha={cfg.alpha}, lift={prim.lift:+.2%}",
+        "why": f"{cfg.primary_test} p={p:.4g} {'<' if p < cfg.alpha else '>='} alpha={cfg.alpha}, "
+               + (f"lift={prim.lift:+.2%}" if prim.mean_control != 0 else f"difference={prim.diff:+.4f} (control 0)"),
     })
 
     if cfg.latency_p99_budget_ms is not None:

@@ -100,7 +100,11 @@ def load_ranker(path: str | os.PathLike, dataset: DatasetArtifact | str | os.Pat
     if (path / "manifest.json").exists():
         kind = read_manifest(path).get("kind")
     if kind == "model":
-        return load_model(path)
+        model = load_model(path)
+        if model.n_items != ds.n_items:  # a model artifact speaks item_idx: another catalog's would be noise
+            raise ValueError(f"model {path} has {model.n_items} items, dataset {ds.path} has {ds.n_items}: "
+                             "compare models on the dataset they were trained on")
+        return model
     ranker = OnnxRanker(path)
     if ranker.item_ids is None:
         log.warning("%s has no item_ids.json: assuming it uses the dataset's item_idx", path)
@@ -108,6 +112,11 @@ def load_ranker(path: str | os.PathLike, dataset: DatasetArtifact | str | os.Pat
     idmap = IdMap.build(ds.item_ids, ranker.item_ids)
     if idmap.identity:
         return ranker
+    # A production control may lack a few new items (they are cold to it); a model that does not
+    # know most of the catalog was built for another dataset, and its metrics would mean nothing.
+    if idmap.unknown_to_model * 2 > ds.n_items:
+        raise ValueError(f"model {path} has {len(ranker.item_ids) - 1} items and knows only {ds.n_items - idmap.unknown_to_model} "
+                         f"of the {ds.n_items} items of dataset {ds.path}: was it exported from another dataset?")
     if idmap.unknown_to_model:
         log.warning("%s does not know %d of the dataset's items (they are dropped from its inputs)", path, idmap.unknown_to_model)
     return MappedRanker(ranker, idmap)

@@ -24,7 +24,8 @@ from fusionrec.ab.config import ABConfig
 from fusionrec.ab.decision import decide
 from fusionrec.ab.offline import OfflineResult
 from fusionrec.ab.online import OnlineResult
-from fusionrec.artifacts import artifact_dir, atomic_write_json, atomic_write_text, save_parquet, write_manifest
+from fusionrec.artifacts import (ArtifactError, artifact_dir, artifact_hash, atomic_write_json, atomic_write_text,
+                                 read_manifest, save_parquet, write_manifest)
 from fusionrec.progress import get_logger
 
 log = get_logger(__name__)
@@ -91,19 +92,35 @@ def plot_user_diffs(offline: OfflineResult, path: Path) -> Path:
     return path
 
 
+def latency_cut(online: OnlineResult) -> tuple[float, int, float]:
+    """Where the latency histogram's x-axis ends: ``(cut_ms, requests above it, max ms)``.
+
+    The axis stops a little past the 99.5th percentile so a few stragglers do not squash the
+    plot; the requests beyond are counted in the last bin, and the plot and report say so.
+    """
+    data = [a.latency_ms for a in (online.control, online.treatment) if len(a.latency_ms)]
+    hi = max((float(np.percentile(x, 99.5)) for x in data), default=1.0)
+    cut = hi * 1.05 if hi > 0 else 1.0
+    above = sum(int((x > cut).sum()) for x in data)
+    top = max((float(np.max(x)) for x in data), default=0.0)
+    return cut, above, top
+
+
 def plot_latency(online: OnlineResult, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     arms = [online.control, online.treatment]
-    data = [a.latency_ms for a in arms]
-    hi = max((np.percentile(x, 99.5) for x in data if len(x)), default=1.0)
-    bins = np.linspace(0, hi * 1.05 if hi > 0 else 1.0, 50)
+    cut, above, top = latency_cut(online)
+    bins = np.linspace(0, cut, 50)
     for a, color in zip(arms, ("tab:gray", "tab:blue")):
         if len(a.latency_ms):
             ax.hist(np.clip(a.latency_ms, 0, bins[-1]), bins=bins, alpha=0.55, color=color,
                     label=f"{a.arm}: p50 {a.latency_p50_ms:.2f} ms, p99 {a.latency_p99_ms:.2f} ms")
             ax.axvline(a.latency_p99_ms, color=color, ls="--", lw=1)
-    ax.set_xlabel("client-side latency per request, ms")
+    if above:  # the clipped tail is counted in the last bin: say so where the eye lands
+        ax.annotate(f"last bin: {above} request(s) > {cut:.1f} ms\n(up to {top:.1f} ms)", (cut, 0), xytext=(-4, 40),
+                    textcoords="offset points", ha="right", fontsize=8, arrowprops={"arrowstyle": "->", "lw": 0.8})
+    ax.set_xlabel("client-side latency per request, ms" + (f" (axis cut at {cut:.1f} ms)" if above else ""))
     ax.set_ylabel("requests")
     ax.set_title(f"Replay latency ({online.source})")
     ax.legend()
@@ -177,6 +194,59 @@ def _fmt(x: Any, pct: bool = False) -> str:
     return str(x)
 
 
+def lift_cells(c) -> tuple[str, str]:
+    """The lift and its CI as the report shows them: relative, or absolute when the control is 0.
+
+    A relative lift over a control that scores 0 is +inf% with CI [+inf%, +inf%]: true and
+    useless. Then the absolute difference of the means and its interval say what happened.
+    """
+    if c.mean_control == 0 or (isinstance(c.lift, float) and math.isinf(c.lift)):
+        return (f"{c.diff:+.4f} (abs.; control 0)", f"[{_fmt(c.diff_ci_low)}, {_fmt(c.diff_ci_high)}] (abs.)")
+    return _fmt(c.lift, True), f"[{_fmt(c.lift_ci_low, True)}, {_fmt(c.lift_ci_high, True)}]"
+
+
+def rule_status(rule: dict) -> str:
+    """``yes`` / ``**no**`` / ``skipped`` (a rule that never ran, e.g. latency without the online replay)."""
+    if rule.get("evaluated") is False:
+        return "skipped"
+    return "yes" if rule["passed"] else "**no**"
+
+
+def arm_name(arm: str | os.PathLike) -> str:
+    """How the report names an arm: its model name and the last two parts of its path.
+
+    In a pipeline both arms' folders are called ``repository``; the model name and the step's
+    folder above tell them apart.
+    """
+    p = Path(arm)
+    where = "/".join(p.resolve().parts[-2:])
+    try:
+        m = read_manifest(p)
+    except (ArtifactError, OSError, ValueError):
+        return where
+    model = (m.get("models") or [None])[0] or m.get("model")
+    return f"{model} ({where})" if model else where
+
+
+def arm_names(control, treatment) -> dict[str, str]:
+    names = {role: arm_name(a) if isinstance(a, (str, os.PathLike)) else type(a).__name__
+             for role, a in (("control", control), ("treatment", treatment))}
+    if names["control"] == names["treatment"]:
+        names = {role: f"{n} [{role}]" for role, n in names.items()}
+    return names
+
+
+def identical_arms(control, treatment, offline: OfflineResult) -> str | None:
+    """A warning when the comparison cannot show anything: the same model twice, or identical rankings."""
+    if all(isinstance(a, (str, os.PathLike)) for a in (control, treatment)):
+        if Path(control).resolve() == Path(treatment).resolve() or artifact_hash(control) == artifact_hash(treatment):
+            return ("identical arms: control and treatment are the same model "
+                    f"({control} and {treatment}); the A/B cannot promote it (p = 1, lift 0)")
+    if offline.comparisons and all(c.user_diffs is not None and not np.any(c.user_diffs) for c in offline.comparisons):
+        return "identical arms: both ranked every case the same way (every per-user difference is 0)"
+    return None
+
+
 def render_markdown(decision: dict, offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig,
                     names: dict[str, str], plots: dict[str, str]) -> str:
     verdict = "PROMOTE" if decision["promote"] else "REJECT"
@@ -185,6 +255,7 @@ def render_markdown(decision: dict, offline: OfflineResult, online: OnlineResult
         "",
         f"**Decision: {verdict}** (decided by `{decision['decided_by']}`: {decision['reason']})",
         "",
+        *[f"**Warning: {w}**\n" for w in decision.get("warnings", [])],
         f"Primary metric: **{cfg.primary_metric}** ({cfg.primary_segment}), paired {cfg.primary_test}, two-sided, "
         f"alpha = {cfg.alpha}, promotion needs p < alpha and a positive lift. Unit of analysis: the user "
         "(per-user sums of per-case differences; the bootstrap resamples users). "
@@ -196,7 +267,7 @@ def render_markdown(decision: dict, offline: OfflineResult, online: OnlineResult
         "|---|---|---|",
     ]
     for r in decision["rules"]:
-        lines.append(f"| {r['rule']} | {'yes' if r['passed'] else '**no**'} | {r['why']} |")
+        lines.append(f"| {r['rule']} | {rule_status(r)} | {r['why']} |")
     lines += [
         "",
         "## Offline paired comparison",
@@ -207,9 +278,10 @@ def render_markdown(decision: dict, offline: OfflineResult, online: OnlineResult
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in offline.comparisons:
+        lift, ci = lift_cells(c)
         lines.append(
             f"| {c.segment} | {c.metric} | {c.n_users} | {c.n_cases} | {c.mean_control:.4f} | {c.mean_treatment:.4f} | "
-            f"{_fmt(c.lift, True)} | [{_fmt(c.lift_ci_low, True)}, {_fmt(c.lift_ci_high, True)}] | {_fmt(c.p_ttest)} | "
+            f"{lift} | {ci} | {_fmt(c.p_ttest)} | "
             f"{_fmt(c.p_wilcoxon)} | {_fmt(c.p_holm) if c.p_holm is not None else 'primary'} | {_fmt(c.cohens_dz)} |"
         )
     lines += ["", f"Item coverage@{cfg.coverage_k}: control {offline.coverage['control']:.3f}, treatment {offline.coverage['treatment']:.3f}.", ""]
@@ -237,6 +309,10 @@ def render_markdown(decision: dict, offline: OfflineResult, online: OnlineResult
             f"![latency]({plots['latency']})",
             "",
         ]
+        cut, above, top = latency_cut(online)
+        if above:
+            lines += [f"Latency plot: the axis stops at {cut:.1f} ms; {above} slower request(s), up to {top:.1f} ms, "
+                      "are counted in its last bin.", ""]
         it = online.interleaving
         if it is not None:
             lines += [
@@ -306,12 +382,16 @@ def render_html(markdown_text: str, plot_files: dict[str, Path], decision: dict)
 
 
 def write_report(out: str | os.PathLike, offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig,
-                 names: dict[str, str], inputs: dict[str, str | os.PathLike]) -> Path:
+                 names: dict[str, str], inputs: dict[str, str | os.PathLike], force: bool = False,
+                 warnings: list[str] | None = None) -> Path:
     """Decide and write the ``ab_report`` artifact atomically; returns its path."""
     decision = decide(offline, online, cfg)
     decision["control"] = names["control"]
     decision["treatment"] = names["treatment"]
-    with artifact_dir(out) as tmp:
+    decision["warnings"] = list(warnings or [])
+    for w in decision["warnings"]:
+        log.warning("%s", w)
+    with artifact_dir(out, "ab_report", inputs.values(), force) as tmp:
         plots = {"lift": plot_lifts(offline, tmp / "lift.png"), "user_diffs": plot_user_diffs(offline, tmp / "user_diffs.png")}
         if online is not None:
             plots["latency"] = plot_latency(online, tmp / "latency.png")

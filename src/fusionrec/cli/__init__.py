@@ -45,7 +45,20 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"fusionrec.cli.{_name}").register(app)
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (kill, KFP, CI timeouts) becomes a normal exit, so every ``finally`` runs and a
+    half-written artifact's temporary folder is removed (Python's default dies on the spot)."""
+    import signal
+
+    def _exit(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit)
+
+
 def main() -> None:
+    _exit_on_sigterm()
     app()
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def _pct(x: float) -> str:
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         no_online: bool = typer.Option(False, "--no-online", help="Skip the Triton replay and interleaving (offline only)."),
         config: Optional[Path] = ConfigOption,
         sets: Optional[list[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """A/B-evaluate TREATMENT against CONTROL and decide whether to promote it (exit code 0 either way)."""
         with user_errors():
@@ -40,21 +41,28 @@ def register(app: typer.Typer) -> None:
             from fusionrec.ab import run
 
             if no_online:
-                path = run(control, treatment, dataset, out, cfg)
+                path = run(control, treatment, dataset, out, cfg, force=force)
             else:
                 from fusionrec.serving.ab_online import replay_on_triton
 
-                path = run(control, treatment, dataset, out, cfg, online=replay_on_triton)
+                path = run(control, treatment, dataset, out, cfg, online=replay_on_triton, force=force)
             d = read_json(path / "decision.json")
             m = read_json(path / "metrics.json")
             prim = d["rules"][0]
             verdict = "PROMOTE" if d["promote"] else "REJECT"
+            typer.echo(f"{d['treatment']} (treatment) vs {d['control']} (control)")
+            for w in d.get("warnings", []):
+                typer.secho(f"warning: {w}", fg=typer.colors.YELLOW)
             typer.secho(f"{verdict}: decided by {d['decided_by']} ({d['reason']})", fg=typer.colors.GREEN if d["promote"] else typer.colors.RED)
+            if prim["mean_control"] == 0:  # a relative lift over 0 is +inf%: the difference says more
+                lift = f"difference {prim['diff']:+.4f} (control 0)"
+            else:
+                lift = f"lift {_pct(prim['lift'])} [95% CI {_pct(prim['lift_ci'][0])}, {_pct(prim['lift_ci'][1])}]"
             typer.echo(f"primary {prim['metric']} ({prim['segment']}): control {prim['mean_control']:.4f} -> treatment "
-                       f"{prim['mean_treatment']:.4f}, lift {_pct(prim['lift'])} [95% CI {_pct(prim['lift_ci'][0])}, "
-                       f"{_pct(prim['lift_ci'][1])}], p={prim['pvalue']:.3g}, d_z={prim['cohens_dz']:.3f}, users={prim['n_users']}")
+                       f"{prim['mean_treatment']:.4f}, {lift}, p={prim['pvalue']:.3g}, d_z={prim['cohens_dz']:.3f}, users={prim['n_users']}")
             for r in d["rules"][1:]:
-                typer.echo(f"  {r['rule']}: {'ok' if r['passed'] else 'BLOCKS'} - {r['why']}")
+                status = "skipped" if r.get("evaluated") is False else "ok" if r["passed"] else "BLOCKS"
+                typer.echo(f"  {r['rule']}: {status} - {r['why']}")
             if "online.lift" in m:
                 typer.echo(f"online hit rate: control {m['online.control.hit_rate']:.4f}, treatment {m['online.treatment.hit_rate']:.4f} "
                            f"(lift {_pct(m['online.lift'])}, clustered p={m['online.p_clustered']:.3g}); p99 latency "

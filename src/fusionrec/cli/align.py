@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:i]"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Align modality embeddings into one space (projection heads, symmetric InfoNCE); prints cross-modal Recall@1/@10 before/after.
 
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
             from fusionrec.models.align import AlignConfig, run
 
             cfg = step_config(AlignConfig, config, "align", {"dim": dim, "epochs": epochs, "device": device}, sets)
-            path = run(dataset, list(embeddings), out, cfg)
+            path = run(dataset, list(embeddings), out, cfg, force=force)
             m = read_json(path / "metrics.json")
             typer.echo(f"aligned artifact -> {path}")
             typer.echo(f"{'pair':<22} {'R@1 before':>10} {'R@1 after':>10} {'R@10 before':>11} {'R@10 after':>10} {'n':>6}")

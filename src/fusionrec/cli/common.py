@@ -16,6 +16,8 @@ T = TypeVar("T", bound=BaseModel)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON config file; its section for this step is used.", exists=True, dir_okay=False)
 SetOption = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable).")
+ForceOption = typer.Option(False, "--force", help="Replace the output folder even if it holds something other than this step's "
+                           "artifact (never allowed for a folder that is, holds or sits inside an input).")
 
 
 def step_config(cls: type[T], config: Optional[Path], section: str, flags: dict[str, Any], sets: list[str] | None = None) -> T:
@@ -28,11 +30,11 @@ def step_config(cls: type[T], config: Optional[Path], section: str, flags: dict[
 @contextlib.contextmanager
 def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     """Turn expected errors (bad config, bad input) into one clear line and exit code 2, no traceback."""
-    from fusionrec.artifacts import ArtifactError
+    from fusionrec.artifacts import StepError
 
     try:
         yield
-    except (ConfigError, ArtifactError, FileNotFoundError, ValueError, *extra) as exc:
+    except (ConfigError, StepError, FileNotFoundError, ValueError, *extra) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:

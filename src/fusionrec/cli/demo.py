@@ -54,7 +54,7 @@ def _metric_rows(models: dict[str, Optional[Path]], oracle: Optional[dict]) -> l
 
 def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int, log_file: Path) -> None:
     from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.serving.ab_online import free_ports
+    from fusionrec.serving.server import free_ports
     from fusionrec.serving.client import RecommendClient
     from fusionrec.serving.server import start_server
 
@@ -90,11 +90,11 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("artifacts/demo"), "--out", help="Where the catalog, pipeline outputs and promoted model go."),
-        items: int = typer.Option(DEMO_ITEMS, "--items", help="Demo catalog size (items)."),
-        users: int = typer.Option(DEMO_USERS, "--users", help="Demo catalog size (users)."),
-        seed: int = typer.Option(0, "--seed", help="Demo catalog seed."),
+        items: Optional[int] = typer.Option(None, "--items", help=f"Demo catalog size (items; default: the config's demo section, else {DEMO_ITEMS})."),
+        users: Optional[int] = typer.Option(None, "--users", help=f"Demo catalog size (users; default: the config's demo section, else {DEMO_USERS})."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Demo catalog seed (default: the config's demo section, else 0)."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                                              help="Config file: its `pipeline` section and step sections (see `fusionrec pipeline run-local`)."),
+                                              help="Config file (e.g. configs/demo.yaml): its `demo` section (the catalog), `pipeline` section and step sections."),
         params: Optional[list[str]] = typer.Option(None, "--param", help="Pipeline parameter key=value (e.g. epochs=5, fusion=user_gate)."),
         serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the promoted model on Triton and query it over gRPC."),
         n_show: int = typer.Option(3, "--show-users", help="How many users' recommendations to print."),
@@ -110,11 +110,14 @@ def register(app: typer.Typer) -> None:
             out = out.resolve()
             t_start = time.perf_counter()
             raw = out / "raw"
-            demo_cfg = DemoConfig(n_items=items, n_users=users, seed=seed)
+            from fusionrec.config import load_config
+
+            # flags > the config's demo section > DemoConfig's defaults (DEMO_ITEMS x DEMO_USERS)
+            demo_cfg = load_config(DemoConfig, config, section="demo", overrides={"n_items": items, "n_users": users, "seed": seed})
             stamp = out / "raw.config.json"
             if not (raw / "items.csv").exists() or not stamp.exists() or stamp.read_text() != demo_cfg.model_dump_json():
-                typer.echo(f"[1/4] generating the demo catalog ({items} items, {users} users) -> {raw}")
-                generate(raw, demo_cfg)
+                typer.echo(f"[1/4] generating the demo catalog ({demo_cfg.n_items} items, {demo_cfg.n_users} users) -> {raw}")
+                generate(raw, demo_cfg, force=stamp.exists())  # the stamp says this command wrote `raw` before
                 stamp.write_text(demo_cfg.model_dump_json())
             else:
                 typer.echo(f"[1/4] demo catalog already at {raw}")

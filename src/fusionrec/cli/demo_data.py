@@ -7,19 +7,20 @@ from typing import Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo-data")
     def demo_data(
-        out: Path = typer.Argument(..., help="Folder to write (replaced if it exists).", file_okay=False),
+        out: Path = typer.Argument(..., help="Folder to write (an earlier demo catalog there is replaced; anything else needs --force).", file_okay=False),
         items: Optional[int] = typer.Option(None, "--items", "-n", help="Number of items (default 2000)."),
         users: Optional[int] = typer.Option(None, "--users", "-u", help="Number of users (default 1000)."),
         events_per_user: Optional[int] = typer.Option(None, "--events-per-user", "-e", help="Mean events per user (default 30)."),
         seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed; the same seed gives the same bytes (default 0)."),
         config: Optional[Path] = ConfigOption,
         sets: Optional[list[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Generate the built-in demo catalog: items.csv, interactions.csv, PNG covers, WAV previews, truth/.
 
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
             from fusionrec.data.demo import DemoConfig, generate, read_summary
 
             cfg = step_config(DemoConfig, config, "demo", {"n_items": items, "n_users": users, "events_per_user": events_per_user, "seed": seed}, sets)
-            path = generate(out, cfg)
+            path = generate(out, cfg, force=force)
             s = read_summary(path)
             typer.echo(f"demo catalog written to {path}")
             typer.echo(f"  items:          {s['items']}")

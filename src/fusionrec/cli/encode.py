@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def _summary(path: Path) -> None:
@@ -30,8 +30,8 @@ def _summary(path: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("encode")
     def encode(
-        dataset: Path = typer.Argument(..., help="dataset artifact folder (from `fusionrec ingest`)", exists=True, file_okay=False),
-        out: Path = typer.Argument(..., help="output embeddings artifact folder"),
+        dataset: Optional[Path] = typer.Argument(None, help="dataset artifact folder (from `fusionrec ingest`)", exists=True, file_okay=False),
+        out: Optional[Path] = typer.Argument(None, help="output embeddings artifact folder"),
         modality: Optional[str] = typer.Option(None, "--modality", "-m", help="text, image, audio or tabular"),
         encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="registered encoder name (default: the modality's default)"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="items per inference batch"),
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         list_encoders: bool = typer.Option(False, "--list", help="list the registered encoders per modality and exit"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Encode one modality of DATASET into an embeddings artifact OUT (embeddings.npy, mask.npy, reasons.parquet).
 
@@ -63,6 +64,8 @@ def register(app: typer.Typer) -> None:
                         d = None
                     typer.echo(f"{m:8s} " + ", ".join(f"{n}{' (default)' if n == d else ''}" for n in names))
                 return
+            if dataset is None or out is None:
+                raise ValueError("encode needs DATASET and OUT (or --list alone)")
             kw_pairs = [s[len("encoder_kwargs."):] for s in sets or [] if s.startswith("encoder_kwargs.")]
             plain = [s for s in sets or [] if not s.startswith("encoder_kwargs.")]
             flags = {
@@ -72,16 +75,17 @@ def register(app: typer.Typer) -> None:
             cfg = step_config(EncodeConfig, config, "encode", flags, plain)
             if kw_pairs:
                 cfg.encoder_kwargs.update(parse_overrides(kw_pairs))
-            path = run(dataset, out, cfg)
+            path = run(dataset, out, cfg, force=force)
             _summary(path)
 
     @app.command("encode-merge")
     def encode_merge(
         out: Path = typer.Argument(..., help="output embeddings artifact folder"),
         shards: List[Path] = typer.Argument(..., help="the shard artifacts of one sharded encode run", exists=True, file_okay=False),
+        force: bool = ForceOption,
     ) -> None:
         """Merge the shard artifacts of `fusionrec encode --shard i --num-shards n` into one embeddings artifact."""
         with user_errors():
             from fusionrec.encoders.encode import merge
 
-            _summary(merge(shards, out))
+            _summary(merge(shards, out, force=force))

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, print_summary, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, print_summary, step_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda[:i]"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Full-ranking evaluation (history excluded): Recall/NDCG@K, MRR, coverage; overall, warm, cold; per-case values kept.
 
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
             from fusionrec.evaluate import EvalConfig, run
 
             cfg = step_config(EvalConfig, config, "evaluate", {"split": split, "k_max": k_max, "device": device}, sets)
-            path = run(dataset, model, out, cfg)
+            path = run(dataset, model, out, cfg, force=force)
             m = read_json(path / "metrics.json")
             typer.echo(f"evaluation ({cfg.split}) -> {path}")
             print_summary(model.name, m["summary"], ks=[k for k in cfg.ks if k <= 20] or cfg.ks[:1])

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
                                                   "folder; they are encoded, aligned and appended to the item table without retraining."),
         aligned: Optional[Path] = typer.Option(None, "--aligned", help="Aligned artifact the model used (needed by --add-items)."),
         sets: Optional[list[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Export a model to ONNX, check parity on every test case, write a Triton model repository."""
         with user_errors():
@@ -43,9 +44,9 @@ def register(app: typer.Typer) -> None:
             if add_items is not None:
                 if aligned is None:
                     raise ValueError("--add-items needs --aligned ALIGNED_ARTIFACT (the projection heads the model was trained with)")
-                path = run_with_new_items(model, dataset, aligned, add_items, out, cfg)
+                path = run_with_new_items(model, dataset, aligned, add_items, out, cfg, force=force)
             else:
-                path = ex.run(model, dataset, out, cfg)
+                path = ex.run(model, dataset, out, cfg, force=force)
             dirs = validate(path)
             for mdir in dirs:
                 from fusionrec.artifacts import read_json

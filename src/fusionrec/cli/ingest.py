@@ -7,20 +7,21 @@ from typing import Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, step_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
         source: Path = typer.Argument(..., help="Raw dataset folder: items.{csv,parquet}, interactions.{csv,parquet}, media files."),
-        out: Path = typer.Argument(..., help="Output dataset artifact folder (written atomically; replaced if it exists)."),
+        out: Path = typer.Argument(..., help="Output dataset artifact folder (written atomically; an existing dataset artifact is replaced, anything else needs --force)."),
         config: Optional[Path] = ConfigOption,
         cold_item_share: Optional[float] = typer.Option(None, "--cold-item-share", help="Share of items held out as cold-start items (default 0.1)."),
         min_user_events: Optional[int] = typer.Option(None, "--min-user-events", help="k-core: drop users with fewer events (default 0 = off)."),
         min_item_events: Optional[int] = typer.Option(None, "--min-item-events", help="k-core: drop events of items with fewer events (default 0 = off)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the cold-start item draw (default 0)."),
         sets: Optional[list[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Validate a raw dataset and write the dataset artifact (ids, splits, cold-start items, rejects)."""
         with user_errors():
@@ -32,5 +33,5 @@ def register(app: typer.Typer) -> None:
                  "min_item_events": min_item_events, "seed": seed},
                 sets,
             )
-            path = run(source, out, cfg)
+            path = run(source, out, cfg, force=force)
             typer.echo(summary(path))

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @app.command("recommend")
     def recommend(
         user_history: str = typer.Option("", "--user-history", help="Comma-separated item ids, most recent last (empty: cold user)."),
-        k: int = typer.Option(10, "-k", "--k"),
+        k: int = typer.Option(10, "-k", "--k", min=1, help="Number of recommendations (at least 1)."),
         url: str = typer.Option("127.0.0.1:8001", "--url", help="Triton gRPC address."),
         model: str = typer.Option("fusionrec", "--model", help="Served model name."),
         repo: Optional[Path] = typer.Option(None, "--repo", help="Model repository (item id map + popularity fallback)."),

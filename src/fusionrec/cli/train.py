@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fusionrec.cli.common import ConfigOption, SetOption, print_summary, step_config, user_errors
+from fusionrec.cli.common import ConfigOption, ForceOption, SetOption, print_summary, step_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         amp: Optional[str] = typer.Option(None, "--amp", help="none, bf16 or fp16"),
         config: Optional[Path] = ConfigOption,
         sets: Optional[List[str]] = SetOption,
+        force: bool = ForceOption,
     ) -> None:
         """Train a recommender (fused multimodal, or a baseline) and evaluate it on the test cases.
 
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
             flags = {"model": model, "fusion": fusion, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dim": dim,
                      "loss": loss, "seed": seed, "device": device, "amp": amp}
             cfg = step_config(TrainConfig, config, "train", flags, sets)
-            path = run(dataset, aligned, out, cfg)
+            path = run(dataset, aligned, out, cfg, force=force)
             m = read_json(path / "metrics.json")
             tr = m["training"]
             typer.echo(f"model artifact -> {path}")

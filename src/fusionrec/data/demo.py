@@ -23,8 +23,11 @@ Output folder (the data contract of ``docs/ARCHITECTURE.md``)::
     truth/items.parquet  truth/users.parquet  truth/params.json  truth/corrupt.json  README.txt
 
 Example:
-    >>> from fusionrec.data.demo import DemoConfig, generate
-    >>> generate(Path("data/demo"), DemoConfig(n_items=200, n_users=100))   # doctest: +SKIP
+    >>> import tempfile
+    >>> from fusionrec.data.demo import DemoConfig, generate, read_summary
+    >>> raw = generate(Path(tempfile.mkdtemp()) / "demo", DemoConfig(n_items=20, n_users=10))
+    >>> s = read_summary(raw); (s["items"], s["users"], (raw / "items.csv").exists())
+    (20, 10, True)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import io
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from fusionrec.artifacts import artifact_dir
+from fusionrec.artifacts import artifact_dir, check_output, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.metrics import per_case_metrics, ranks_from_topk, summarize
@@ -72,9 +76,10 @@ EPOCH_START = 1_704_067_200  # 2024-01-01T00:00:00Z
 class DemoConfig(StepConfig):
     """Settings of the demo catalog generator (config file section ``demo``)."""
 
-    n_items: int = Field(2000, ge=10, description="number of items")
-    n_users: int = Field(1000, ge=2, description="number of users")
-    events_per_user: int = Field(30, ge=3, description="mean events per user (each user gets 0.5x..1.5x, at least 3)")
+    # Hard caps far above any demo; what fits on this machine is checked by ``check_fits``.
+    n_items: int = Field(2000, ge=10, le=10_000_000, description="number of items")
+    n_users: int = Field(1000, ge=2, le=10_000_000, description="number of users")
+    events_per_user: int = Field(30, ge=3, le=10_000, description="mean events per user (each user gets 0.5x..1.5x, at least 3)")
     seed: int = Field(0, description="random seed; the same seed gives the same bytes")
     image_size: int = Field(96, ge=16, le=512, description="cover image side in pixels")
     audio_seconds: float = Field(3.0, gt=0.1, le=30.0, description="audio preview length (16 kHz mono, 16-bit WAV)")
@@ -468,16 +473,80 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------------
 # generator
 # ----------------------------------------------------------------------------------------------
-def generate(out: str | os.PathLike, cfg: DemoConfig | None = None) -> Path:
+#: Peak memory of the sequence simulation per (user, item) cell: the [users, items] float64
+#: arrays of ``Truth.next_probs`` and the cumulative sum live at once (measured ~80 bytes).
+RAM_BYTES_PER_CELL = 96
+
+
+def estimate_size(cfg: DemoConfig) -> dict[str, int]:
+    """Bytes the generator needs: ``ram`` (peak) and ``disk`` (WAV previews dominate).
+
+    >>> s = estimate_size(DemoConfig())
+    >>> round(s["disk"] / 2**20), round(s["ram"] / 2**20)
+    (243, 185)
+    """
+    wav = 44 + int(cfg.audio_seconds * cfg.sample_rate) * 2
+    png = cfg.image_size * cfg.image_size * 3 + 1024  # upper bound: an uncompressed RGB PNG
+    text = 1024  # title, description, CSV row, truth rows
+    events = cfg.n_users * (3 * cfg.events_per_user) // 2 * 80
+    disk = cfg.n_items * (wav + png + text) + events
+    ram = cfg.n_users * cfg.n_items * RAM_BYTES_PER_CELL + cfg.n_users * cfg.events_per_user * 64
+    return {"disk": disk, "ram": ram}
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(cfg: DemoConfig, out: str | os.PathLike) -> None:
+    """Refuse (ValueError, one line) a catalog larger than this machine's free memory or disk.
+
+    The message says how many items (with these users) would fit, instead of dying allocating.
+    """
+    need = estimate_size(cfg)
+    parent = Path(out).resolve()
+    while not parent.exists():
+        parent = parent.parent
+    free_disk = shutil.disk_usage(parent).free
+    free_ram = _available_ram()
+    per_item_disk = need["disk"] / cfg.n_items
+    per_item_ram = need["ram"] / cfg.n_items
+    fits = [free_disk // per_item_disk]
+    if free_ram is not None:
+        fits.append(free_ram // per_item_ram)
+    max_items = int(min(fits))
+    gib = 2**30
+    if need["disk"] > free_disk or (free_ram is not None and need["ram"] > free_ram):
+        raise ValueError(
+            f"a demo catalog of {cfg.n_items:,} items x {cfg.n_users:,} users needs about {need['ram'] / gib:.1f} GiB of memory and "
+            f"{need['disk'] / gib:.1f} GiB of disk; this machine has {(free_ram or 0) / gib:.1f} GiB of memory available and "
+            f"{free_disk / gib:.1f} GiB free under {parent}: with {cfg.n_users:,} users at most about {max_items:,} items fit "
+            "(fewer users allow more items)")
+
+
+def generate(out: str | os.PathLike, cfg: DemoConfig | None = None, force: bool = False) -> Path:
     """Write the demo catalog (data contract + ``truth/``) into ``out`` and return ``out``.
 
     The folder is built under a temporary name and renamed into place; an existing ``out`` is
-    replaced. The same ``cfg`` (seed included) gives byte-identical files.
+    replaced only if it is a demo catalog (``force`` replaces anything that is not an input).
+    The same ``cfg`` (seed included) gives byte-identical files.
     """
     cfg = cfg or DemoConfig()
     out = Path(out)
-    with artifact_dir(out) as tmp:
+    check_output(out, "demo_catalog", (), force)
+    check_fits(cfg, out)
+    with artifact_dir(out, "demo_catalog", (), force) as tmp:
         summary = _write(tmp, cfg)
+        # marks the folder as a demo catalog (so a re-run may replace it); no timestamp, so the
+        # same seed still gives the same bytes
+        write_manifest(tmp, step="demo-data", kind="demo_catalog", params=cfg, timestamp=False)
     log.info("demo catalog: %d items, %d users, %d events, %d corrupt media -> %s", summary["items"], summary["users"], summary["events"], summary["corrupt"], out)
     return out
 

@@ -25,9 +25,23 @@ duplicate interaction row (same values in every column as an earlier row) is rej
 k-core filter drops interactions, never catalog items. Extra interaction columns are ignored.
 
 Example:
-    >>> from fusionrec.data.ingest import IngestConfig, run, summary      # doctest: +SKIP
-    >>> path = run(Path("raw/demo"), Path("artifacts/dataset"), IngestConfig(cold_item_share=0.1))
-    >>> print(summary(path))
+    >>> import tempfile
+    >>> from fusionrec.data.ingest import IngestConfig, run, summary
+    >>> raw = Path(tempfile.mkdtemp()) / "raw"
+    >>> raw.mkdir()
+    >>> _ = (raw / "items.csv").write_text("item_id,title\\nA,Red shoes\\nB,Blue hat\\nC,Green scarf\\n")
+    >>> _ = (raw / "interactions.csv").write_text("user_id,item_id,timestamp\\n"
+    ...     "u1,A,1577836800\\nu1,B,1577836900\\nu1,C,2020-01-01T00:05:00Z\\nu2,B,1577836800\\nu2,C,1577837000\\nu2,C,nope\\n")
+    >>> path = run(raw, raw.parent / "dataset", IngestConfig(cold_item_share=0.0))
+    >>> print(summary(path))                                 # doctest: +ELLIPSIS
+    dataset: .../dataset
+      items 3 (0 cold-start), users 2
+      interactions 5: train 3, valid 1, test 1
+      test cases: warm 1, cold 0; valid cases 1
+      interactions.csv: 6 rows, kept 5, rejected 1 (unparseable timestamp 1)
+      items.csv: 3 rows, kept 3, rejected 0 (none)
+      media: audio ok 0; image ok 0
+      time span: 2020-01-01T00:00:00+00:00 .. 2020-01-01T00:05:00+00:00
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from pydantic import Field
 
 from fusionrec.artifacts import (
     artifact_dir,
+    check_output,
     atomic_write_bytes,
     atomic_write_json,
     read_json,
@@ -249,6 +264,49 @@ def parse_timestamps(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         sec, good = _datetimes_to_epoch(d)
         secs[i], ok[i] = sec[0], good[0]
     return secs, ok
+
+
+#: Epoch units by magnitude: "now" is ~1.7e9 s, ~1.7e12 ms, ~1.7e15 us, ~1.7e18 ns. A value in
+#: seconds above 1e11 would be past the year 5000, so the ranges cannot be confused for real data.
+_EPOCH_UNITS = ((1e11, 1, "seconds"), (1e14, 10**3, "milliseconds"), (1e17, 10**6, "microseconds"), (math.inf, 10**9, "nanoseconds"))
+
+
+def epoch_unit(values: np.ndarray, where: str = "timestamp") -> tuple[int, str]:
+    """The unit of numeric epoch timestamps, from their magnitude: ``(divisor to seconds, name)``.
+
+    One unit per column: values spanning two units are refused (DataContractError), since no
+    rule could tell which rows meant what.
+
+    Example:
+        >>> epoch_unit(np.array([1577836800, 1577836900]))
+        (1, 'seconds')
+        >>> epoch_unit(np.array([1577836800123, 1577836900000]))
+        (1000, 'milliseconds')
+    """
+    a = np.abs(np.asarray(values, dtype=np.float64))
+    if len(a) == 0:
+        return 1, "seconds"
+
+    def unit(x: float) -> int:
+        return next(i for i, (limit, _, _) in enumerate(_EPOCH_UNITS) if x < limit)
+
+    lo, hi = unit(float(a.min())), unit(float(a.max()))
+    if lo != hi:
+        raise DataContractError(
+            f"{where}: numeric timestamps mix {_EPOCH_UNITS[lo][2]} ({a.min():.0f}) and {_EPOCH_UNITS[hi][2]} ({a.max():.0f}); "
+            "write one unit (epoch seconds) or ISO 8601")
+    _, div, name = _EPOCH_UNITS[hi]
+    return div, name
+
+
+def _numeric_timestamps(s: pd.Series) -> np.ndarray:
+    """Rows whose timestamp is a number (or a numeric string), not a date."""
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_datetime64_any_dtype(s):
+        return np.zeros(len(s), bool)
+    if pd.api.types.is_numeric_dtype(s):
+        return s.notna().to_numpy()
+    return np.array([(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool))
+                     or (isinstance(v, str) and bool(_NUMERIC.match(v))) for v in s.astype(object)], bool)
 
 
 def _infer_tabular(s: pd.Series) -> pd.Series:
@@ -495,6 +553,12 @@ def _clean_interactions(raw: pd.DataFrame, name: str, item_index: dict[str, int]
 
     ts_raw = raw["timestamp"]
     secs, ts_ok = parse_timestamps(ts_raw)
+    numeric = _numeric_timestamps(ts_raw) & ts_ok
+    if numeric.any():
+        div, unit = epoch_unit(secs[numeric], f"{name}: timestamp")
+        if div > 1:  # kept as is they would land in the year 50000
+            log.warning("%s: numeric timestamps are epoch %s (up to %d): converted to seconds", name, unit, int(secs[numeric].max()))
+            secs[numeric] //= div
     ts_null = _as_text(ts_raw).isna().to_numpy() if ts_raw.dtype == object else ts_raw.isna().to_numpy()
     rej.reject(ts_null, "timestamp", R_MISSING_TS, [f"{_line(name, r)}: timestamp is empty" for r in np.flatnonzero(ts_null)])
     bad = ~ts_ok & ~ts_null
@@ -615,8 +679,11 @@ def _iso(t: int) -> str:
     return pd.Timestamp(int(t), unit="s", tz="UTC").isoformat()
 
 
-def run(source: Path, out: Path, cfg: IngestConfig | None = None) -> Path:
+def run(source: Path, out: Path, cfg: IngestConfig | None = None, force: bool = False) -> Path:
     """Ingest the raw dataset folder ``source`` into the dataset artifact ``out``; returns ``out``.
+
+    ``out`` must be new, empty or a dataset artifact (``force`` replaces anything else), and never
+    the source folder or a folder inside it (see ``fusionrec.artifacts.check_output``).
 
     Example:
         >>> run(Path("raw/demo"), Path("artifacts/dataset"), IngestConfig(cold_item_share=0.1, seed=0))  # doctest: +SKIP
@@ -628,6 +695,7 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None) -> Path:
 
     items_path = _find_table(source, "items")
     inter_path = _find_table(source, "interactions")
+    check_output(out, "dataset", [source], force)
     items_raw = read_table(items_path)
     inter_raw = read_table(inter_path)
 
@@ -665,7 +733,7 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None) -> Path:
 
     rejects = pd.concat([item_rej.frame(), inter_rej.frame()], ignore_index=True)
 
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "dataset", [source], force) as tmp:
         media_issues = _media(items, source, tmp, cfg.link_media)
         items_out = items.drop(columns=["_row"])
         items_out = items_out[["item_idx", "item_id", *TEXT_COLUMNS, *MEDIA_COLUMNS, "image_status", "audio_status", "cold"]]
@@ -715,8 +783,6 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None) -> Path:
         atomic_write_json(tmp / "stats.json", stats)
         atomic_write_json(tmp / "meta.json", meta)
         write_manifest(tmp, step="ingest", params=cfg, inputs={"source": source}, kind="dataset")
-    if stats["timestamps"]["max"] > 10**11:
-        log.warning("timestamps reach %s: epoch milliseconds? The data contract expects epoch seconds", stats["timestamps"]["max"])
     return out
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, hash_file, load_npy, read_manifest, save_npy, save_parquet, write_manifest
+from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, check_output, hash_file, load_npy, read_manifest, save_npy, save_parquet, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact, is_missing
 from fusionrec.encoders.image import cache_root
@@ -159,8 +159,8 @@ def shared_encoder(modality: str, name: str | None = None, **kwargs: Any) -> Enc
     """``registry.build`` memoised per process (tests, benchmarks and notebooks load weights once).
 
     Example:
-        >>> enc = shared_encoder("text")           # doctest: +SKIP
-        >>> enc is shared_encoder("text")          # doctest: +SKIP
+        >>> enc = shared_encoder("tabular")
+        >>> enc is shared_encoder("tabular")
         True
     """
     key = json.dumps([modality, name, kwargs], sort_keys=True, default=str)
@@ -389,7 +389,8 @@ def shard_positions(n_items: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, n_items, num_shards))
 
 
-def run(dataset: Path | DatasetArtifact, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None) -> Path:
+def run(dataset: Path | DatasetArtifact, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None,
+        force: bool = False) -> Path:
     """Encode ``cfg.modality`` of the dataset artifact ``dataset`` (a path, or an open ``DatasetArtifact``) into ``out``.
 
     ``encoder`` lets a caller reuse an already loaded encoder (it must be the one ``cfg`` names).
@@ -397,6 +398,8 @@ def run(dataset: Path | DatasetArtifact, out: Path, cfg: EncodeConfig, encoder: 
     """
     ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
     dataset, out = ds.path, Path(out)
+    kinds = ("embeddings", "embeddings_shard")  # a re-run may switch between sharded and not
+    check_output(out, kinds, [dataset], force)
     items = ds.items
     n = len(items)
     if not np.array_equal(items["item_idx"].to_numpy(np.int64), np.arange(1, n + 1)):
@@ -431,7 +434,7 @@ def run(dataset: Path | DatasetArtifact, out: Path, cfg: EncodeConfig, encoder: 
     reason_counts = dict(Counter(reasons_df["reason"]).most_common())
     stats["total_seconds"] = round(time.perf_counter() - t_start, 3)
     sharded = cfg.num_shards > 1
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, kinds, [dataset], force) as tmp:
         if sharded:
             save_npy(tmp / "item_idx.npy", idx)
             save_npy(tmp / "embeddings.npy", vecs)
@@ -474,11 +477,12 @@ def run(dataset: Path | DatasetArtifact, out: Path, cfg: EncodeConfig, encoder: 
 _SAME = ("modality", "encoder", "weights", "dim", "preprocessing", "encoder_key", "n_items")
 
 
-def merge(shards: Sequence[Path], out: Path) -> Path:
+def merge(shards: Sequence[Path], out: Path, force: bool = False) -> Path:
     """Join the ``embeddings_shard`` artifacts of one sharded run into the full embeddings artifact."""
     shards = [Path(s) for s in shards]
     if not shards:
         raise ValueError("merge needs at least one shard artifact")
+    check_output(out, "embeddings", shards, force)
     manifests = [read_manifest(s, kind="embeddings_shard") for s in shards]
     first = manifests[0]
     for s, m in zip(shards[1:], manifests[1:]):
@@ -512,7 +516,7 @@ def merge(shards: Sequence[Path], out: Path) -> Path:
     if not seen[1:].all():
         raise ArtifactError(f"shards cover {int(seen[1:].sum())} of {n} items")
     reasons_df = pd.concat(reasons, ignore_index=True).sort_values("item_idx", kind="stable").reset_index(drop=True)
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "embeddings", shards, force) as tmp:
         save_npy(tmp / "embeddings.npy", full)
         save_npy(tmp / "mask.npy", fmask)
         save_parquet(reasons_df, tmp / "reasons.parquet")

@@ -19,10 +19,11 @@ default epsilon 1e-3. Names follow TF's creation order (``conv2d``, ``conv2d_1``
 ``batch_normalization``, ``batch_normalization_1``, ...).
 
 Example:
-    >>> net, labels = load_musicnn("MTT_musicnn")                          # doctest: +SKIP
-    >>> logits, emb = net(torch.zeros(2, 187, 96))                         # doctest: +SKIP
-    >>> emb.shape                                                          # doctest: +SKIP
-    torch.Size([2, 200])
+    >>> net, labels = load_musicnn("MTT_musicnn")
+    >>> with torch.no_grad():
+    ...     logits, emb = net(torch.zeros(2, 187, 96))
+    >>> emb.shape, logits.shape, len(labels)
+    (torch.Size([2, 200]), torch.Size([2, 50]), 50)
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ A new encoder is one file in ``fusionrec/encoders/`` with a factory decorated by
 package whose source has a top-level ``@register(``), and imported on first use.
 
 Example:
-    >>> enc = build("text", "minilm")                            # doctest: +SKIP
-    >>> vecs, reasons = enc.encode_batch(["a red bicycle"])     # doctest: +SKIP
+    >>> enc = build("text", "minilm")       # all-MiniLM-L6-v2 from its PyPI package, offline
+    >>> vecs, reasons = enc.encode_batch(["a red bicycle", ""])
+    >>> vecs.shape, reasons
+    ((2, 384), [None, 'empty text'])
 """
 
 from __future__ import annotations

@@ -9,9 +9,12 @@ numeric when every non-missing value parses as a number. The output dimension de
 the columns and the fitted state, and is fixed after ``fit``.
 
 Example:
-    >>> enc = build("tabular")                                   # doctest: +SKIP
-    >>> enc.fit([{"price": 9.5, "format": "series"}, {"price": None, "format": "short"}])  # doctest: +SKIP
-    >>> vecs, reasons = enc.encode_batch([{"price": 3.0, "format": "long"}])            # doctest: +SKIP
+    >>> from fusionrec.encoders.registry import build
+    >>> enc = build("tabular")
+    >>> _ = enc.fit([{"price": 9.5, "format": "series"}, {"price": None, "format": "short"}])
+    >>> vecs, reasons = enc.encode_batch([{"price": 3.0, "format": "long"}])
+    >>> vecs.shape == (1, enc.dim), reasons
+    (True, [None])
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ name is only contacted when the user names one (and the hub is reachable; set
 ``HF_HUB_OFFLINE=1`` to forbid it).
 
 Example:
-    >>> enc = build("text", "minilm")                               # doctest: +SKIP
-    >>> vecs, reasons = enc.encode_batch(["a red bicycle", ""])           # doctest: +SKIP
-    >>> vecs.shape, reasons                                               # doctest: +SKIP
-    ((2, 384), [None, 'empty text'])
+    >>> from fusionrec.encoders.registry import build
+    >>> enc = build("text", "minilm")
+    >>> vecs, reasons = enc.encode_batch(["a red bicycle", ""])
+    >>> vecs.shape, reasons, round(float(vecs[0] @ vecs[0]), 4)   # unit length; empty text masked
+    ((2, 384), [None, 'empty text'], 1.0)
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ restart points, an index block pointing at them, and a 48-byte footer with a mag
 little-endian tensor bytes in a data shard. The few protobuf fields needed are decoded by hand.
 
 Example:
-    >>> tensors = read_checkpoint(Path(".../musicnn/MTT_musicnn/"))        # doctest: +SKIP
-    >>> tensors["dense/kernel"].shape                                       # doctest: +SKIP
-    (1497, 200)
+    >>> from fusionrec.encoders.musicnn_port import musicnn_dir
+    >>> tensors = read_checkpoint(str(musicnn_dir() / "MTT_musicnn") + "/")
+    >>> tensors["dense/kernel"].shape
+    (1506, 200)
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from fusionrec.artifacts import artifact_dir, write_manifest
+from fusionrec.artifacts import artifact_dir, check_output, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.export.graph import ExportError, export_onnx, guarded
@@ -46,16 +47,16 @@ class ExportConfig(StepConfig):
 
     name: str = "fusionrec"
     """Model name in the Triton repository (folder name and ``name:`` in config.pbtxt)."""
-    k: int = 100
+    k: int = Field(100, ge=1)
     """Top-K computed in the graph (clamped to the number of items)."""
-    max_len: int | None = None
+    max_len: int | None = Field(None, ge=1)
     """History length L of the graph; default: the model's ``max_len``."""
-    max_batch_size: int = 64
-    max_queue_delay_microseconds: int = 2000
+    max_batch_size: int = Field(64, ge=1)
+    max_queue_delay_microseconds: int = Field(2000, ge=0)
     preferred_batch_size: list[int] = [16, 32, 64]
     instance_kind: Literal["KIND_GPU", "KIND_CPU"] = "KIND_GPU"
     """Production default is GPU; use KIND_CPU for a CPU-only Triton."""
-    instance_count: int = 1
+    instance_count: int = Field(1, ge=1)
     accelerator: Literal["none", "tensorrt"] = "none"
     """``tensorrt``: add ``gpu_execution_accelerator [{name: "tensorrt"}]`` (GPU instances only)."""
     tensorrt_fp16: bool = False
@@ -82,13 +83,16 @@ def popular_items(dataset, n: int) -> dict[str, Any]:
 
 def export_module(module, n_items: int, max_len: int, item_ids: list[str], dataset: Path | None, out: Path,
                   cfg: ExportConfig, inputs: dict[str, Path] | None = None, extra_manifest: dict | None = None,
-                  k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None) -> Path:
+                  k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None,
+                  force: bool = False) -> Path:
     """Export any ``history -> (item_idx, score)`` module into a Triton model repository at ``out``.
 
     ``module`` must already compute top-``k`` (``k`` defaults to ``cfg.k`` clamped to ``n_items``);
     ``item_ids[i]`` is the external id of item_idx ``i`` (index 0 = padding ``""``). Parity runs
     on every test case of ``dataset`` (or on ``histories`` when no dataset is given, e.g. benchmarks).
     """
+    sources = [dataset, *(inputs or {}).values()]
+    check_output(out, "model_repository", sources, force)
     if len(item_ids) != n_items + 1:
         raise ValueError(f"item_ids has {len(item_ids)} entries, expected n_items + 1 = {n_items + 1}")
     k = int(k if k is not None else min(cfg.k, n_items))
@@ -104,7 +108,7 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
     if len(histories) == 0:
         raise ExportError(f"{dataset} has no test cases: parity needs at least one")
     g = guarded(module, n_items)
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "model_repository", sources, force) as tmp:
         mdir, onnx_path = model_folder(tmp, cfg.name)
         log.info("exporting %s (L=%d, K=%d, %d items) to ONNX", cfg.name, max_len, k, n_items)
         info = export_onnx(g, max_len, onnx_path, cfg.opset, cfg.dynamo, cfg.allow_legacy_fallback)
@@ -125,8 +129,9 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
     return out
 
 
-def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig) -> Path:
+def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, force: bool = False) -> Path:
     """Export a trained model artifact into a Triton model repository (see module docstring)."""
+    check_output(out, "model_repository", [model, dataset], force)
     m = load_model(model, device="cpu")
     max_len = int(cfg.max_len or m.spec.max_len)
     ids = [str(x) for x in DatasetArtifact(dataset).item_ids.tolist()]
@@ -135,6 +140,6 @@ def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig) -> Path:
                          "export the model with the dataset it was trained on")
     k = min(cfg.k, m.n_items)
     return export_module(m.serving_module(k), m.n_items, max_len, ids, dataset, out, cfg,
-                         inputs={"model": model}, k=k)
+                         inputs={"model": model}, k=k, force=force)
 
 

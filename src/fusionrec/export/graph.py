@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from fusionrec.artifacts import StepError
 from fusionrec.model_repository import INPUTS, INVALID_IDX, OUTPUTS
 from fusionrec.progress import get_logger
 
@@ -32,7 +33,7 @@ INPUT_NAMES = [s.name for s in INPUTS]
 OUTPUT_NAMES = [s.name for s in OUTPUTS]
 
 
-class ExportError(RuntimeError):
+class ExportError(StepError):
     """The export failed a check (ONNX checker, parity): no model repository was written."""
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusionrec.artifacts import load_npy, read_manifest
+from fusionrec.artifacts import check_output, load_npy, read_manifest
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.data.ingest import MEDIA_COLUMNS, RESERVED_ITEM_COLUMNS, read_items
 from fusionrec.encoders.encode import EncodeConfig
@@ -106,7 +106,8 @@ def encode_new_items(model, dataset: Path, aligned: Path, new_items: Path, work:
     return new_ids, features, masks, prov
 
 
-def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Path, out: Path, cfg: ExportConfig) -> Path:
+def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Path, out: Path, cfg: ExportConfig,
+                       force: bool = False) -> Path:
     """Export ``model`` with new (cold-start) items appended to its item table, without retraining.
 
     New items get item_idx ``n_items+1..``; ``item_ids.json`` lists them; parity runs as usual.
@@ -115,6 +116,7 @@ def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Pat
         >>> run_with_new_items(Path("artifacts/model"), Path("artifacts/dataset"), Path("artifacts/aligned"),
         ...                    Path("new_items.csv"), Path("artifacts/repo"), ExportConfig())   # doctest: +SKIP
     """
+    check_output(out, "model_repository", [model, dataset, aligned, new_items], force)
     m = load_model(model, device="cpu")
     if not getattr(m.spec, "modalities", None):
         raise ValueError(f"model {model} uses no content modality (ID-only or popularity): it cannot score new items "
@@ -129,5 +131,6 @@ def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Pat
     k = min(cfg.k, m2.n_items)
     return export_module(m2.serving_module(k), m2.n_items, max_len, ids + new_ids, dataset, out, cfg,
                          inputs={"model": model, "aligned": aligned, "new_items": Path(new_items)}, k=k,
-                         extra_manifest={"added_items": {"n": len(new_ids), "first_item_idx": len(ids), "modalities": prov}})
+                         extra_manifest={"added_items": {"n": len(new_ids), "first_item_idx": len(ids), "modalities": prov}},
+                         force=force)
 

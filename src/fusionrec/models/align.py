@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from fusionrec.artifacts import ArtifactError, artifact_dir, atomic_write_json, load_npy, read_json, read_manifest, save_npy, write_manifest
+from fusionrec.artifacts import ArtifactError, artifact_dir, atomic_write_json, check_output, load_npy, read_json, read_manifest, save_npy, write_manifest
 from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.device import pick_device
@@ -42,19 +43,20 @@ log = get_logger(__name__)
 class AlignConfig(StepConfig):
     """Settings of the align step (config section ``align``)."""
 
-    dim: int = 64
-    hidden: int = 256
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.07
+    # Ranges are checked here, so a bad value is one line naming the field, not a torch error.
+    dim: int = Field(64, ge=1)
+    hidden: int = Field(256, ge=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2, description="InfoNCE needs at least 2 items per batch (one positive, one negative)")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    temperature: float = Field(0.07, gt=0)
     learn_temperature: bool = True
-    recon_weight: float = 1.0
-    dropout: float = 0.1
+    recon_weight: float = Field(1.0, ge=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     device: str = "auto"
-    eval_items: int = 2000
+    eval_items: int = Field(2000, ge=1)
 
 
 class Head(nn.Module):
@@ -117,10 +119,12 @@ def _pair_metrics(heads: dict[str, Head], data: dict[str, tuple[torch.Tensor, to
     return out
 
 
-def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLike, cfg: AlignConfig | None = None) -> Path:
+def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLike, cfg: AlignConfig | None = None,
+        force: bool = False) -> Path:
     """Train the projection heads and write the ``aligned`` artifact to ``out``; returns ``out``."""
     cfg = cfg or AlignConfig()
     out = Path(out)
+    check_output(out, "aligned", [dataset, *embeddings], force)
     ds = DatasetArtifact(dataset)
     if not embeddings:
         raise ValueError("align needs at least one embeddings artifact (--embeddings)")
@@ -200,7 +204,7 @@ def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLi
 
     from safetensors.torch import save_file
 
-    with artifact_dir(out) as tmp:
+    with artifact_dir(out, "aligned", [dataset, *embeddings], force) as tmp:
         state = {}
         with torch.no_grad():
             for m in modalities:

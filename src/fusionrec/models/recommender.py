@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from fusionrec.artifacts import atomic_write_json, read_json
@@ -42,12 +42,12 @@ class Architecture(BaseModel):
 
     fusion: str = "attention"
     use_id_embedding: bool = True
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    max_len: int = Field(50, ge=1)
     """History length L: the model reads the most recent L items of a history."""
-    dropout: float = 0.2
+    dropout: float = Field(0.2, ge=0, lt=1)
 
     @field_validator("fusion")
     @classmethod

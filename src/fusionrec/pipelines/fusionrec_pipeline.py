@@ -17,8 +17,13 @@ clusters without GPUs); :data:`fusionrec_pipeline` is the default (GPU requests 
 align, train and export). Under ``kfp.local`` the accelerator and resource settings are ignored.
 
 Example:
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from kfp import compiler
-    >>> compiler.Compiler().compile(fusionrec_pipeline, "fusionrec_pipeline.yaml")   # doctest: +SKIP
+    >>> path = Path(tempfile.mkdtemp()) / "fusionrec_pipeline.yaml"
+    >>> compiler.Compiler().compile(fusionrec_pipeline, str(path))
+    >>> "pipelineInfo" in path.read_text()
+    True
 """
 
 

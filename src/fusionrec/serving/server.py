@@ -20,8 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import sysconfig
@@ -34,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fusionrec.model_repository import HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUTS, SCORE, ModelRepository, find_model_dir, model_dirs
+from fusionrec.artifacts import StepError
 from fusionrec.progress import get_logger
 
 from .config import read_model_config
@@ -69,6 +72,51 @@ def ensure_libpython_on_path() -> str | None:
     if libdir not in parts:
         os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *parts])
     return libdir
+
+
+class ServerStartError(StepError):
+    """The server cannot start (a port in use, tritonserver failing): one clear line, no traceback."""
+
+
+def check_ports(host: str, ports: Mapping[str, int]) -> None:
+    """Fail at once when a port is taken (tritonserver would retry for two minutes, then time out).
+
+    >>> with socket.socket() as s:
+    ...     s.bind(("127.0.0.1", 0)); s.listen()
+    ...     check_ports("127.0.0.1", {"grpc": s.getsockname()[1]})
+    Traceback (most recent call last):
+    ...
+    fusionrec.serving.server.ServerStartError: port ... (grpc) is in use on 127.0.0.1; choose another (--grpc-port) or stop what holds it
+    """
+    seen: dict[int, str] = {}
+    for role, port in ports.items():
+        if port in seen:
+            raise ServerStartError(f"the {seen[port]} and {role} ports are both {port}; give each its own")
+        seen[port] = role
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            # SO_REUSEADDR: a port in TIME_WAIT is free for Triton too; a listening one still fails
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ServerStartError(f"port {port} ({role}) is in use on {host}; choose another (--{role}-port) "
+                                           "or stop what holds it") from None
+                raise ServerStartError(f"cannot bind {host}:{port} ({role}): {exc.strerror}") from None
+
+
+def _silence_server_echo(triton) -> None:
+    """pytriton 0.7 prints every line tritonserver writes to stdout (``TritonServer(verbose=True)``,
+    not configurable): with a log file those lines are CUDA/NVML/DCGM noise on a CPU machine.
+    Initialise its server object early and turn the echo off; a pytriton without these private
+    attributes keeps echoing, nothing else changes."""
+    init = getattr(triton, "_initialize_server", None)
+    if init is None or getattr(triton, "_triton_server", None) is not None:
+        return
+    init()
+    server = getattr(triton, "_triton_server", None)
+    if server is not None and hasattr(server, "_verbose"):
+        server._verbose = False
 
 
 @dataclass
@@ -159,6 +207,8 @@ class ServerHandle:
     http_port: int
     metrics_port: int
     models: dict[str, ServedModel] = field(default_factory=dict)
+    workspace: Path | None = None
+    log_file: Path | None = None
     _stopped: bool = False
 
     @property
@@ -175,7 +225,14 @@ class ServerHandle:
     def stop(self) -> None:
         if not self._stopped:
             self._stopped = True
-            self.triton.stop()
+            try:
+                self.triton.stop()
+            except Exception as exc:  # noqa: BLE001 - pytriton cannot stop a server that never started
+                log.warning("stopping Triton: %s: %s", type(exc).__name__, exc)
+            finally:
+                # pytriton's own clean-up keeps dot-files and then leaves the folder behind
+                if self.workspace is not None:
+                    shutil.rmtree(self.workspace, ignore_errors=True)
             log.info("Triton server on %s stopped", self.grpc_url)
 
     def wait(self, poll_s: float = 0.5) -> None:
@@ -199,7 +256,9 @@ def _resolve(models: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLik
     for path in models:
         for d in model_dirs(path):
             if d.name in out:
-                raise ValueError(f"two models named '{d.name}' ({out[d.name]} and {d}); pass a dict name -> repository")
+                raise ValueError(f"two models named '{d.name}' ({out[d.name]} and {d}): name each one, "
+                                 f"`fusionrec serve control={out[d.name].parent} treatment={d.parent}` "
+                                 "(from Python: a dict name -> repository)")
             out[d.name] = d
     return out
 
@@ -225,22 +284,32 @@ def start_server(
     ``config.pbtxt``; ``max_queue_delay_us`` overrides the queue delay, ``dynamic_batching=False``
     serves every request alone (the baseline the benchmark compares against). Statistics and
     repository endpoints are left unrestricted (loopback only) so tools can read them.
-    ``log_file`` sends tritonserver's own log there instead of this process's stderr.
+    ``log_file`` sends tritonserver's own log there (and nothing of it to this process's output)
+    instead of this process's stdout. The ports are checked first (a taken one fails at once), and
+    pytriton's workspace is removed whatever way the server ends.
     """
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+    from pytriton.utils.workspace import Workspace
 
     resolved = _resolve(models)
     if not resolved:
         raise ValueError("no model to serve")
+    check_ports(host, {"grpc": grpc_port, "http": http_port, "metrics": metrics_port})
     ensure_libpython_on_path()
     logging.getLogger("pytriton").setLevel(logging.WARNING)
+    if log_file is not None:
+        log_file = Path(log_file).resolve()
+        log_file.parent.mkdir(parents=True, exist_ok=True)
     config = TritonConfig(grpc_address=host, http_address=host, metrics_address=host, grpc_port=grpc_port,
                           http_port=http_port, metrics_port=metrics_port, exit_timeout_secs=5, log_verbose=log_verbose,
-                          log_file=Path(log_file) if log_file is not None else None)
-    triton = Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[]))
-    handle = ServerHandle(triton, host, grpc_port, http_port, metrics_port)
+                          log_file=log_file)
+    workspace = Workspace()
+    triton = Triton(config=config, workspace=workspace, security_config=TritonSecurityConfig(restricted_endpoints=[]))
+    handle = ServerHandle(triton, host, grpc_port, http_port, metrics_port, workspace=workspace.path, log_file=log_file)
     try:
+        if log_file is not None:
+            _silence_server_echo(triton)
         for name, mdir in resolved.items():
             repo = ModelRepository(mdir)
             mc = read_model_config(mdir / "config.pbtxt")  # batch settings: Triton's own configuration
@@ -268,7 +337,12 @@ def start_server(
             handle.models[name] = ServedModel(name, mdir, max_len, k, repo.n_items, int(mc.max_batch_size),
                                               delay, dynamic_batching, provider, max(1, instances))
         t0 = time.perf_counter()
-        triton.run()
+        try:
+            triton.run()
+        except Exception as exc:  # pytriton raises its own timeout/startup errors with long tracebacks
+            where = f"; Triton's log: {log_file}" if log_file is not None else ""
+            first = (str(exc).strip().splitlines() or [""])[0][:300]  # the rest is a model's traceback
+            raise ServerStartError(f"Triton did not start ({type(exc).__name__}: {first}){where}") from exc
         log.info("Triton serving %s on grpc %s (http %s, metrics %s) in %.1fs [%s]",
                  ", ".join(handle.models), handle.grpc_url, handle.http_url, metrics_port,
                  time.perf_counter() - t0, next(iter(handle.models.values())).provider)
