@@ -44,6 +44,9 @@ for key in $("$PY" src/fusionrec/components/images.py | awk '{print $1}'); do
   phase "build_$key" docker/build.sh --local --constraints-from "$VENV" --only "$key"
 done
 rc=0
+export FUSIONREC_CONTAINERS_COMPARISON
+FUSIONREC_CONTAINERS_COMPARISON=$(realpath "$(dirname "$REPORT")")/comparison.json
+rm -f "$FUSIONREC_CONTAINERS_COMPARISON"
 phase pytest "$PY" -m pytest --containers tests/test_containers.py -q --durations=0 -p no:cacheprovider \
   --junitxml "$(dirname "$REPORT")/junit.xml" $PYTEST_ARGS || rc=$?
 
@@ -93,6 +96,8 @@ data = {
     "images": sizes,
     "engine_disk_usage": sh(cli, "system", "df", "--format", "{{.Type}}: {{.Size}} ({{.Reclaimable}} reclaimable)").splitlines(),
     "tests": tests,
+    "docker_vs_subprocess": json.loads(Path(os.environ["FUSIONREC_CONTAINERS_COMPARISON"]).read_text())
+        if Path(os.environ["FUSIONREC_CONTAINERS_COMPARISON"]).exists() else None,
 }
 Path(report).write_text(json.dumps(data, indent=2) + "\n")
 print(f"timings and sizes: {report} (total {data['total_s']} s)")

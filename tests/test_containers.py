@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_image_runs_as_non_root_with_healthcheck_and_no_ca(key):
     # the build-time CA (a BuildKit secret) left nothing behind: no secret file, no pip setting,
     # not in any layer's command or environment
     check = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", ref, "-c",
-                   "ls /run/secrets 2>/dev/null; pip config list; env | grep -i -E '^(PIP_CERT|SSL_CERT|REQUESTS_CA)' || true")
+                   "ls /run/secrets 2>/dev/null; pip config list | grep -i cert; env | grep -i -E '^(PIP_CERT|SSL_CERT|REQUESTS_CA)'; true")
     assert check.stdout.strip() == "", check.stdout
     history = docker("image", "history", "--no-trunc", "--format", "{{.CreatedBy}}", ref).stdout
     assert "ca-certificates.crt" not in history and "PIP_CERT=/" not in history.replace("PIP_CERT=/run/secrets/pip_ca", "")
@@ -115,19 +116,21 @@ def test_every_step_ran_in_its_own_image(runs):
 METRIC_RTOL = 1e-6
 
 
-def _assert_close(a, b, path=""):
+def _assert_close(a, b, path="") -> float:
+    """Assert a ~ b (floats to METRIC_RTOL, everything else equal); returns the largest relative float difference."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            _assert_close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
+        return max([_assert_close(a[k], b[k], f"{path}.{k}") for k in a], default=0.0)
+    if isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=METRIC_RTOL, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b)), f"{path}: {a} != {b}"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
+        return max([_assert_close(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))], default=0.0)
+    if isinstance(a, float) or isinstance(b, float):
+        if math.isnan(a) and math.isnan(b):
+            return 0.0
+        assert math.isclose(a, b, rel_tol=METRIC_RTOL, abs_tol=1e-12), f"{path}: {a} != {b}"
+        return abs(a - b) / max(abs(a), abs(b)) if a != b else 0.0
+    assert a == b, f"{path}: {a!r} != {b!r}"
+    return 0.0
 
 
 def test_containers_give_the_same_artifacts_as_the_subprocess_runner(runs):
@@ -144,13 +147,21 @@ def test_containers_give_the_same_artifacts_as_the_subprocess_runner(runs):
         step = f"encode[{modality}]"
         assert read_manifest(docker_out[step]["embeddings"])["content_hash"] == read_manifest(host_out[step]["embeddings"])["content_hash"], modality
     # the trained models' test metrics, and the A/B decision
+    max_rel_diff = {}
     for step in ("train-fusion", "train-baseline"):
-        _assert_close(read_json(docker_out[step]["model"] / "metrics.json")["test"],
-                      read_json(host_out[step]["model"] / "metrics.json")["test"], step)
+        max_rel_diff[step] = _assert_close(read_json(docker_out[step]["model"] / "metrics.json")["test"],
+                                           read_json(host_out[step]["model"] / "metrics.json")["test"], step)
     d_decision = read_json(docker_out["ab-evaluate-2"]["ab_report"] / "decision.json")
     h_decision = read_json(host_out["ab-evaluate-2"]["ab_report"] / "decision.json")
     assert d_decision["promote"] == h_decision["promote"]
     assert runs["docker"]["promoted"] == runs["subprocess"]["promoted"]
+    if os.environ.get("FUSIONREC_CONTAINERS_COMPARISON"):  # docker/test-containers.sh puts this in its report
+        Path(os.environ["FUSIONREC_CONTAINERS_COMPARISON"]).write_text(json.dumps({
+            "dataset_content_hash": {"docker": d_manifest["content_hash"], "subprocess": h_manifest["content_hash"]},
+            "test_metrics_max_relative_difference": max_rel_diff, "metric_rtol": METRIC_RTOL,
+            "promote": {"docker": d_decision["promote"], "subprocess": h_decision["promote"]},
+            "wall_s": {r: runs[r]["wall_s"] for r in runs},
+        }, indent=2))
 
 
 def _wait_ready(client, container: str, timeout_s: float = 180) -> None:
