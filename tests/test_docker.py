@@ -201,3 +201,29 @@ def test_local_build_uses_the_local_base_and_the_host_ca_as_a_secret(tmp_path):
         assert f"--build-arg CUDA_BASE_IMAGE={images.image('base')}" in line
         assert "--secret id=pip_ca,src=/etc/hostname" in line
     assert "docker/triton/Dockerfile" not in out  # NGC's image cannot be pulled without a registry
+
+
+# ------------------------------------------------------------------------------------------------
+# `run-local --runner docker` where it cannot run: one line, exit code 2 (the run itself is in
+# tests/test_containers.py, which needs the engine and the images)
+def test_run_local_docker_runner_without_an_engine_is_one_clear_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fusionrec.cli import app
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    result = CliRunner().invoke(app, ["pipeline", "run-local", "--runner", "docker", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2, result.output
+    assert "no Docker engine answers" in result.output and "docker/local-engine.sh start" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "w" / "outputs").exists(), "nothing ran"
+
+
+def test_run_local_unknown_runner_is_rejected(tmp_path):
+    from typer.testing import CliRunner
+
+    from fusionrec.cli import app
+
+    result = CliRunner().invoke(app, ["pipeline", "run-local", "--runner", "k8s", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert "unknown runner 'k8s'; use one of subprocess, docker" in result.output

@@ -71,6 +71,12 @@ class StepTimer:
                 timer.echo(f"  started  {Path(task_dir).name if task_dir else '?'}" + (f" in {image}" if image else ""))
             result = original(handler)
             status = getattr(result, "name", str(result))
+            if in_image and status == "SUCCESS" and task_dir and not (Path(task_dir) / "executor_output.json").exists():
+                # kfp.local's Docker handler reports exit code 0 when the auto-removed container is
+                # already gone at wait(); every step that really succeeded wrote its executor output
+                from kfp.local.status import Status
+
+                result, status = Status.FAILURE, "FAILURE"
             with timer._lock:
                 timer.records.append({"dir": task_dir, "start": start, "end": time.time(), "status": status, "image": image})
             if timer.echo is not None:
@@ -85,7 +91,7 @@ class StepTimer:
         from kfp.local import subprocess_task_handler
 
         handlers = [(subprocess_task_handler.SubprocessTaskHandler, False)]
-        if sys.modules.get("docker") is not None:  # the SDK is there: kfp.local has its Docker handler
+        if hasattr(sys.modules.get("docker"), "DockerClient"):  # the SDK (not docker/ of Dockerfiles): kfp.local has its Docker handler
             from kfp.local import docker_task_handler
 
             handlers.append((docker_task_handler.DockerTaskHandler, True))
@@ -211,7 +217,7 @@ def _docker_runner(local: Any, args: dict[str, Any], workdir: Path) -> Any:
         if not path.exists():
             raise PipelineError(f"{path} does not exist (the steps' containers mount it read-only)")
     mounts = [Mount(target=str(p.resolve()), source=str(p.resolve()), type="bind", read_only=True) for p in read_only]
-    mounts += [Mount(target=str(p), source=str(p), type="bind") for p in dict.fromkeys(read_write) if p != workdir / "outputs"]
+    mounts += [Mount(target=str(p), source=str(p), type="bind") for p in dict.fromkeys(read_write)]  # (kfp adds outputs/)
     run_args: dict[str, Any] = {"mounts": mounts, "network_mode": "none",
                                 # pytriton passes tensors through /dev/shm (the A/B step's online replay)
                                 "shm_size": "1g"}
