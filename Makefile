@@ -1,5 +1,6 @@
 # Two commands: `make demo` and `make test`. Both set everything up first (idempotent: the
 # virtual environment is rebuilt only when pyproject.toml changes) and then do their job.
+# `make test-containers` builds the images and runs the container tests (needs root or a Docker engine).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,11 +9,12 @@ STAMP  := $(VENV)/.fusionrec-installed
 DEMO_OUT ?= artifacts/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup lint bench clean compile help
+.PHONY: demo test test-containers setup lint bench clean compile help
 
 help:
 	@echo "make demo   set up, then run the whole pipeline on the built-in demo catalog and query Triton"
 	@echo "make test   set up, then run the test suite"
+	@echo "make test-containers  start a local Docker engine, build the images, run the pipeline and Triton in containers"
 	@echo "make setup  only create/update the virtual environment ($(VENV))"
 	@echo "make bench  run the benchmarks (prints figures, saves JSON under benchmarks/results/)"
 
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setting up $(VENV) (pip log: $(VENV)/install.log)"
 	@$(PIP) install --upgrade "pip>=24" setuptools wheel > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
-	@$(PIP) install -e ".[dev,datasets]" >> $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
+	@$(PIP) install -e ".[dev,datasets,containers]" >> $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	@# musicnn ships the pretrained audio-tagging checkpoints; its metadata demands tensorflow and
 	@# numpy<1.17, which fusionrec does not need (it reads the checkpoints without TensorFlow).
 	@$(PIP) install --no-deps musicnn==0.1.0 >> $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
@@ -36,6 +38,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docker/test-containers.sh: engine (docker/local-engine.sh), base image, docker/build.sh --local,
+# pytest --containers; times and image sizes -> artifacts/containers/test-containers.json
+test-containers: $(STAMP)
+	VENV=$(VENV) PY=$(PY) docker/test-containers.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/encode.py

@@ -36,3 +36,21 @@ def tiny_dataset(tiny_raw, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "dataset"
     run(tiny_raw, out, IngestConfig(cold_item_share=0.1, seed=0))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Container tests (tests marked ``containers``) need a Docker engine and the built step images:
+# `make test-containers` sets both up and runs them with --containers. `make test` deselects them.
+def pytest_addoption(parser):
+    parser.addoption("--containers", action="store_true", default=False,
+                     help="run only the tests marked 'containers' (Docker engine + images: make test-containers)")
+
+
+def pytest_collection_modifyitems(config, items):
+    want = config.getoption("--containers")
+    # the marker itself, not item.keywords (which also holds folder names: a checkout named "containers")
+    keep = [item for item in items if (item.get_closest_marker("containers") is not None) == want]
+    drop = [item for item in items if (item.get_closest_marker("containers") is not None) != want]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

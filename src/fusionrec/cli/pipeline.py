@@ -2,8 +2,10 @@
 
 ``compile`` writes the pipeline's YAML IR; ``submit`` sends it to a KFP cluster with
 ``kfp.Client``; ``run-local`` runs the same pipeline on this machine through ``kfp.local``
-(``SubprocessRunner(use_venv=False)``: every step runs in this Python environment) and prints
-each step's wall time and where its artifacts are.
+and prints each step's wall time and where its artifacts are: ``--runner subprocess`` (the
+default, ``SubprocessRunner(use_venv=False)``) runs every step in this Python environment,
+``--runner docker`` runs every step in its own step image through kfp.local's DockerRunner
+(build the images first: ``docker/local-engine.sh up && docker/build.sh --local``).
 
 Pipeline parameters are given as ``--param key=value`` (values are YAML: ``epochs=3``,
 ``modalities=[text,image]``, ``train_config={batch_size: 64}``) and/or a config file
@@ -14,6 +16,7 @@ Pipeline parameters are given as ``--param key=value`` (values are YAML: ``epoch
 Example:
     fusionrec pipeline compile pipelines/fusionrec_pipeline.yaml
     fusionrec pipeline run-local --param "dataset_uri=demo://?n_items=200&n_users=100" --param epochs=2
+    fusionrec pipeline run-local --runner docker --param "dataset_uri=demo://?n_items=200&n_users=100"
     fusionrec pipeline submit --host http://localhost:8080 --experiment fusionrec --param dataset_uri=/data/catalog
 """
 
@@ -26,7 +29,7 @@ from typing import Optional
 import typer
 
 from fusionrec.cli.common import user_errors
-from fusionrec.pipelines.local import format_summary, run_local
+from fusionrec.pipelines.local import RUNNERS, format_summary, run_local
 from fusionrec.pipelines.params import PipelineError, resolve_parameters
 from fusionrec.pipelines.submit import submit
 
@@ -87,10 +90,13 @@ def register(app: typer.Typer) -> None:
         retries: bool = typer.Option(False, "--retries/--no-retries", help="Apply the pipeline's KFP retries (with back-off) as on a cluster."),
         as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
         log_file: Optional[Path] = typer.Option(None, "--log-file", help="Write the steps' own output there instead of the terminal."),
+        runner: str = typer.Option("subprocess", "--runner",
+                                   help=f"Where each step runs: {' | '.join(RUNNERS)} (docker: its own step image, via a local Docker engine)."),
     ) -> None:
-        """Run the whole pipeline here through kfp.local (each step in this Python environment)."""
+        """Run the whole pipeline here through kfp.local (each step in this Python environment, or in its image)."""
         with user_errors(PipelineError):
-            summary = run_local(resolve_parameters(param, config), workdir, cache=cache, retries=retries, log_file=log_file)
+            summary = run_local(resolve_parameters(param, config), workdir, cache=cache, retries=retries, log_file=log_file,
+                                runner=runner)
         typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
         if summary["status"] != "SUCCESS":
             typer.secho(f"error: pipeline failed: {summary['error']}", fg=typer.colors.RED, err=True)

