@@ -36,8 +36,10 @@ TINY = {"demo-data": ["--items", "60", "--users", "40", "--events-per-user", "12
 #: Commands not run, by prefix, and why (each is still parsed against the CLI when it is a fusionrec command).
 EXCLUDED = {
     "make demo": "runs the whole pipeline for minutes; tests/test_pipeline.py::test_run_local_end_to_end runs it on a tiny catalog",
+    "make test-containers": "a Docker engine, image builds and the pipeline in containers (minutes, root); CI runs it after make test",
     "make test": "is this test suite",
     "docker/build.sh": "needs Docker and a registry; tests/test_docker.py checks the Dockerfiles and the script",
+    "docker/local-engine.sh": "installs and starts a Docker engine (root, minutes); make test-containers runs it",
     ".venv/bin/python benchmarks/": "benchmarks take minutes (figures, not tests)",
     "fusionrec pipeline run-local": "the whole pipeline through kfp.local (minutes); tests/test_pipeline.py runs it end to end",
     "fusionrec pipeline submit": "needs a Kubeflow Pipelines cluster; tests/test_pipeline.py checks the unreachable-host error",
