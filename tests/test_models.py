@@ -101,7 +101,7 @@ def test_serving_module_equals_topk_excludes_history_and_is_finite(fusion):
     # a shorter history array (left-padded inside topk) gives the same result as the full-width one,
     # to float noise: a batch of 1 is another matmul shape than a batch of 5, so only items whose
     # scores are within 1e-5 may swap (compare_topk's rule)
-    from fusionrec.export import compare_topk
+    from fusionrec.export.parity import compare_topk
 
     idx_short, score_short = model.topk(h[:, -6:][3:4], k=8)
     res = compare_topk(idx[3:4], score[3:4], idx_short, score_short, score_tolerance=1e-5, tie_tolerance=1e-5)

@@ -57,7 +57,7 @@ def assert_same_topk(idx: np.ndarray, score: np.ndarray, ref_idx: np.ndarray, re
     """Served lists equal the in-process ones up to float noise: Triton batches requests into other
     shapes (and runs another thread count) than the reference call, and CPU kernels may round
     differently per shape, so items whose scores are within 1e-5 may swap; nothing else may."""
-    from fusionrec.export import compare_topk
+    from fusionrec.export.parity import compare_topk
 
     res = compare_topk(ref_idx, ref_score, idx, score, score_tolerance=1e-5, tie_tolerance=1e-5)
     assert res["n_failures"] == 0, res["failures"][:3]
