@@ -1,0 +1,223 @@
+"""Explanations of recommendations: which modality channels carry an item's score, and which history items drove it.
+
+For every recommended item of a history:
+
+- **modality contributions**: the item's fusion weights (the gate over the channels it has:
+  its aligned modalities and, for items seen in training, its ID embedding) and, where the fusion
+  allows an exact decomposition, the share of the score each channel carries. With the
+  ``attention`` and ``weighted`` fusions the item vector is ``sum_c w_c v_c``, so the score
+  ``<u, sum_c w_c v_c>`` splits exactly into ``w_c <u, v_c>``; ``user_gate`` scores are already a
+  weighted sum over channels, so they split the same way. ``concat`` passes the channels through
+  an MLP: no exact split, so only the weights are given (``channel_scores`` is None).
+- **history items**: the *leave-one-out score drop*: the item's score from the full history
+  minus its score when that one history item is removed (the rest re-padded), computed exactly by
+  re-scoring. It is faithful by construction (it *is* the effect of removing the item), whereas
+  attention weights (see :func:`attention_rollout`, kept as the contrast the benchmark measures)
+  say where the Transformer looked, not what changed the score. It costs one forward pass per
+  history item, batched.
+
+The served explain model (``<name>_explain``) runs :class:`ExplainModule`: the history and the
+recommended items in, drops and channel contributions out, so Triton computes the same numbers.
+
+Example:
+    >>> model = load_model("artifacts/model")                                   # doctest: +SKIP
+    >>> idx, _ = model.topk(h, 5); ex = explain(model, h, idx)                  # doctest: +SKIP
+    >>> print(format_explanation(ex[0][0], item_ids, titles))                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusionrec.models.recommender import Recommender, _prepare_histories
+
+ID_CHANNEL = "id"
+
+
+@dataclass
+class Explanation:
+    """Why ``item_idx`` was recommended for one history."""
+
+    item_idx: int
+    score: float
+    channels: list[str]
+    fusion_weights: list[float]
+    """The item's fusion weights per channel (0 = the item lacks that channel)."""
+    channel_scores: list[float] | None
+    """Score carried by each channel (sums to ``score``); None where the fusion has no exact split."""
+    history: list[tuple[int, float]] = field(default_factory=list)
+    """(history item_idx, score drop when it is removed), largest drop first."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def channel_names(model: Recommender) -> list[str]:
+    return list(model.spec.modalities) + ([ID_CHANNEL] if model.spec.use_id_embedding else [])
+
+
+class ExplainModule(nn.Module):
+    """``(history int64 [B, L], items int64 [B, k]) -> (score [B, k], drop [B, L, k], weight [B, k, C], contrib [B, k, C])``.
+
+    ``drop[b, j, i]`` = score of item i from the full history minus its score without history
+    position j (0 at padding positions); ``contrib`` is the per-channel split of the score (zeros
+    for ``concat``, which has none). Pure tensors, so it exports to ONNX like the ranker.
+    """
+
+    def __init__(self, model: Recommender):
+        super().__init__()
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            vecs, mask = model.channels()
+            fused, weights = model.fusion(vecs, mask)
+        model.train(was)
+        import copy
+
+        self.L = int(model.spec.max_len)
+        self.fusion = model.spec.fusion
+        self.register_buffer("input_table", fused.detach().clone())
+        self.register_buffer("channel_vecs", vecs.detach().clone())  # [N+1, C, d]
+        self.register_buffer("channel_mask", mask.float().detach().clone())
+        self.register_buffer("weights", weights.detach().clone())  # [N+1, C]
+        self.encoder = copy.deepcopy(model.encoder).eval()
+        self.user_gate = copy.deepcopy(model.user_gate).eval() if model.user_gate is not None else None
+        self.register_buffer("item_table", fused.detach().clone())
+        self.requires_grad_(False)
+
+    def _state(self, history: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.embedding(history, self.input_table)
+        return self.encoder(x, history > 0)[:, -1]
+
+    def _scores(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores [P, k] of states ``h`` [P, d] for ``items`` [P, k]."""
+        if self.user_gate is None:
+            return torch.einsum("pd,pkd->pk", h, nn.functional.embedding(items, self.item_table))
+        return self._contrib(h, items).sum(-1)
+
+    def _contrib(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Per-channel score split [P, k, C]."""
+        vecs = self.channel_vecs[items]  # [P, k, C, d]
+        maskf = self.channel_mask[items]  # [P, k, C]
+        if self.user_gate is None:
+            w = self.weights[items]
+            return w * torch.einsum("pd,pkcd->pkc", h, vecs)
+        alpha, u = self.user_gate(h)  # [P, C], [P, C, d]
+        num = alpha.unsqueeze(1) * maskf * torch.einsum("pcd,pkcd->pkc", u, vecs)
+        den = (alpha.unsqueeze(1) * maskf).sum(-1, keepdim=True).clamp_min(1e-6)
+        return num / den
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor):
+        B, L = history.shape
+        k = items.shape[1]
+        h = self._state(history)
+        score = self._scores(h, items)
+        # Leave-one-out: variant j removes position j and shifts the older items right by one
+        # (left padding kept), so the remaining history sits where a shorter history would.
+        pos = torch.arange(L, device=history.device)
+        src = pos.view(1, L) - (pos.view(1, L) <= pos.view(L, 1)).long()  # [L(variant), L]: gather index
+        src = torch.where(pos.view(1, L) > pos.view(L, 1), pos.view(1, L), src)
+        variants = torch.where(src.unsqueeze(0) >= 0,
+                               torch.gather(history.unsqueeze(1).expand(B, L, L), 2, src.clamp_min(0).unsqueeze(0).expand(B, L, L)),
+                               torch.zeros_like(history).unsqueeze(1).expand(B, L, L))  # [B, L, L]
+        hv = self._state(variants.reshape(B * L, L))
+        sv = self._scores(hv, items.unsqueeze(1).expand(B, L, k).reshape(B * L, k)).reshape(B, L, k)
+        drop = (score.unsqueeze(1) - sv) * (history > 0).unsqueeze(-1).to(score.dtype)
+        weight = self.weights[items]
+        contrib = self._contrib(h, items) if self.fusion != "concat" else torch.zeros_like(weight)
+        return score, drop, weight, contrib
+
+
+def explain(model: Recommender, histories: np.ndarray, items: np.ndarray, module: ExplainModule | None = None,
+            top_history: int | None = None) -> list[list[Explanation]]:
+    """Explanations for ``items[b]`` (int64 [B, k], e.g. the top-k of ``model.topk``) given ``histories[b]``."""
+    if not isinstance(model, Recommender):
+        raise ValueError("explanations need a sequential Recommender (popularity has nothing to explain)")
+    module = module or ExplainModule(model)
+    h = _prepare_histories(histories, model.spec.max_len)
+    it = torch.as_tensor(np.asarray(items, dtype=np.int64))
+    if it.ndim != 2 or it.shape[0] != h.shape[0]:
+        raise ValueError(f"items must be int64 [batch, k] with the histories' batch {h.shape[0]}, got {tuple(it.shape)}")
+    if int(it.min()) < 1 or int(it.max()) > model.n_items:
+        raise ValueError(f"items must be item_idx in [1, {model.n_items}]")
+    with torch.no_grad():
+        score, drop, weight, contrib = (t.numpy() for t in module(h, it))
+    names = channel_names(model)
+    hn = h.numpy()
+    out = []
+    for b in range(len(hn)):
+        real = np.flatnonzero(hn[b] > 0)
+        row = []
+        for j in range(it.shape[1]):
+            pairs = sorted(((int(hn[b, p]), float(drop[b, p, j])) for p in real), key=lambda x: -x[1])
+            row.append(Explanation(int(it[b, j]), float(score[b, j]), names, [float(x) for x in weight[b, j]],
+                                   None if model.spec.fusion == "concat" else [float(x) for x in contrib[b, j]],
+                                   pairs[:top_history] if top_history else pairs))
+        out.append(row)
+    return out
+
+
+def attention_rollout(model: Recommender, histories: np.ndarray) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema 2020) from the last position to each history position, [B, L].
+
+    Per layer the head-averaged attention is mixed with the residual (0.5 A + 0.5 I) and the layers
+    are multiplied. Kept as the contrast to leave-one-out in the faithfulness benchmark.
+    """
+    import math
+
+    h = _prepare_histories(histories, model.spec.max_len)
+    enc = model.encoder
+    with torch.no_grad():
+        input_table, _ = model.item_tables()
+        x = nn.functional.embedding(h, input_table)
+        valid = h > 0
+        from fusionrec.models.transformer import attention_bias
+
+        L = x.shape[1]
+        vf = valid.unsqueeze(-1).to(x.dtype)
+        z = enc.in_norm(x + enc.pos[enc.max_len - L:].unsqueeze(0)) * vf
+        bias = attention_bias(valid)
+        roll = torch.eye(L).unsqueeze(0).expand(len(h), L, L)
+        for block in enc.blocks:
+            a = block.attn
+            B = z.shape[0]
+            qkv = a.qkv(block.ln1(z)).view(B, L, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
+            att = torch.softmax(torch.matmul(qkv[0], qkv[1].transpose(-2, -1)) / math.sqrt(a.head_dim) + bias, dim=-1).mean(1)
+            att = 0.5 * att + 0.5 * torch.eye(L).unsqueeze(0)
+            roll = torch.matmul(att, roll)
+            z = block(z, bias) * vf
+    r = roll[:, -1].numpy() * valid.numpy()
+    return r
+
+
+def format_explanation(ex: Explanation, item_ids: Sequence[str], titles: dict[str, str] | None = None, n_history: int = 3,
+                       width: int = 20) -> str:
+    """A person-readable block: the item, a modality bar, and the history items that drove it."""
+    titles = titles or {}
+    iid = item_ids[ex.item_idx]
+    lines = [f"{iid} {titles.get(iid, '')}  (score {ex.score:.3f})".rstrip()]
+    parts = ex.channel_scores if ex.channel_scores is not None else ex.fusion_weights
+    label = "share of the score" if ex.channel_scores is not None else "fusion weight"
+    tot = sum(abs(p) for p in parts) or 1.0
+    bar = []
+    for name, w, p in zip(ex.channels, ex.fusion_weights, parts):
+        if w <= 0:
+            continue
+        share = abs(p) / tot
+        bar.append(f"{name} {'#' * max(1, round(share * width)) if share > 0 else ''} {share:.0%}")
+    lines.append(f"  modalities ({label}): " + " | ".join(bar))
+    if ex.history:
+        lines.append("  because you had:")
+        for hidx, d in ex.history[:n_history]:
+            hid = item_ids[hidx]
+            lines.append(f"    {hid} {titles.get(hid, '')}  (score -{d:.3f} without it)" if d >= 0
+                         else f"    {hid} {titles.get(hid, '')}  (score +{-d:.3f} without it)")
+    return "\n".join(lines)
+
+
+__all__ = ["Explanation", "ExplainModule", "explain", "attention_rollout", "format_explanation", "channel_names"]
