@@ -6,10 +6,12 @@ attribute has that value. Methods:
 
 - ``random``           the expected precision of a random ranking (the value's share of the catalog);
 - ``plain text``       MiniLM(query) . MiniLM(item text): a plain text-embedding search, no alignment;
-- ``aligned max``      the served query model: MiniLM -> aligned text head, cosine with every aligned
-                       modality vector of the item, max over the modalities it has;
-- ``aligned mean``     the same, mean over the item's modalities;
-- ``aligned text``     the same, the item's aligned text vector only.
+- ``neighbours max``   the served query model: MiniLM -> the mean aligned content of the 20 items whose
+                       text is nearest the query -> cosine with every aligned modality vector of the item,
+                       max over the modalities it has;
+- ``neighbours mean``  the same, mean over the item's modalities;
+- ``head max``         MiniLM -> the aligned text head -> cosine, max over the item's modalities;
+- ``head text``        the same, the item's aligned text vector only.
 
     .venv/bin/python benchmarks/query.py                    # default demo catalog (2,000 items), cached under --work
     .venv/bin/python benchmarks/query.py --items 600 --users 400
@@ -94,14 +96,15 @@ def main() -> int:
     tok = QueryTokenizer()
     mods = list(model.spec.modalities)
     rankers = {
-        "aligned max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max"), tok),
-        "aligned mean": QueryRanker(build_query_module(model, aligned, k=args.k, pool="mean"), tok),
-        "aligned text": QueryRanker(build_query_module(model, aligned, k=args.k, modalities=["text"]), tok),
+        "neighbours max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max"), tok),
+        "neighbours mean": QueryRanker(build_query_module(model, aligned, k=args.k, pool="mean"), tok),
+        "head max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max", mode="head"), tok),
+        "head text": QueryRanker(build_query_module(model, aligned, k=args.k, modalities=["text"], mode="head"), tok),
     }
     text_emb = load_npy(work / "emb_text" / "embeddings.npy").astype(np.float32)
     text_mask = load_npy(work / "emb_text" / "mask.npy").astype(bool)
     text_mask[0] = False
-    encoder = rankers["aligned max"].module.encoder
+    encoder = rankers["head max"].module.encoder
 
     def plain_search(queries: list[str]) -> np.ndarray:
         i, m = tok(queries)
@@ -128,7 +131,7 @@ def main() -> int:
             per_value[f"{attr}={v}"] = res
             rows.append((attr, v, res))
     search_seconds = time.perf_counter() - t0
-    methods = ["random", "plain text", "aligned max", "aligned mean", "aligned text"]
+    methods = ["random", "plain text", *rankers]
     per_attr = {a: {m: float(np.mean([r[m] for at, _, r in rows if at == a])) for m in methods} for a in attrs}
 
     lines = [f"precision@{args.k} of attribute-word queries ({', '.join(repr(t) for t in TEMPLATES)}), mean over the values", "",

@@ -80,7 +80,7 @@ def test_query_scores_match_a_by_hand_reference(trained, tokenizer):
 
     model_dir, aligned, _, _ = trained
     model = load_model(model_dir)
-    module = build_query_module(model, aligned, k=10)
+    module = build_query_module(model, aligned, k=10, mode="head")
     queries = ["cooking recipes for dinner", "unsolved murder case"]
     raw, reasons = get_encoder("text", "minilm", device="cpu").encode_batch(queries)
     assert reasons == [None, None]
@@ -98,10 +98,40 @@ def test_query_scores_match_a_by_hand_reference(trained, tokenizer):
         # MiniLM runs on the padded batch here vs one bucket per text in the encoder: same tokens, float noise only
         np.testing.assert_allclose(score[b], ref[b][idx[b]], atol=1e-4)
         np.testing.assert_allclose(score[b], ref[b][expect], atol=1e-4)
-    mean = build_query_module(model, aligned, k=10, pool="mean")
+    mean = build_query_module(model, aligned, k=10, pool="mean", mode="head")
     ref_mean = np.where(mask[None], cos, 0).sum(-1) / np.maximum(mask.sum(-1), 1)[None]
     i2, s2 = QueryRanker(mean, tokenizer).search(queries, k=10)
     np.testing.assert_allclose(s2, np.take_along_axis(ref_mean, i2, 1), atol=1e-4)
+
+
+def test_neighbours_mode_matches_a_by_hand_reference(trained, tokenizer):
+    """Query vector = mean aligned content of the 5 items whose MiniLM text vector is nearest the query's."""
+    from fusionrec.artifacts import load_npy
+    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.models import load_model
+
+    model_dir, aligned, text_dir, _ = trained
+    model = load_model(model_dir)
+    queries = ["football match tactics", "galaxies and black holes"]
+    raw, _ = get_encoder("text", "minilm", device="cpu").encode_batch(queries)
+    items = load_npy(text_dir / "embeddings.npy")
+    present = load_npy(text_dir / "mask.npy").astype(bool)
+    present[0] = False
+    feats = model.features.numpy()
+    mask = model.feature_mask.numpy()
+    feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12) * mask[..., None]
+    content = feats.sum(1) / np.maximum(mask.sum(1), 1)[:, None]
+    sim = np.where(present[None], raw @ items.T, -np.inf)
+    near = np.argsort(-sim, axis=1)[:, :5]
+    z = content[near].mean(1)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    ref = np.where(mask[None], np.einsum("bd,nmd->bnm", z, feats), -np.inf).max(-1)
+    ref[:, 0] = -np.inf
+    idx, score = QueryRanker(build_query_module(model, aligned, k=10, neighbours=5), tokenizer).search(queries, k=10)
+    for b in range(2):
+        # float noise only (padded batch vs per-text buckets); a near-tie at the 5th neighbour would show as a failure
+        np.testing.assert_allclose(score[b], ref[b][idx[b]], atol=1e-4)
+        np.testing.assert_allclose(score[b], np.sort(ref[b])[::-1][:10], atol=1e-4)
 
 
 def test_an_image_only_item_is_found_by_a_text_query(trained, tokenizer):

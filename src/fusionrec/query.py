@@ -1,11 +1,18 @@
 """Text-query onboarding: a new user describes what they want in words and gets items, no history needed.
 
 The query goes through the same text encoder the catalog's text was encoded with (MiniLM,
-attention-masked mean pooling, L2 norm) and the *aligned text head* of the align step, so it
-lands in the shared space where every item has one vector per modality it carries. Items are
-ranked by the cosine between the query and their aligned content, pooled over the item's
-present modalities (``max`` by default, or ``mean``), so an item with no text at all can still
-be found through its image or audio vector. The model's own item table (``Recommender.features``)
+attention-masked mean pooling, L2 norm) and from there into the aligned space of the align step,
+where every item has one vector per modality it carries. Two ways in (``mode``):
+
+- ``neighbours`` (default): the mean aligned content of the 20 items whose text is nearest the
+  query in the text encoder's own space (query expansion through the catalog);
+- ``head``: the aligned text head applied to the query vector. It was fitted to whole item
+  descriptions, and a few query words land far from them: on the demo catalog it retrieves the
+  genre a query names about half as precisely as ``neighbours`` (benchmarks/query.py).
+
+Items are ranked by the cosine between that vector and their aligned content, pooled over the
+item's present modalities (``max`` by default, or ``mean``), so an item with no text at all can
+still be found through its image or audio vector. The model's own item table (``Recommender.features``)
 is used, so item_idx, item ids and items added by ``export --add-items`` are the ranker's.
 
 Tokenization happens in the client (:class:`QueryTokenizer`): the query is checked (not empty,
@@ -43,6 +50,7 @@ MAX_QUERY_CHARS = 300
 MIN_LATIN_SHARE = 0.5
 """At least this share of a query's letters must be Latin: all-MiniLM-L6-v2 was trained on English."""
 Pool = Literal["max", "mean"]
+Mode = Literal["neighbours", "head"]
 
 
 class QueryError(ValueError):
@@ -130,12 +138,14 @@ def _module_classes():
         """
 
         def __init__(self, encoder: nn.Module, head: nn.Module, features: torch.Tensor, mask: torch.Tensor, k: int,
-                     pool: str = "max", vocab_size: int | None = None):
+                     pool: str = "max", vocab_size: int | None = None, mode: str = "neighbours",
+                     text_table: torch.Tensor | None = None, neighbours: int = 20):
             super().__init__()
             self.encoder = encoder.eval()
             self.head = head.eval()
             self.k = int(k)
             self.pool = pool
+            self.mode = mode
             self.vocab_size = int(vocab_size or encoder.config.vocab_size)
             feats = torch.nn.functional.normalize(features.float(), dim=-1) * mask.unsqueeze(-1).float()
             self.register_buffer("item_features", feats.contiguous())  # [N+1, M, D]
@@ -143,15 +153,46 @@ def _module_classes():
             none = mask.sum(1) == 0
             none[0] = True
             self.register_buffer("penalty", torch.where(none, EXCLUDED, 0.0).float())
+            if mode == "neighbours":
+                if text_table is None:
+                    raise ValueError("mode 'neighbours' needs the items' text-encoder vectors (text_table)")
+                tt = torch.nn.functional.normalize(text_table.float(), dim=-1)
+                has_text = tt.abs().sum(-1) > 0
+                has_text[0] = False
+                self.neighbours = int(min(neighbours, int(has_text.sum())))
+                if self.neighbours < 1:
+                    raise ValueError("mode 'neighbours' needs items with text")
+                self.register_buffer("text_table", tt.contiguous())  # [N+1, d_text]
+                self.register_buffer("text_penalty", torch.where(has_text, 0.0, EXCLUDED).float())
+                # an item's aligned content: the mean of its present modalities' aligned vectors
+                content = (feats * mask.unsqueeze(-1).float()).sum(1) / mask.float().sum(1, keepdim=True).clamp(min=1.0)
+                self.register_buffer("item_content", content.contiguous())  # [N+1, D]
+            elif mode != "head":
+                raise ValueError(f"query mode must be 'neighbours' or 'head', got '{mode}'")
             self.requires_grad_(False)
 
-        def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            """The query's aligned vector [B, D] (L2-normalised)."""
+        def text_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            """The query's text-encoder vector [B, d_text]: masked mean pool, L2 norm (as the catalog's text)."""
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-            return self.head(pooled)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+        def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            """The query's vector in the aligned space [B, D] (L2-normalised).
+
+            ``head``: the aligned text head applied to the query's text vector. ``neighbours``: the
+            mean aligned content of the ``neighbours`` items whose text is nearest the query in the
+            text encoder's own space (the head was fitted to whole descriptions; a few query words
+            are far from them, and the neighbours carry the query into the space without that shift).
+            """
+            q = self.text_vector(input_ids, attention_mask)
+            if self.mode == "head":
+                return self.head(q)
+            sim = torch.matmul(q, self.text_table.t()) + self.text_penalty
+            _, near = torch.topk(sim, self.neighbours, dim=1)
+            z = nn.functional.embedding(near, self.item_content).mean(1)
+            return torch.nn.functional.normalize(z, p=2.0, dim=1)
 
         def scores(self, z: torch.Tensor) -> torch.Tensor:
             """Scores [B, N+1] of query vectors ``z`` [B, D] against every item (padding/empty items excluded)."""
@@ -186,39 +227,52 @@ def load_text_encoder(source: str | os.PathLike | None = None):
     return AutoModel.from_pretrained(str(source), local_files_only=True).eval()
 
 
-def text_encoder_source(aligned: str | os.PathLike) -> Path:
-    """The text model folder the aligned artifact's text embeddings were made with (so the query matches them)."""
+def text_embeddings_artifact(aligned: str | os.PathLike) -> Path:
+    """The text embeddings artifact the aligned artifact was trained from (named in its manifest)."""
     from fusionrec.artifacts import read_manifest
 
     am = read_manifest(aligned, kind="aligned")
+    if "text" not in am.get("modalities", []):
+        raise QueryError(f"the catalog has no text modality (aligned artifact {aligned} has {am.get('modalities')}): "
+                         "a text query needs the text encoder and its aligned head")
     for role, inp in am.get("inputs", {}).items():
         p = Path(inp["path"]) if isinstance(inp, dict) and "path" in inp else None
         if role.startswith("embeddings") and p is not None and (p / "manifest.json").exists():
             em = read_manifest(p)
-            if (em.get("modality") or em.get("params", {}).get("modality")) != "text":
-                continue
-            enc = em.get("encoder")
-            if enc in (None, "minilm"):
-                from fusionrec.encoders.text import minilm_path
+            if (em.get("modality") or em.get("params", {}).get("modality")) == "text":
+                return p
+    raise QueryError(f"the text embeddings artifact named in {aligned}/manifest.json is gone: the query needs the "
+                     "text encoder the catalog was encoded with and the items' text vectors")
 
-                return minilm_path()
-            model = (em.get("weights") or {}).get("model") or em.get("params", {}).get("encoder_kwargs", {}).get("model")
-            if model and Path(model).exists():
-                return Path(model)
-            raise QueryError(f"the text embeddings of {aligned} were made with encoder '{enc}' ({model}), "
-                             "whose weights are not a local folder here: the query must use the same text model")
+
+def text_encoder_source(aligned: str | os.PathLike) -> Path:
+    """The text model folder the aligned artifact's text embeddings were made with (so the query matches them)."""
+    from fusionrec.artifacts import read_manifest
     from fusionrec.encoders.text import minilm_path
 
-    return minilm_path()
+    em = read_manifest(text_embeddings_artifact(aligned))
+    enc = em.get("encoder")
+    if enc in (None, "minilm"):
+        return minilm_path()
+    model = (em.get("weights") or {}).get("model") or em.get("params", {}).get("encoder_kwargs", {}).get("model")
+    if model and Path(model).exists():
+        return Path(model)
+    raise QueryError(f"the text embeddings of {aligned} were made with encoder '{enc}' ({model}), "
+                     "whose weights are not a local folder here: the query must use the same text model")
 
 
 def build_query_module(model, aligned: str | os.PathLike, k: int = 100, pool: Pool = "max",
-                       modalities: Sequence[str] | None = None, text_model: str | os.PathLike | None = None):
-    """The query graph of a trained ``Recommender`` (its item table) and the aligned artifact's text head.
+                       modalities: Sequence[str] | None = None, text_model: str | os.PathLike | None = None,
+                       mode: Mode = "neighbours", neighbours: int = 20):
+    """The query graph of a trained ``Recommender`` (its item table) and the aligned artifact (text head, item texts).
 
-    ``modalities``: which of the model's modalities an item is matched by (default: all).
+    ``modalities``: which of the model's modalities an item is matched by (default: all). ``mode``:
+    how the query enters the aligned space (see ``QueryModule.embed``); ``neighbours`` is the default
+    because it retrieves the attribute the text shows far better (benchmarks/query.py).
     """
     import torch
+
+    from fusionrec.artifacts import load_npy
 
     from fusionrec.models.align import load_heads
 
@@ -244,8 +298,21 @@ def build_query_module(model, aligned: str | os.PathLike, k: int = 100, pool: Po
         raise QueryError(f"the text head takes {heads['text'].mean.shape[0]}-d vectors but the text model gives "
                          f"{encoder.config.hidden_size}-d: the query must use the text model the catalog was encoded with")
     k = int(min(k, model.n_items))
+    text_table = None
+    if mode == "neighbours":
+        emb = text_embeddings_artifact(aligned)
+        raw = load_npy(emb / "embeddings.npy").astype(np.float32)
+        present = load_npy(emb / "mask.npy").astype(bool)
+        if raw.shape[1] != encoder.config.hidden_size:
+            raise QueryError(f"{emb}: {raw.shape[1]}-d text vectors but the text model gives {encoder.config.hidden_size}-d")
+        n = model.n_items + 1
+        table = np.zeros((n, raw.shape[1]), np.float32)
+        m = min(n, len(raw))  # items added after training (export --add-items) have no row: found by content only
+        table[:m] = raw[:m] * present[:m, None]
+        text_table = torch.from_numpy(table)
     with torch.no_grad():
-        return _module_classes()(encoder, heads["text"], feats, mask, k, pool)
+        return _module_classes()(encoder, heads["text"], feats, mask, k, pool, mode=mode, text_table=text_table,
+                                 neighbours=neighbours)
 
 
 class QueryRanker:
@@ -258,11 +325,12 @@ class QueryRanker:
 
     @classmethod
     def from_artifacts(cls, model: str | os.PathLike, aligned: str | os.PathLike, dataset: str | os.PathLike | None = None,
-                       k: int = 100, pool: Pool = "max", modalities: Sequence[str] | None = None) -> "QueryRanker":
+                       k: int = 100, pool: Pool = "max", modalities: Sequence[str] | None = None,
+                       mode: Mode = "neighbours", neighbours: int = 20) -> "QueryRanker":
         from fusionrec.models import load_model
 
         m = load_model(model, device="cpu")
-        module = build_query_module(m, aligned, k=k, pool=pool, modalities=modalities)
+        module = build_query_module(m, aligned, k=k, pool=pool, modalities=modalities, mode=mode, neighbours=neighbours)
         ids = None
         if dataset is not None:
             from fusionrec.data.dataset import DatasetArtifact
@@ -395,7 +463,8 @@ def write_query_model(mdir: Path, module, tokenizer: QueryTokenizer, *, max_batc
     atomic_write_text(mdir / "config.pbtxt", query_config_pbtxt(mdir.name, tokenizer.max_tokens, k, max_batch_size,
                                                                  max_queue_delay_us, preferred, instance_kind, instance_count))
     report = {"kind": "query", "export": info, "parity": parity, "k": k, "max_tokens": tokenizer.max_tokens,
-              "n_items": int(module.item_features.shape[0] - 1), "pool": module.pool,
+              "n_items": int(module.item_features.shape[0] - 1), "pool": module.pool, "mode": module.mode,
+              "neighbours": getattr(module, "neighbours", None),
               "vocab_size": tokenizer.vocab_size,
               "inputs": {INPUT_IDS: ["batch", tokenizer.max_tokens], ATTENTION_MASK: ["batch", tokenizer.max_tokens], "dtype": "int64"},
               "outputs": {"ITEM_IDX": ["batch", k], "SCORE": ["batch", k]},
