@@ -24,10 +24,12 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
 from fusionrec.config import StepConfig
-from fusionrec.metrics import DEFAULT_KS, item_coverage, per_case_metrics, ranks_from_topk
-from fusionrec.progress import progress
-from fusionrec.ranking import TopKRanker
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.metrics import DEFAULT_KS, item_coverage, topk_metrics
+from fusionrec.models.recommender import load_model
+from fusionrec.ranking import TopKRanker, rank_cases
 
 SEGMENTS = ("overall", "warm", "cold")
 
@@ -52,15 +54,6 @@ class EvalResult:
     topk: np.ndarray | None = field(default=None, repr=False)
 
 
-def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank") -> np.ndarray:
-    """Top-``k`` item_idx [n_cases, k] for every history, in batches."""
-    out = []
-    for start in progress(range(0, len(histories), batch_size), desc=desc, unit="batch", leave=False):
-        idx, _ = ranker.topk(histories[start:start + batch_size], k)
-        out.append(np.asarray(idx, dtype=np.int64))
-    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
-
-
 def evaluate(
     ranker: TopKRanker,
     dataset,
@@ -75,8 +68,6 @@ def evaluate(
 
     ``cases`` may pass precomputed ``dataset.eval_cases(split, max_len)`` (training reuses it).
     """
-    from fusionrec.data.dataset import DatasetArtifact
-
     if not isinstance(dataset, DatasetArtifact):
         dataset = DatasetArtifact(dataset)
     ks = sorted(int(k) for k in ks)
@@ -87,10 +78,8 @@ def evaluate(
     k_eff = min(k_max, n_items)
     top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}")
     targets = df["item_idx"].to_numpy(np.int64)
-    ranks = ranks_from_topk(top, targets)
     in_hist = (histories == targets[:, None]).any(1)
-    ranks[in_hist] = 0
-    metrics = per_case_metrics(ranks, ks)
+    ranks, metrics = topk_metrics(top, targets, ks, miss=in_hist)
     per_case = pd.DataFrame({
         "case_id": df["case_id"].to_numpy(np.int64),
         "user_idx": df["user_idx"].to_numpy(np.int64),
@@ -131,10 +120,6 @@ def summary_table(rows: dict[str, dict[str, dict[str, float]]], ks: Sequence[int
 
 def run(dataset: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, cfg: EvalConfig | None = None) -> Path:
     """Evaluate a model artifact on ``cfg.split`` and write an ``evaluation`` artifact (metrics.json + per_case.parquet)."""
-    from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
-    from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.models.recommender import load_model
-
     cfg = cfg or EvalConfig()
     out = Path(out)
     ds = DatasetArtifact(dataset)

@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import os
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,16 @@ class DatasetArtifact:
     def items(self) -> pd.DataFrame:
         """One row per item, sorted by ``item_idx`` (1..n_items)."""
         return pd.read_parquet(self.path / "items.parquet").sort_values("item_idx").reset_index(drop=True)
+
+    def with_items(self, items: pd.DataFrame) -> "DatasetArtifact":
+        """This dataset seen with another item table, in memory (nothing is written).
+
+        Used to encode items appended to the catalog (``fusionrec.export.new_items``): media paths
+        in ``items`` are relative to this artifact, or absolute.
+        """
+        view = copy.copy(self)
+        view.__dict__["items"] = items.sort_values("item_idx").reset_index(drop=True)  # the cached_property's slot
+        return view
 
     @cached_property
     def users(self) -> pd.DataFrame:

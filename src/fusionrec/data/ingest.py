@@ -358,6 +358,28 @@ def _clean_items(raw: pd.DataFrame, name: str) -> tuple[pd.DataFrame, _Rejects]:
     return items, rej
 
 
+def read_items(path: Path) -> pd.DataFrame:
+    """An items table (CSV or Parquet, or a folder holding one) cleaned by ingest's rules, for items added later.
+
+    ``fusionrec export --add-items`` reads new items here: ids as strings, text and media paths as
+    text or None, further scalar columns as tabular ones (numeric when every CSV value parses), as
+    ingest would. The columns ingest computes (``item_idx``, ``cold``, ``*_status``) are dropped;
+    a row ingest would reject (blank or repeated ``item_id``) is an error, since no new item may be lost.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _find_table(path, "items")
+    raw = read_table(path)
+    raw = raw.drop(columns=[c for c in RESERVED_ITEM_COLUMNS if c in raw.columns])
+    items, rej = _clean_items(raw, path.name)
+    if rej.rows:
+        details = [d for *_, d in sorted(rej.rows)]
+        raise DataContractError(f"{path.name}: {len(details)} new item row(s) rejected: {'; '.join(details[:5])}")
+    tab, _, _ = _tabular(raw, rej.alive, path.suffix == ".csv")
+    items = items.drop(columns=["item_idx", "_row"]).reset_index(drop=True)
+    return pd.concat([items, tab.reset_index(drop=True)], axis=1)
+
+
 def _tabular(raw: pd.DataFrame, alive: np.ndarray, csv: bool) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The further scalar columns of the items file (tabular modality) for kept rows."""
     skip = set(ITEM_REQUIRED) | set(TEXT_COLUMNS) | set(MEDIA_COLUMNS)

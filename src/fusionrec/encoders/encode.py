@@ -40,6 +40,8 @@ from pydantic import Field, model_validator
 
 from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, load_npy, read_manifest, save_npy, save_parquet, write_manifest
 from fusionrec.config import StepConfig
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.encoders.image import cache_root
 from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, default_encoder, get_encoder
 from fusionrec.progress import get_logger, progress
 
@@ -279,8 +281,6 @@ class EmbeddingCache:
 
 
 def default_cache_dir() -> Path:
-    from fusionrec.encoders.image import cache_root
-
     return cache_root() / "embeddings"
 
 
@@ -419,16 +419,14 @@ def shard_positions(n_items: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, n_items, num_shards))
 
 
-def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None) -> Path:
-    """Encode ``cfg.modality`` of the dataset artifact ``dataset`` into ``out``.
+def run(dataset: Path | DatasetArtifact, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None) -> Path:
+    """Encode ``cfg.modality`` of the dataset artifact ``dataset`` (a path, or an open ``DatasetArtifact``) into ``out``.
 
     ``encoder`` lets a caller reuse an already loaded encoder (it must be the one ``cfg`` names).
     With ``cfg.num_shards > 1`` the output is an ``embeddings_shard`` artifact for ``merge``.
     """
-    from fusionrec.data.dataset import DatasetArtifact
-
-    dataset, out = Path(dataset), Path(out)
-    ds = DatasetArtifact(dataset)
+    ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
+    dataset, out = ds.path, Path(out)
     items = ds.items
     n = len(items)
     if not np.array_equal(items["item_idx"].to_numpy(np.int64), np.arange(1, n + 1)):

@@ -32,6 +32,8 @@ from torch import nn
 
 from fusionrec.artifacts import ArtifactError, artifact_dir, atomic_write_json, load_npy, read_json, read_manifest, save_npy, write_manifest
 from fusionrec.config import StepConfig
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.device import pick_device
 from fusionrec.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -117,9 +119,6 @@ def _pair_metrics(heads: dict[str, Head], data: dict[str, tuple[torch.Tensor, to
 
 def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLike, cfg: AlignConfig | None = None) -> Path:
     """Train the projection heads and write the ``aligned`` artifact to ``out``; returns ``out``."""
-    from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.device import pick_device
-
     cfg = cfg or AlignConfig()
     out = Path(out)
     ds = DatasetArtifact(dataset)
