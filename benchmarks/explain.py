@@ -51,8 +51,8 @@ def main() -> int:
     from fusionrec.models import load_model
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
     from query import git_commit
     from quality import _step, prepare
 

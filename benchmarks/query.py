@@ -70,8 +70,8 @@ def main() -> int:
     from fusionrec.models import load_model
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
     from fusionrec.query import QueryRanker, QueryTokenizer, build_query_module
     from quality import _step, prepare
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusionrec.explain import ExplainModule, attention_rollout, explain, format_explanation
+from fusionrec.explain import (ExplainModule, attention_rollout, explain, explanations_from_arrays, format_explanation,
+                               write_explain_model)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_models import histories, tiny_model  # noqa: E402
@@ -106,3 +107,25 @@ def test_explain_module_gives_the_same_numbers_in_a_batch_as_alone():
         one = m(h[2:3], items[2:3])
     for a, b in zip(full, one):
         np.testing.assert_allclose(a[2:3].numpy(), b.numpy(), atol=1e-5)  # batch composition must not matter
+
+
+def test_explain_graph_exports_with_parity_and_a_guard(tmp_path):
+    from fusionrec.export import ExportConfig
+    from fusionrec.model_repository import graph_io, ort_session
+
+    model = tiny_model("user_gate")
+    h = histories()[:4]
+    report = write_explain_model(tmp_path / "m_explain", model, h, ExportConfig(name="m", instance_kind="KIND_CPU"), explain_k=3)
+    assert report["parity"]["passed"] and report["parity"]["invalid_row_guard_ok"]
+    kind, ins, outs = graph_io(tmp_path / "m_explain")
+    assert kind == "explain" and [t.name for t in ins] == ["HISTORY", "ITEMS"] and outs[1].dims == (10, 3)
+    sess = ort_session(tmp_path / "m_explain" / "1" / "model.onnx")
+    idx, _ = model.topk(h, 3)
+    score, drop, weight, contrib = sess.run(["SCORE", "DROP", "WEIGHT", "CONTRIB"], {"HISTORY": h, "ITEMS": idx})
+    served = explanations_from_arrays(h, idx, score, drop, weight, contrib, report["channels"], True)
+    local = explain(model, h, idx)
+    for a, b in zip(served, local):
+        for x, y in zip(a, b):
+            assert x.item_idx == y.item_idx and x.score == pytest.approx(y.score, abs=1e-4)  # ORT vs PyTorch kernels
+            assert [i for i, _ in x.history][:1] == [i for i, _ in y.history][:1] or \
+                abs(x.history[0][1] - y.history[0][1]) < 1e-4

@@ -17,24 +17,8 @@ from fusionrec.query import (MAX_QUERY_TOKENS, QueryError, QueryRanker, QueryTok
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    """(model dir, aligned dir, text embeddings dir, image-only aligned dir) of a tiny fused text+image model."""
-    from fusionrec.encoders.encode import EncodeConfig
-    from fusionrec.encoders.encode import run as encode
-    from fusionrec.models.align import AlignConfig
-    from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
-
-    root = tmp_path_factory.mktemp("query")
-    cache = str(root / "cache")
-    text = encode(tiny_dataset, root / "emb_text", EncodeConfig(modality="text", device="cpu", cache_dir=cache))
-    image = encode(tiny_dataset, root / "emb_image", EncodeConfig(modality="image", device="cpu", cache_dir=cache))
-    aligned = align(tiny_dataset, [text, image], root / "aligned", AlignConfig(dim=32, epochs=5, device="cpu"))
-    model = train(tiny_dataset, aligned, root / "model", TrainConfig(model="fused", dim=32, layers=1, heads=2, max_len=20,
-                                                                     epochs=2, device="cpu"))
-    image_only = align(tiny_dataset, [image], root / "aligned_image", AlignConfig(dim=32, epochs=2, device="cpu"))
-    return model, aligned, text, image_only
+def trained(tiny_text_image_model):
+    return tiny_text_image_model
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +135,8 @@ def test_an_image_only_item_is_found_by_a_text_query(trained, tokenizer):
 
 def test_catalog_without_text_is_refused(trained, tiny_dataset, tmp_path):
     from fusionrec.models import load_model
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     _, _, _, image_only = trained
     model = train(tiny_dataset, image_only, tmp_path / "m", TrainConfig(model="fused", dim=16, layers=1, heads=1, max_len=10,
@@ -162,19 +146,22 @@ def test_catalog_without_text_is_refused(trained, tiny_dataset, tmp_path):
 
 
 def test_query_model_exports_with_parity_and_a_guard(trained, tokenizer, tmp_path):
-    from fusionrec.export import ort_session
+    from fusionrec.export import ExportConfig
+    from fusionrec.model_repository import graph_io, ort_session
     from fusionrec.models import load_model
     from fusionrec.serving.config import parse_model_config
 
     model_dir, aligned, _, _ = trained
     module = build_query_module(load_model(model_dir), aligned, k=8)
     mdir = tmp_path / "demo_query"
-    report = write_query_model(mdir, module, tokenizer, instance_kind="KIND_CPU")
+    report = write_query_model(mdir, module, tokenizer, ExportConfig(name="demo", instance_kind="KIND_CPU"))
     assert report["parity"]["passed"] and report["parity"]["invalid_row_guard_ok"]
     assert report["parity"]["n_cases"] >= 20
     cfg = parse_model_config((mdir / "config.pbtxt").read_text())
     assert [i.name for i in cfg.input] == ["INPUT_IDS", "ATTENTION_MASK"] and cfg.HasField("dynamic_batching")
     assert json.loads((mdir / "export_report.json").read_text())["max_tokens"] == MAX_QUERY_TOKENS
+    kind, ins, outs = graph_io(mdir)
+    assert kind == "query" and [t.dims for t in ins] == [(MAX_QUERY_TOKENS,)] * 2 and outs[0].dims == (8,)
     # the shipped tokenizer gives the same ids as the package's, so a client needs only the repository
     again = QueryTokenizer(mdir / "tokenizer")
     a, b = tokenizer(["calm nature walks"]), again(["calm nature walks"])

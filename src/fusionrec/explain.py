@@ -147,19 +147,8 @@ def explain(model: Recommender, histories: np.ndarray, items: np.ndarray, module
         raise ValueError(f"items must be item_idx in [1, {model.n_items}]")
     with torch.no_grad():
         score, drop, weight, contrib = (t.numpy() for t in module(h, it))
-    names = channel_names(model)
-    hn = h.numpy()
-    out = []
-    for b in range(len(hn)):
-        real = np.flatnonzero(hn[b] > 0)
-        row = []
-        for j in range(it.shape[1]):
-            pairs = sorted(((int(hn[b, p]), float(drop[b, p, j])) for p in real), key=lambda x: -x[1])
-            row.append(Explanation(int(it[b, j]), float(score[b, j]), names, [float(x) for x in weight[b, j]],
-                                   None if model.spec.fusion == "concat" else [float(x) for x in contrib[b, j]],
-                                   pairs[:top_history] if top_history else pairs))
-        out.append(row)
-    return out
+    return explanations_from_arrays(h.numpy(), it.numpy(), score, drop, weight, contrib, channel_names(model),
+                                    model.spec.fusion != "concat", top_history)
 
 
 def attention_rollout(model: Recommender, histories: np.ndarray) -> np.ndarray:
@@ -195,6 +184,100 @@ def attention_rollout(model: Recommender, histories: np.ndarray) -> np.ndarray:
     return r
 
 
+class GuardedExplain(nn.Module):
+    """``ExplainModule`` whose rows with a history id outside [0, n] or an item outside [1, n] come back NaN."""
+
+    def __init__(self, inner: ExplainModule, n_items: int):
+        super().__init__()
+        self.inner = inner
+        self.n_items = int(n_items)
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor):
+        bad = ((history < 0) | (history > self.n_items)).any(1) | ((items < 1) | (items > self.n_items)).any(1)
+        h = torch.where(bad.unsqueeze(1), torch.zeros_like(history), history)
+        it = torch.where(bad.unsqueeze(1), torch.ones_like(items), items)
+        outs = self.inner(h, it)
+        nan = torch.full((), float("nan"))
+        return tuple(torch.where(bad.view(-1, *([1] * (o.dim() - 1))), nan, o) for o in outs)
+
+
+def write_explain_model(mdir, model: Recommender, histories: np.ndarray, cfg, explain_k: int = 10,
+                        tolerance: float = 1e-4) -> dict:
+    """Write ``mdir`` = ``<repo>/<name>_explain`` (ONNX graph of :class:`ExplainModule`, config, report).
+
+    Parity: onnxruntime vs PyTorch on ``histories`` (the dataset's test cases) with their top-``explain_k``
+    items, every output within ``tolerance``, and the invalid-row guard; ``RuntimeError`` otherwise.
+    """
+    import time
+    import warnings
+    from pathlib import Path
+
+    import onnx
+
+    from fusionrec.artifacts import atomic_write_json, atomic_write_text
+    from fusionrec.model_repository import (CONTRIB, DROP, HISTORY, ITEMS, SCORE, WEIGHT, GraphTensor, companion_config_pbtxt,
+                                            ort_session)
+
+    mdir = Path(mdir)
+    (mdir / "1").mkdir(parents=True)
+    onnx_path = mdir / "1" / "model.onnx"
+    L, E, C = int(model.spec.max_len), int(min(explain_k, model.n_items)), len(channel_names(model))
+    graph = GuardedExplain(ExplainModule(model), model.n_items).eval()
+    h = _prepare_histories(histories, L).numpy()
+    items, _ = model.topk(h, E)
+    names = [SCORE, DROP, WEIGHT, CONTRIB]
+    t0 = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (torch.from_numpy(h[:2]), torch.from_numpy(items[:2])), str(onnx_path),
+                          input_names=[HISTORY, ITEMS], output_names=names, opset_version=min(cfg.opset, 20),
+                          dynamic_axes={n: {0: "batch"} for n in [HISTORY, ITEMS, *names]}, dynamo=False, external_data=False)
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    info = {"exporter": "legacy", "opset": min(cfg.opset, 20), "seconds": round(time.perf_counter() - t0, 2)}
+    sess = ort_session(onnx_path)
+    max_diff = 0.0
+    with torch.no_grad():
+        for s0 in range(0, len(h), 128):
+            ref = [t.numpy() for t in graph(torch.from_numpy(h[s0:s0 + 128]), torch.from_numpy(items[s0:s0 + 128]))]
+            got = sess.run(names, {HISTORY: h[s0:s0 + 128], ITEMS: items[s0:s0 + 128]})
+            max_diff = max(max_diff, *(float(np.max(np.abs(r - g))) for r, g in zip(ref, got)))
+    probe_h = np.concatenate([h[:1], h[:1]])
+    probe_h[1, -1] = model.n_items + 3
+    g = sess.run(names, {HISTORY: probe_h, ITEMS: np.concatenate([items[:1], items[:1]])})
+    guard_ok = bool(all(np.isnan(o[1]).all() and np.isfinite(o[0]).all() for o in g))
+    parity = {"n_cases": int(len(h)), "max_abs_diff": max_diff, "tolerance": tolerance, "invalid_row_guard_ok": guard_ok,
+              "provider": sess.get_providers()[0], "passed": bool(max_diff <= tolerance and guard_ok)}
+    if not parity["passed"]:
+        raise RuntimeError(f"explain model: ONNX/PyTorch parity failed (max |diff| {max_diff:.3g} > {tolerance} "
+                           f"or guard ok {guard_ok})")
+    inputs = [GraphTensor(HISTORY, "int64", (L,)), GraphTensor(ITEMS, "int64", (E,))]
+    outputs = [GraphTensor(SCORE, "float32", (E,)), GraphTensor(DROP, "float32", (L, E)),
+               GraphTensor(WEIGHT, "float32", (E, C)), GraphTensor(CONTRIB, "float32", (E, C))]
+    atomic_write_text(mdir / "config.pbtxt", companion_config_pbtxt(mdir.name, inputs, outputs, cfg))
+    report = {"kind": "explain", "export": info, "parity": parity, "n_items": model.n_items, "max_len": L, "explain_k": E,
+              "channels": channel_names(model), "fusion": model.spec.fusion, "split_exact": model.spec.fusion != "concat",
+              "tensors": {"inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs]}}
+    atomic_write_json(mdir / "export_report.json", report)
+    return report
+
+
+def explanations_from_arrays(histories: np.ndarray, items: np.ndarray, score: np.ndarray, drop: np.ndarray,
+                             weight: np.ndarray, contrib: np.ndarray, channels: list[str], split_exact: bool,
+                             top_history: int | None = None) -> list[list[Explanation]]:
+    """``Explanation`` objects from the explain graph's outputs (PyTorch or served)."""
+    out = []
+    for b in range(len(histories)):
+        real = np.flatnonzero(histories[b] > 0)
+        row = []
+        for j in range(items.shape[1]):
+            pairs = sorted(((int(histories[b, p]), float(drop[b, p, j])) for p in real), key=lambda x: -x[1])
+            row.append(Explanation(int(items[b, j]), float(score[b, j]), list(channels), [float(x) for x in weight[b, j]],
+                                   [float(x) for x in contrib[b, j]] if split_exact else None,
+                                   pairs[:top_history] if top_history else pairs))
+        out.append(row)
+    return out
+
+
 def format_explanation(ex: Explanation, item_ids: Sequence[str], titles: dict[str, str] | None = None, n_history: int = 3,
                        width: int = 20) -> str:
     """A person-readable block: the item, a modality bar, and the history items that drove it."""
@@ -220,4 +303,4 @@ def format_explanation(ex: Explanation, item_ids: Sequence[str], titles: dict[st
     return "\n".join(lines)
 
 
-__all__ = ["Explanation", "ExplainModule", "explain", "attention_rollout", "format_explanation", "channel_names"]
+__all__ = ["Explanation", "ExplainModule", "GuardedExplain", "write_explain_model", "explanations_from_arrays", "explain", "attention_rollout", "format_explanation", "channel_names"]

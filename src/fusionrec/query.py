@@ -41,9 +41,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-QUERY_SUFFIX = "_query"
-INPUT_IDS = "INPUT_IDS"
-ATTENTION_MASK = "ATTENTION_MASK"
+from fusionrec.model_repository import ATTENTION_MASK, INPUT_IDS, QUERY_SUFFIX
 MAX_QUERY_TOKENS = 32
 """Tokens per query including [CLS]/[SEP]: a description of what one wants, not a document."""
 MAX_QUERY_CHARS = 300
@@ -375,31 +373,6 @@ PARITY_QUERIES = (
 )
 
 
-def query_config_pbtxt(name: str, max_tokens: int, k: int, max_batch_size: int, max_queue_delay_us: int,
-                       preferred: Sequence[int], instance_kind: str, instance_count: int) -> str:
-    """Triton ``config.pbtxt`` of the query model (onnxruntime backend, dynamic batching)."""
-    pref = sorted({b for b in preferred if 0 < b <= max_batch_size})
-    lines = [
-        f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
-        f"max_batch_size: {max_batch_size}",
-        "input [",
-        f'  {{ name: "{INPUT_IDS}", data_type: TYPE_INT64, dims: [ {max_tokens} ] }},',
-        f'  {{ name: "{ATTENTION_MASK}", data_type: TYPE_INT64, dims: [ {max_tokens} ] }}',
-        "]",
-        "output [",
-        '  { name: "ITEM_IDX", data_type: TYPE_INT64, dims: [ %d ] },' % k,
-        '  { name: "SCORE", data_type: TYPE_FP32, dims: [ %d ] }' % k,
-        "]",
-        "dynamic_batching {",
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
-    ]
-    if pref:
-        lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in pref)} ]")
-    lines += ["}", f"instance_group [ {{ count: {instance_count}, kind: {instance_kind} }} ]"]
-    return "\n".join(lines) + "\n"
-
-
 def export_query_onnx(module, path: Path, max_tokens: int, opset: int = 18) -> dict:
     """``torch.onnx.export`` the query graph (legacy exporter; dynamic batch axis) and check it."""
     import time
@@ -410,47 +383,47 @@ def export_query_onnx(module, path: Path, max_tokens: int, opset: int = 18) -> d
 
     ids = torch.zeros(2, max_tokens, dtype=torch.long)
     mask = torch.zeros(2, max_tokens, dtype=torch.long)
-    ids[:, 0], ids[:, 1], ids[:, 2] = 101, 2000, 102
+    ids[:, 0], ids[:, 1], ids[:, 2] = 101, 2000, 102  # [CLS] a word [SEP]
     mask[:, :3] = 1
     t0 = time.perf_counter()
-    axes = {INPUT_IDS: {0: "batch"}, ATTENTION_MASK: {0: "batch"}, "ITEM_IDX": {0: "batch"}, "SCORE": {0: "batch"}}
+    from fusionrec.model_repository import ITEM_IDX, SCORE
+
+    axes = {INPUT_IDS: {0: "batch"}, ATTENTION_MASK: {0: "batch"}, ITEM_IDX: {0: "batch"}, SCORE: {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (ids, mask), str(path), input_names=[INPUT_IDS, ATTENTION_MASK],
-                          output_names=["ITEM_IDX", "SCORE"], opset_version=min(opset, 20), dynamic_axes=axes,
+                          output_names=[ITEM_IDX, SCORE], opset_version=min(opset, 20), dynamic_axes=axes,
                           dynamo=False, external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     return {"exporter": "legacy", "opset": min(opset, 20), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def write_query_model(mdir: Path, module, tokenizer: QueryTokenizer, *, max_batch_size: int = 64,
-                      max_queue_delay_us: int = 2000, preferred: Sequence[int] = (16, 32, 64),
-                      instance_kind: str = "KIND_GPU", instance_count: int = 1, opset: int = 18,
-                      score_tolerance: float = 1e-4, tie_tolerance: float = 1e-5,
-                      queries: Sequence[str] = PARITY_QUERIES) -> dict:
+def write_query_model(mdir: Path, module, tokenizer: QueryTokenizer, cfg, queries: Sequence[str] = PARITY_QUERIES) -> dict:
     """Write ``mdir`` = ``<repo>/<name>_query``: ``config.pbtxt``, ``1/model.onnx``, ``tokenizer/``, ``export_report.json``.
 
-    Fails (``RuntimeError``) unless onnxruntime and PyTorch agree on every parity query, and unless the
-    invalid-row guard works; the caller writes the repository atomically, so nothing is left behind.
+    ``cfg`` carries the Triton settings and tolerances (an ``ExportConfig``). Fails (``RuntimeError``)
+    unless onnxruntime and PyTorch agree on every parity query and the invalid-row guard works; the
+    caller writes the repository atomically, so nothing is left behind.
     """
     import torch
 
     from fusionrec.artifacts import atomic_write_json, atomic_write_text
-    from fusionrec.export import compare_topk, ort_session
+    from fusionrec.export.parity import compare_topk
+    from fusionrec.model_repository import ITEM_IDX, SCORE, GraphTensor, companion_config_pbtxt, ort_session
 
     (mdir / "1").mkdir(parents=True)
     onnx_path = mdir / "1" / "model.onnx"
-    info = export_query_onnx(module, onnx_path, tokenizer.max_tokens, opset)
+    info = export_query_onnx(module, onnx_path, tokenizer.max_tokens, cfg.opset)
     ids, mask = tokenizer(list(queries))
     with torch.no_grad():
         ref_i, ref_s = (t.numpy() for t in module(torch.from_numpy(ids), torch.from_numpy(mask)))
     sess = ort_session(onnx_path)
-    oi, os_ = sess.run(["ITEM_IDX", "SCORE"], {INPUT_IDS: ids, ATTENTION_MASK: mask})
-    parity = compare_topk(ref_i, ref_s, oi, os_, score_tolerance, tie_tolerance)
+    oi, os_ = sess.run([ITEM_IDX, SCORE], {INPUT_IDS: ids, ATTENTION_MASK: mask})
+    parity = compare_topk(ref_i, ref_s, oi, os_, cfg.score_tolerance, cfg.tie_tolerance)
     probe_ids = np.concatenate([ids[:1], ids[:1], ids[:1]])
     probe_mask = np.concatenate([mask[:1], mask[:1], np.zeros_like(mask[:1])])
     probe_ids[1, 1] = tokenizer.vocab_size + 7
-    gi, gs = sess.run(["ITEM_IDX", "SCORE"], {INPUT_IDS: probe_ids, ATTENTION_MASK: probe_mask})
+    gi, gs = sess.run([ITEM_IDX, SCORE], {INPUT_IDS: probe_ids, ATTENTION_MASK: probe_mask})
     guard_ok = bool((gi[1:] == -1).all() and np.isnan(gs[1:]).all() and np.array_equal(gi[0], oi[0]))
     parity["invalid_row_guard_ok"] = guard_ok
     parity["provider"] = sess.get_providers()[0]
@@ -459,15 +432,14 @@ def write_query_model(mdir: Path, module, tokenizer: QueryTokenizer, *, max_batc
         raise RuntimeError(f"query model: ONNX/PyTorch parity failed on {parity['n_failures']} of {parity['n_cases']} queries "
                            f"(guard ok: {guard_ok}); first: {parity['failures'][:2]}")
     tokenizer.save(mdir / "tokenizer")
-    k = int(module.k)
-    atomic_write_text(mdir / "config.pbtxt", query_config_pbtxt(mdir.name, tokenizer.max_tokens, k, max_batch_size,
-                                                                 max_queue_delay_us, preferred, instance_kind, instance_count))
-    report = {"kind": "query", "export": info, "parity": parity, "k": k, "max_tokens": tokenizer.max_tokens,
+    k, T = int(module.k), tokenizer.max_tokens
+    inputs = [GraphTensor(INPUT_IDS, "int64", (T,)), GraphTensor(ATTENTION_MASK, "int64", (T,))]
+    outputs = [GraphTensor(ITEM_IDX, "int64", (k,)), GraphTensor(SCORE, "float32", (k,))]
+    atomic_write_text(mdir / "config.pbtxt", companion_config_pbtxt(mdir.name, inputs, outputs, cfg))
+    report = {"kind": "query", "export": info, "parity": parity, "k": k, "max_tokens": T,
               "n_items": int(module.item_features.shape[0] - 1), "pool": module.pool, "mode": module.mode,
-              "neighbours": getattr(module, "neighbours", None),
-              "vocab_size": tokenizer.vocab_size,
-              "inputs": {INPUT_IDS: ["batch", tokenizer.max_tokens], ATTENTION_MASK: ["batch", tokenizer.max_tokens], "dtype": "int64"},
-              "outputs": {"ITEM_IDX": ["batch", k], "SCORE": ["batch", k]},
+              "neighbours": getattr(module, "neighbours", None), "vocab_size": tokenizer.vocab_size,
+              "tensors": {"inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs]},
               "tokenization": "client side: QueryTokenizer(<this folder>/tokenizer), padded to max_tokens"}
     atomic_write_json(mdir / "export_report.json", report)
     return report
