@@ -243,12 +243,12 @@ def text_embeddings_artifact(aligned: str | os.PathLike) -> Path:
                      "text encoder the catalog was encoded with and the items' text vectors")
 
 
-def text_encoder_source(aligned: str | os.PathLike) -> Path:
-    """The text model folder the aligned artifact's text embeddings were made with (so the query matches them)."""
+def text_encoder_source(aligned: str | os.PathLike, text_embeddings: str | os.PathLike | None = None) -> Path:
+    """The text model folder the catalog's text embeddings were made with (so the query matches them)."""
     from fusionrec.artifacts import read_manifest
     from fusionrec.encoders.text import minilm_path
 
-    em = read_manifest(text_embeddings_artifact(aligned))
+    em = read_manifest(text_embeddings if text_embeddings is not None else text_embeddings_artifact(aligned))
     enc = em.get("encoder")
     if enc in (None, "minilm"):
         return minilm_path()
@@ -261,7 +261,7 @@ def text_encoder_source(aligned: str | os.PathLike) -> Path:
 
 def build_query_module(model, aligned: str | os.PathLike, k: int = 100, pool: Pool = "max",
                        modalities: Sequence[str] | None = None, text_model: str | os.PathLike | None = None,
-                       mode: Mode = "neighbours", neighbours: int = 20):
+                       mode: Mode = "neighbours", neighbours: int = 20, text_embeddings: str | os.PathLike | None = None):
     """The query graph of a trained ``Recommender`` (its item table) and the aligned artifact (text head, item texts).
 
     ``modalities``: which of the model's modalities an item is matched by (default: all). ``mode``:
@@ -291,14 +291,14 @@ def build_query_module(model, aligned: str | os.PathLike, k: int = 100, pool: Po
     if feats.shape[-1] != heads["text"].skip.out_features:
         raise QueryError(f"aligned dim of {aligned} ({heads['text'].skip.out_features}) differs from the model's ({feats.shape[-1]}): "
                          "pass the aligned artifact the model was trained with")
-    encoder = load_text_encoder(text_model if text_model is not None else text_encoder_source(aligned))
+    encoder = load_text_encoder(text_model if text_model is not None else text_encoder_source(aligned, text_embeddings))
     if heads["text"].mean.shape[0] != encoder.config.hidden_size:
         raise QueryError(f"the text head takes {heads['text'].mean.shape[0]}-d vectors but the text model gives "
                          f"{encoder.config.hidden_size}-d: the query must use the text model the catalog was encoded with")
     k = int(min(k, model.n_items))
     text_table = None
     if mode == "neighbours":
-        emb = text_embeddings_artifact(aligned)
+        emb = Path(text_embeddings) if text_embeddings is not None else text_embeddings_artifact(aligned)
         raw = load_npy(emb / "embeddings.npy").astype(np.float32)
         present = load_npy(emb / "mask.npy").astype(bool)
         if raw.shape[1] != encoder.config.hidden_size:

@@ -147,7 +147,7 @@ def write_model_files_ids(mdir: Path, item_ids: list[str]) -> None:
     atomic_write_json(mdir / "item_ids.json", list(item_ids))
 
 
-def companion_writer(m, cfg: ExportConfig, aligned: Path | None):
+def companion_writer(m, cfg: ExportConfig, aligned: Path | None, text_embeddings: Path | None = None):
     """The ``companions`` hook of :func:`export_module` for model ``m``: query and explain models as configured."""
     from fusionrec.model_repository import EXPLAIN_SUFFIX, QUERY_SUFFIX
     from fusionrec.models.recommender import Recommender
@@ -173,19 +173,21 @@ def companion_writer(m, cfg: ExportConfig, aligned: Path | None):
                 return out
             log.info("exporting %s%s (text encoder + aligned item table)", cfg.name, QUERY_SUFFIX)
             module = build_query_module(m, aligned, k=min(cfg.k, m.n_items), pool=cfg.query_pool, mode=cfg.query_mode,
-                                        neighbours=cfg.query_neighbours)
+                                        neighbours=cfg.query_neighbours, text_embeddings=text_embeddings)
             out[cfg.name + QUERY_SUFFIX] = write_query_model(tmp / (cfg.name + QUERY_SUFFIX), module,
-                                                             QueryTokenizer(text_encoder_source(aligned)), cfg)
+                                                             QueryTokenizer(text_encoder_source(aligned, text_embeddings)), cfg)
         return out
 
     return write
 
 
-def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, aligned: Path | None = None) -> Path:
+def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, aligned: Path | None = None,
+        text_embeddings: Path | None = None) -> Path:
     """Export a trained model artifact into a Triton model repository (see module docstring).
 
     With ``aligned`` (the aligned artifact the model was trained with) and ``cfg.query``, the
-    repository also holds ``<name>_query``; with ``cfg.explain``, ``<name>_explain``.
+    repository also holds ``<name>_query``; with ``cfg.explain``, ``<name>_explain``. ``text_embeddings``
+    is the text embeddings artifact (default: the one named in the aligned artifact's manifest).
     """
     m = load_model(model, device="cpu")
     max_len = int(cfg.max_len or m.spec.max_len)
@@ -196,6 +198,7 @@ def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, aligned: Path 
     k = min(cfg.k, m.n_items)
     return export_module(m.serving_module(k), m.n_items, max_len, ids, dataset, out, cfg,
                          inputs={"model": model, **({"aligned": Path(aligned)} if aligned is not None else {})}, k=k,
-                         companions=companion_writer(m, cfg, Path(aligned) if aligned is not None else None))
+                         companions=companion_writer(m, cfg, Path(aligned) if aligned is not None else None,
+                                                     Path(text_embeddings) if text_embeddings is not None else None))
 
 
