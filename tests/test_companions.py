@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_serving import free_ports  # noqa: E402
 
 NAME = "tq"
-K = 10
+K = 20
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,15 @@ def test_without_aligned_there_is_no_query_model_and_a_clear_error(tiny_text_ima
     c.repo, c.model = out, NAME
     with pytest.raises(ValueError, match="--aligned"):
         c._companion_dir("_query", "a text query")
+
+
+def test_ab_report_shows_explained_recommendations(repo, tiny_dataset, tmp_path):
+    from fusionrec.ab import ABConfig, run
+
+    out = run(repo, repo, tiny_dataset, tmp_path / "ab", ABConfig(bootstrap_resamples=200, k_max=K))
+    page = (out / "report.html").read_text()
+    assert "Explained recommendations (treatment)" in page
+    assert page.count('class="rec"') == 9  # 3 cases x 3 items
+    assert 'class="thumb" src="data:image/png;base64,' in page and 'class="bar"' in page
+    md = (out / "report.md").read_text()
+    assert md.count("because of:") == 9 and "image " in md and "text " in md

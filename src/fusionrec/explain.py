@@ -304,3 +304,102 @@ def format_explanation(ex: Explanation, item_ids: Sequence[str], titles: dict[st
 
 
 __all__ = ["Explanation", "ExplainModule", "GuardedExplain", "write_explain_model", "explanations_from_arrays", "explain", "attention_rollout", "format_explanation", "channel_names"]
+
+
+# -- explained examples for reports (A/B report, benchmarks) ------------------------------------
+CHANNEL_COLORS = {"text": "#4c72b0", "image": "#dd8452", "audio": "#55a868", "tabular": "#8172b3", "id": "#937860"}
+
+
+def explained_examples(repo, dataset, n_cases: int = 3, k: int = 3, top_history: int = 3) -> list[dict] | None:
+    """A few test cases explained by a repository's served graphs (ranker + ``<name>_explain``, via onnxruntime).
+
+    Returns ``[{"history": [item_idx...], "items": [Explanation...]}]``, or None when the repository
+    has no explain model or was exported from another catalog than ``dataset``.
+    """
+    from fusionrec.artifacts import read_json
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.model_repository import (CONTRIB, DROP, EXPLAIN_SUFFIX, HISTORY, ITEMS, SCORE, WEIGHT, ModelRepository,
+                                            OnnxRanker, companion_dir, ort_session)
+
+    ranker_repo = ModelRepository(repo)
+    edir = companion_dir(repo, ranker_repo.name, EXPLAIN_SUFFIX)
+    ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
+    if edir is None or ranker_repo.item_ids != [str(x) for x in ds.item_ids.tolist()]:
+        return None
+    report = read_json(edir / "export_report.json")
+    E, L = int(report["explain_k"]), int(report["max_len"])
+    k = min(k, E)
+    cases, hist = ds.eval_cases("test", L)
+    warm = np.flatnonzero((cases["segment"].to_numpy() == "warm") & ((hist > 0).sum(1) >= 3))[:n_cases]
+    if not len(warm):
+        return None
+    h = hist[warm]
+    idx, _ = OnnxRanker(ranker_repo).topk(h, E)
+    out = ort_session(edir / "1" / "model.onnx").run([SCORE, DROP, WEIGHT, CONTRIB], {HISTORY: h, ITEMS: idx})
+    ex = explanations_from_arrays(h, idx, *out, report["channels"], bool(report["split_exact"]), top_history)
+    return [{"history": [int(x) for x in row if x > 0], "items": e[:k]} for row, e in zip(h, ex)]
+
+
+def _shares(e: Explanation) -> list[tuple[str, float]]:
+    parts = e.channel_scores if e.channel_scores is not None else e.fusion_weights
+    tot = sum(abs(p) for p, w in zip(parts, e.fusion_weights) if w > 0) or 1.0
+    return [(c, abs(p) / tot) for c, p, w in zip(e.channels, parts, e.fusion_weights) if w > 0]
+
+
+def examples_markdown(examples: list[dict], item_ids: Sequence[str], titles: dict[str, str]) -> str:
+    lines = ["## Explained recommendations (treatment)", ""]
+    for n, ex in enumerate(examples, 1):
+        recent = ", ".join(f"{titles.get(item_ids[i], item_ids[i])}" for i in ex["history"][-3:])
+        lines.append(f"Case {n}: recently {recent}")
+        for e in ex["items"]:
+            iid = item_ids[e.item_idx]
+            bar = " | ".join(f"{c} {s:.0%}" for c, s in _shares(e))
+            why = "; ".join(f"{titles.get(item_ids[i], item_ids[i])} (-{d:.2f})" for i, d in e.history[:3] if d > 0)
+            lines.append(f"- {titles.get(iid, iid)} ({iid}): {bar}; because of: {why or 'no single history item'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def examples_html(examples: list[dict], dataset, item_ids: Sequence[str]) -> str:
+    """HTML cards: the recent history and each recommendation with title, thumbnail, modality bar and drivers."""
+    import base64
+    import html
+
+    from fusionrec.data.dataset import DatasetArtifact
+
+    ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
+    items = ds.items.set_index("item_idx")
+    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+    def thumb(i: int) -> str:
+        row = items.loc[i] if i in items.index else None
+        if row is None or "image" not in items.columns or not isinstance(row["image"], str) or row.get("image_status", "ok") != "ok":
+            return '<span class="noimg">no image</span>'
+        p = ds.path / row["image"]
+        if not p.is_file() or p.suffix.lower() not in mime or p.stat().st_size > 512_000:
+            return '<span class="noimg">no image</span>'
+        return f'<img class="thumb" src="data:{mime[p.suffix.lower()]};base64,{base64.b64encode(p.read_bytes()).decode()}">'
+
+    def title(i: int) -> str:
+        t = items.loc[i, "title"] if i in items.index and "title" in items.columns else None
+        return html.escape(str(t) if isinstance(t, str) and t else item_ids[i])
+
+    css = ("<style>.ex{border:1px solid #ddd;border-radius:6px;padding:8px;margin:10px 0}.thumb{width:48px;height:48px;"
+           "vertical-align:middle;margin-right:6px;display:inline}.noimg{display:inline-block;width:48px;font-size:10px;color:#888}"
+           ".bar{display:flex;height:14px;width:320px;border-radius:3px;overflow:hidden;margin:3px 0}.bar div{height:100%}"
+           ".hist span{margin-right:12px}.rec{margin:6px 0 6px 12px}.why{font-size:12px;color:#555}</style>")
+    out = [css, "<h2>Explained recommendations (treatment)</h2>",
+           "<p>Bar: each modality's share of the item's score (exact split of the fused score); \"because of\": the history "
+           "items whose removal lowers the score most (leave-one-out, re-scored).</p>"]
+    for n, ex in enumerate(examples, 1):
+        out.append(f'<div class="ex"><div class="hist"><b>Case {n}, recently:</b> '
+                   + "".join(f"<span>{thumb(i)}{title(i)}</span>" for i in ex["history"][-3:]) + "</div>")
+        for e in ex["items"]:
+            segs = "".join(f'<div title="{c} {s:.0%}" style="width:{100 * s:.1f}%;background:{CHANNEL_COLORS.get(c, "#999")}"></div>'
+                           for c, s in _shares(e))
+            legend = ", ".join(f"{c} {s:.0%}" for c, s in _shares(e))
+            why = "; ".join(f"{title(i)} (&minus;{d:.2f})" for i, d in e.history[:3] if d > 0)
+            out.append(f'<div class="rec">{thumb(e.item_idx)}<b>{title(e.item_idx)}</b> (score {e.score:.2f})'
+                       f'<div class="bar">{segs}</div><div class="why">{legend}; because of: {why or "no single history item"}</div></div>')
+        out.append("</div>")
+    return "\n".join(out)
