@@ -13,7 +13,8 @@
 
     .venv/bin/python benchmarks/explain.py          # reuses the data/model of benchmarks/query.py (--work)
 
-Writes benchmarks/results/explain.json and explain.md.
+Writes benchmarks/results/explain.json, explain.md and explain.html (three explained recommendations with
+titles, cover thumbnails and the modality bar).
 """
 
 from __future__ import annotations
@@ -133,8 +134,19 @@ def main() -> int:
         lines.append(f"| {a} | " + " | ".join(f"{r['share_rise_when_liked'][n]:+.3f}" for n in names)
                      + f" | {r['channel_rising_most']} | {r['expected']} |")
     lines += ["", "Mean share of the score per channel: " + ", ".join(f"{k} {v:.1%}" for k, v in mean_share.items())]
+    # three explained recommendations as a person reads them (also written as explain.html with thumbnails)
+    from fusionrec.explain import examples_html, examples_markdown, explain
+
+    warm = np.flatnonzero(cases["segment"].to_numpy() == "warm")[:3]
+    ex = explain(model, hist[warm], idx[warm][:, :3], module, top_history=3)
+    examples = [{"history": [int(x) for x in hist[w] if x > 0], "items": ex[j]} for j, w in enumerate(warm)]
+    titles = dict(zip(ds.items["item_id"].astype(str), ds.items["title"].fillna("").astype(str)))
+    lines += ["", examples_markdown(examples, item_ids, titles)]
     text = "\n".join(lines)
     print(text)
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / "explain.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>Explanations</title></head>"
+                                                   f"<body>{examples_html(examples, ds, item_ids)}</body></html>\n")
     out = {
         "what": "faithfulness of history attributions and modality recovery of channel shares, demo catalog test cases",
         "command": "benchmarks/explain.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
