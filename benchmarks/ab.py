@@ -27,21 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from _steps import step  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parent
 MODALITIES = ("text", "image", "audio", "tabular")
-
-
-def step(name: str, out: Path, fn, timings: dict) -> Path:
-    if (out / "manifest.json").exists():
-        print(f"[reuse] {name}: {out}", flush=True)
-        timings[name] = "reused"
-        return out
-    t0 = time.perf_counter()
-    print(f"[run]   {name} ...", flush=True)
-    fn()
-    timings[name] = round(time.perf_counter() - t0, 1)
-    print(f"        {name}: {timings[name]} s", flush=True)
-    return out
 
 
 def shuffled_repo(src: Path, out: Path, seed: int = 0) -> Path:

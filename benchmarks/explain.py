@@ -55,7 +55,8 @@ def main() -> int:
     from fusionrec.train import TrainConfig
     from fusionrec.train import run as train
     from query import git_commit
-    from quality import _step, prepare
+    from _steps import step as _step
+    from quality import prepare
 
     t_start = time.perf_counter()
     qargs = argparse.Namespace(dataset="demo", items=args.items, users=args.users, events=args.events, seed=args.seed, fresh=False)

@@ -23,18 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from _steps import step  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parent
-
-
-def _step(name: str, out: Path, fn, timings: dict, fresh: bool = False) -> Path:
-    if (out / "manifest.json").exists() and not fresh:
-        print(f"[cached] {name}: {out}", flush=True)
-        return out
-    t0 = time.perf_counter()
-    fn()
-    timings[name] = round(time.perf_counter() - t0, 1)
-    print(f"[{timings[name]:>6.1f}s] {name}", flush=True)
-    return out
 
 
 def prepare(args, work: Path, timings: dict) -> tuple[Path, list[Path], Path | None]:
@@ -58,8 +49,8 @@ def prepare(args, work: Path, timings: dict) -> tuple[Path, list[Path], Path | N
         if not raw.exists() or args.fresh:
             convert(raw, MovieLensConfig())
         modalities = ["text", "tabular"]
-    ds = _step("ingest", work / "dataset", lambda: ingest(raw, work / "dataset", IngestConfig(seed=args.seed)), timings, args.fresh)
-    embs = [_step(f"encode {m}", work / f"emb_{m}", lambda m=m: encode(ds, work / f"emb_{m}", EncodeConfig(modality=m)), timings, args.fresh)
+    ds = step("ingest", work / "dataset", lambda: ingest(raw, work / "dataset", IngestConfig(seed=args.seed)), timings, args.fresh)
+    embs = [step(f"encode {m}", work / f"emb_{m}", lambda m=m: encode(ds, work / f"emb_{m}", EncodeConfig(modality=m)), timings, args.fresh)
             for m in modalities]
     return raw, embs, ds
 
@@ -93,16 +84,18 @@ def main() -> int:
     timings: dict = {}
     raw, embs, ds = prepare(args, work, timings)
     acfg = AlignConfig(seed=args.seed, **parse_overrides(args.align_sets))
-    aligned = _step("align", work / "aligned", lambda: align(ds, embs, work / "aligned", acfg), timings, args.fresh or bool(args.align_sets))
+    aligned = step("align", work / "aligned", lambda: align(ds, embs, work / "aligned", acfg), timings, args.fresh or bool(args.align_sets))
     amet = read_json(aligned / "metrics.json")
     mods = read_json(aligned / "manifest.json")["modalities"]
+
+    from fusionrec.models.fusion import FUSIONS
 
     overrides = parse_overrides(args.sets)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     runs: dict[str, dict] = {"popularity": dict(model="popularity"), "id": dict(model="id")}
     runs.update({f"single:{m}": dict(model=f"single:{m}") for m in mods})
-    runs.update({f"fused:{f}": dict(model="fused", fusion=f) for f in ("attention", "weighted", "concat", "user_gate")})
+    runs.update({f"fused:{f}": dict(model="fused", fusion=f) for f in FUSIONS})
     if args.models != "all":
         wanted = [s.strip() for s in args.models.split(",")]
         runs = {k: v for k, v in runs.items() if k in wanted}

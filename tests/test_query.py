@@ -58,7 +58,7 @@ def test_tokenizer_pads_every_query_to_the_same_shape(tokenizer):
 
 def test_query_scores_match_a_by_hand_reference(trained, tokenizer):
     """Score = max over the item's present modalities of cos(text head(MiniLM(query)), aligned vector)."""
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
     from fusionrec.models import load_model
     from fusionrec.models.align import project
 
@@ -66,7 +66,7 @@ def test_query_scores_match_a_by_hand_reference(trained, tokenizer):
     model = load_model(model_dir)
     module = build_query_module(model, aligned, k=10, mode="head")
     queries = ["cooking recipes for dinner", "unsolved murder case"]
-    raw, reasons = get_encoder("text", "minilm", device="cpu").encode_batch(queries)
+    raw, reasons = build("text", "minilm", device="cpu").encode_batch(queries)
     assert reasons == [None, None]
     z = project(aligned, "text", raw)  # [2, D]
     feats = model.features.numpy()
@@ -91,13 +91,13 @@ def test_query_scores_match_a_by_hand_reference(trained, tokenizer):
 def test_neighbours_mode_matches_a_by_hand_reference(trained, tokenizer):
     """Query vector = mean aligned content of the 5 items whose MiniLM text vector is nearest the query's."""
     from fusionrec.artifacts import load_npy
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
     from fusionrec.models import load_model
 
     model_dir, aligned, text_dir, _ = trained
     model = load_model(model_dir)
     queries = ["football match tactics", "galaxies and black holes"]
-    raw, _ = get_encoder("text", "minilm", device="cpu").encode_batch(queries)
+    raw, _ = build("text", "minilm", device="cpu").encode_batch(queries)
     items = load_npy(text_dir / "embeddings.npy")
     present = load_npy(text_dir / "mask.npy").astype(bool)
     present[0] = False

@@ -55,7 +55,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from fusionrec.artifacts import ArtifactError, atomic_write_json, atomic_write_text, read_json
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import pad_histories
 
 # -- the serving contract ----------------------------------------------------------------------
 HISTORY = "HISTORY"
@@ -79,6 +79,10 @@ class TensorSpec:
     """numpy dtype name: ``int64`` or ``float32``."""
     length: str
     """``max_len`` or ``k``: the per-row length (after the batch axis) is that repository field."""
+    optional: bool = False
+    """An input a request may leave out (``optional: true`` in config.pbtxt); the server then feeds ``fill``."""
+    fill: int = 0
+    """The value of an optional input left out (e.g. -1: an empty, -1-padded id list)."""
 
     @property
     def triton_type(self) -> str:
@@ -101,20 +105,11 @@ OUTPUT_NAMES = [o.name for o in OUTPUTS]
 def feeds(histories: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
     """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``).
 
-    Every caller of the graph (``OnnxRanker``, the gRPC client, the server's parity probe) builds
-    its request here, so an additional graph input is filled in one place.
+    Every caller of the graph (``OnnxRanker``, the gRPC client, the exporter's parity check) builds
+    its request here, so an additional graph input is filled in one place (onnxruntime needs every
+    input; over gRPC an optional one may be left out and the server feeds its ``fill``).
     """
     return {HISTORY: pad_histories(histories, max_len)}
-
-
-def pad_histories(histories: np.ndarray, max_len: int) -> np.ndarray:
-    """int64 [B, max_len]: rows of another length keep their most recent non-padding items."""
-    h = np.asarray(histories, dtype=np.int64)
-    if h.ndim != 2:
-        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
-    if h.shape[1] != max_len:
-        h = left_pad([row[row > 0] for row in h], max_len)
-    return np.ascontiguousarray(h)
 
 
 # -- companion models -------------------------------------------------------------------------
@@ -137,6 +132,9 @@ class GraphTensor:
     name: str
     dtype: str
     dims: tuple[int, ...]
+    optional: bool = False
+    """An input a request may leave out; the server then feeds ``fill`` (see ``TensorSpec``)."""
+    fill: int = 0
 
     @property
     def triton_type(self) -> str:
@@ -160,7 +158,7 @@ def graph_io(model_dir: str | os.PathLike) -> tuple[str, list[GraphTensor], list
     kind = report.get("kind", RANKER)
     if kind == RANKER:
         max_len, k = int(report["max_len"]), int(report["k"])
-        return kind, [GraphTensor(t.name, t.dtype, (t.dims(max_len, k),)) for t in INPUTS], \
+        return kind, [GraphTensor(t.name, t.dtype, (t.dims(max_len, k),), t.optional, t.fill) for t in INPUTS], \
             [GraphTensor(t.name, t.dtype, (t.dims(max_len, k),)) for t in OUTPUTS]
     if kind not in KINDS or "tensors" not in report:
         raise ArtifactError(f"{path}: unknown model kind '{kind}' (expected one of {KINDS}) or no tensors recorded")
@@ -213,7 +211,8 @@ def config_pbtxt(cfg: TritonSettings, max_len: int, k: int) -> str:
     pref = sorted({b for b in cfg.preferred_batch_size if 0 < b <= cfg.max_batch_size})
 
     def tensors(specs: Sequence[TensorSpec]) -> list[str]:
-        rows = [f'  {{ name: "{s.name}", data_type: {s.triton_type}, dims: [ {s.dims(max_len, k)} ] }}' for s in specs]
+        rows = [f'  {{ name: "{s.name}", data_type: {s.triton_type}, dims: [ {s.dims(max_len, k)} ]'
+                + (" optional: true" if s.optional else "") + " }" for s in specs]
         return [r + ("," if i < len(rows) - 1 else "") for i, r in enumerate(rows)]
 
     lines = [

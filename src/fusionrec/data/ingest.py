@@ -54,6 +54,7 @@ from fusionrec.artifacts import (
     write_manifest,
 )
 from fusionrec.config import StepConfig
+from fusionrec.data.dataset import is_missing
 from fusionrec.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -151,7 +152,7 @@ def _as_ids(s: pd.Series) -> pd.Series:
         if len(nn) and np.isfinite(nn).all() and (nn == np.round(nn)).all():
             s = s.astype("Int64")
     obj = s.astype(object)
-    out = [None if (v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))) else str(v) for v in obj]
+    out = [None if is_missing(v) else str(v) for v in obj]
     out = [None if (v is None or v.strip() == "") else v for v in out]
     return pd.Series(out, index=s.index, dtype=object)
 
@@ -160,7 +161,7 @@ def _as_text(s: pd.Series) -> pd.Series:
     """Text/path values as ``str`` or ``None`` (blank strings are ``None``)."""
     out = []
     for v in s.astype(object):
-        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        if is_missing(v):
             out.append(None)
         else:
             v = str(v)
@@ -443,11 +444,8 @@ def _place_media(src: Path, dst: Path, link: bool) -> None:
     shutil.copy2(src, dst)
 
 
-def _media(items: pd.DataFrame, source: Path, tmp: Path | None, link: bool) -> pd.DataFrame:
-    """Resolve media columns in place (paths -> artifact-relative, status columns); return the issues.
-
-    With ``tmp`` None nothing is copied (used to validate before writing).
-    """
+def _media(items: pd.DataFrame, source: Path, tmp: Path, link: bool) -> pd.DataFrame:
+    """Resolve media columns in place (paths -> artifact-relative, status columns), copy the files into ``tmp``; return the issues."""
     issues = []
     root = source.resolve()
     placed: dict[Path, str] = {}
@@ -465,8 +463,7 @@ def _media(items: pd.DataFrame, source: Path, tmp: Path | None, link: bool) -> p
             rel = placed.get(resolved)
             if rel is None:
                 rel = _artifact_media_path(resolved.relative_to(root), used)
-                if tmp is not None:
-                    _place_media(resolved, tmp / rel, link)
+                _place_media(resolved, tmp / rel, link)
                 placed[resolved] = rel
                 used.add(rel)
             paths[c][i] = rel

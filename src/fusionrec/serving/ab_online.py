@@ -18,31 +18,18 @@ Example:
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
-from fusionrec.ab.offline import IdMap, MappedRanker, case_history_len
+from fusionrec.ab.offline import IdMap, MappedRanker, case_max_len
 from fusionrec.ab.online import OnlineResult, replay
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
 
 from .client import RecommendClient
-from .server import start_server
+from .server import free_ports, start_server
 
 log = get_logger("fusionrec.serving.ab")
-
-
-def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports free on ``host`` right now (held together while the OS picks them)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _client(url: str, name: str, repo: str | os.PathLike, ds: DatasetArtifact):
@@ -72,7 +59,7 @@ def replay_on_triton(
         control = _client(srv.grpc_url, "control", control_repo, ds)
         treatment = _client(srv.grpc_url, "treatment", treatment_repo, ds)
         try:
-            cases, hist = ds.eval_cases(cfg.split, max_len=case_history_len(cfg, control, treatment))
+            cases, hist = ds.eval_cases(cfg.split, max_len=case_max_len(cfg, control, treatment))
             users = ds.users.set_index("user_idx")["user_id"].astype(str)
             user_ids = users.reindex(cases["user_idx"].to_numpy()).fillna("").to_numpy()
             if (user_ids == "").any():

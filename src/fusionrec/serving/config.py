@@ -54,8 +54,8 @@ def validate(repo: str | os.PathLike) -> list[Path]:
         types = model_config_pb2.DataType
         kind, want_in, want_out = graph_io(mdir)
         for what, have, want in (("inputs", cfg.input, want_in), ("outputs", cfg.output, want_out)):
-            got = {t.name: (t.data_type, tuple(t.dims)) for t in have}
-            expect = {t.name: (types.Value(t.triton_type), t.dims) for t in want}
+            got = {t.name: (t.data_type, tuple(t.dims), bool(getattr(t, "optional", False))) for t in have}
+            expect = {t.name: (types.Value(t.triton_type), t.dims, t.optional) for t in want}
             if got != expect:
                 problems.append(f"{what} {sorted(got)} != the {kind} contract: "
                                 + ", ".join(f"{t.name} ({t.triton_type} {list(t.dims)})" for t in want))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sysconfig
 import threading
 import time
@@ -40,6 +41,18 @@ from fusionrec.progress import get_logger
 from .config import read_model_config
 
 log = get_logger("fusionrec.serving")
+
+
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` right now (held together while the OS picks them)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def ensure_libpython_on_path() -> str | None:
@@ -104,6 +117,12 @@ class _OrtCallable:
             return False
         return len({a.shape[0] for a in arrays}) == 1
 
+    def _complete(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Fill the optional inputs a request left out with their ``fill`` value."""
+        n = self._rows(req)
+        return {t.name: (np.full((n, *t.dims), t.fill, dtype=t.dtype) if t.optional and req.get(t.name) is None
+                         else req.get(t.name)) for t in self.inputs}
+
     def _run(self, req: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         res = self.session.run([t.name for t in self.outputs], {t.name: np.ascontiguousarray(req[t.name]) for t in self.inputs})
         # pytriton's strict output check rejects numpy's 'q' int64 alias that ORT returns.
@@ -111,11 +130,11 @@ class _OrtCallable:
                 for t, r in zip(self.outputs, res)}
 
     def _rows(self, req: dict[str, Any]) -> int:
-        a = req[self.inputs[0].name]
+        a = req.get(self.inputs[0].name)  # the first input is never optional (HISTORY / INPUT_IDS)
         return int(a.shape[0]) if isinstance(a, np.ndarray) and a.ndim >= 1 else 1
 
     def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
-        reqs = [{t.name: r.data.get(t.name) for t in self.inputs} for r in requests]
+        reqs = [self._complete({t.name: r.data.get(t.name) for t in self.inputs}) for r in requests]
         good = [i for i, req in enumerate(reqs) if self._ok(req)]
         out: list[dict[str, np.ndarray] | None] = [None] * len(requests)
         for i, req in enumerate(reqs):
@@ -254,7 +273,7 @@ def start_server(
             triton.bind(
                 model_name=name,
                 infer_func=callables if len(callables) > 1 else callables[0],
-                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=t.dims) for t in inputs],
+                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=t.dims, optional=t.optional) for t in inputs],
                 outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=t.dims) for t in outputs],
                 config=ModelConfig(batching=True, max_batch_size=int(mc.max_batch_size) if dynamic_batching else 1,
                                    batcher=batcher),
