@@ -142,12 +142,13 @@ def main() -> int:
     ex = explain(model, hist[warm], idx[warm][:, :3], module, top_history=3)
     examples = [{"history": [int(x) for x in hist[w] if x > 0], "items": ex[j]} for j, w in enumerate(warm)]
     titles = dict(zip(ds.items["item_id"].astype(str), ds.items["title"].fillna("").astype(str)))
-    lines += ["", examples_markdown(examples, item_ids, titles)]
+    heading = "Explained recommendations (fused:attention, three warm test cases; titles are not unique in the demo catalog)"
+    lines += ["", examples_markdown(examples, item_ids, titles, heading)]
     text = "\n".join(lines)
     print(text)
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "explain.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>Explanations</title></head>"
-                                                   f"<body>{examples_html(examples, ds, item_ids)}</body></html>\n")
+                                                   f"<body>{examples_html(examples, ds, item_ids, heading)}</body></html>\n")
     out = {
         "what": "faithfulness of history attributions and modality recovery of channel shares, demo catalog test cases",
         "command": "benchmarks/explain.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),

@@ -346,8 +346,9 @@ def _shares(e: Explanation) -> list[tuple[str, float]]:
     return [(c, abs(p) / tot) for c, p, w in zip(e.channels, parts, e.fusion_weights) if w > 0]
 
 
-def examples_markdown(examples: list[dict], item_ids: Sequence[str], titles: dict[str, str]) -> str:
-    lines = ["## Explained recommendations (treatment)", ""]
+def examples_markdown(examples: list[dict], item_ids: Sequence[str], titles: dict[str, str],
+                      heading: str = "Explained recommendations (treatment)") -> str:
+    lines = [f"## {heading}", ""]
     for n, ex in enumerate(examples, 1):
         recent = ", ".join(f"{titles.get(item_ids[i], item_ids[i])}" for i in ex["history"][-3:])
         lines.append(f"Case {n}: recently {recent}")
@@ -360,7 +361,8 @@ def examples_markdown(examples: list[dict], item_ids: Sequence[str], titles: dic
     return "\n".join(lines)
 
 
-def examples_html(examples: list[dict], dataset, item_ids: Sequence[str]) -> str:
+def examples_html(examples: list[dict], dataset, item_ids: Sequence[str],
+                  heading: str = "Explained recommendations (treatment)") -> str:
     """HTML cards: the recent history and each recommendation with title, thumbnail, modality bar and drivers."""
     import base64
     import html
@@ -388,7 +390,7 @@ def examples_html(examples: list[dict], dataset, item_ids: Sequence[str]) -> str
            "vertical-align:middle;margin-right:6px;display:inline}.noimg{display:inline-block;width:48px;font-size:10px;color:#888}"
            ".bar{display:flex;height:14px;width:320px;border-radius:3px;overflow:hidden;margin:3px 0}.bar div{height:100%}"
            ".hist span{margin-right:12px}.rec{margin:6px 0 6px 12px}.why{font-size:12px;color:#555}</style>")
-    out = [css, "<h2>Explained recommendations (treatment)</h2>",
+    out = [css, f"<h2>{html.escape(heading)}</h2>",
            "<p>Bar: each modality's share of the item's score (exact split of the fused score); \"because of\": the history "
            "items whose removal lowers the score most (leave-one-out, re-scored).</p>"]
     for n, ex in enumerate(examples, 1):
