@@ -54,3 +54,22 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+@pytest.fixture(scope="session")
+def tiny_text_image_model(tiny_dataset, tmp_path_factory):
+    """(model dir, aligned dir, text embeddings dir, image-only aligned dir) of a tiny fused text+image model."""
+    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.encode import run as encode
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
+
+    root = tmp_path_factory.mktemp("query")
+    cache = str(root / "cache")
+    text = encode(tiny_dataset, root / "emb_text", EncodeConfig(modality="text", device="cpu", cache_dir=cache))
+    image = encode(tiny_dataset, root / "emb_image", EncodeConfig(modality="image", device="cpu", cache_dir=cache))
+    aligned = align(tiny_dataset, [text, image], root / "aligned", AlignConfig(dim=32, epochs=5, device="cpu"))
+    model = train(tiny_dataset, aligned, root / "model", TrainConfig(model="fused", dim=32, layers=1, heads=2, max_len=20,
+                                                                     epochs=2, device="cpu"))
+    image_only = align(tiny_dataset, [image], root / "aligned_image", AlignConfig(dim=32, epochs=2, device="cpu"))
+    return model, aligned, text, image_only

@@ -211,6 +211,10 @@ def test_export_real_model_and_add_items_without_retraining(trained_text_model, 
     n = ds.n_items
     assert ids[n + 1:] == ["new-a", "new-b"] and ids[: n + 1] == [str(x) for x in ds.item_ids.tolist()]
     assert read_manifest(repo2)["added_items"]["n"] == 2
+    # the companions come along: a text query can find the new items (their content is in the query graph's table)
+    assert read_manifest(repo2)["models"] == ["real", "real_explain", "real_query"]
+    q = json.loads((repo2 / "real_query" / "export_report.json").read_text())
+    assert q["n_items"] == ds.n_items + 2 and q["parity"]["passed"]
     # the graph scores a new item like the item whose content it copies, so it is recommended where that one is
     sess = ort_session(repo2 / "real" / "1" / "model.onnx")
     _, hist = ds.eval_cases("test", MAX_LEN)

@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("fusionrec.encoders",),                                                       # encode step and encoders
     ("fusionrec.models",),                                                         # model definitions, align step
     ("fusionrec.evaluate",),                                                       # full-ranking evaluation
-    ("fusionrec.train", "fusionrec.export", "fusionrec.promote", "fusionrec.ab"),  # the other steps
+    ("fusionrec.train", "fusionrec.export", "fusionrec.promote", "fusionrec.ab",
+     "fusionrec.query", "fusionrec.explain"),                                      # the other steps; query/explain graphs
     ("fusionrec.serving",),                                                        # Triton server, gRPC client, online replay
     ("fusionrec.components",),                                                     # KFP components
     ("fusionrec.pipelines",),                                                      # the KFP pipeline and its runners

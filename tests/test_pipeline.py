@@ -337,10 +337,14 @@ def test_run_local_end_to_end(tmp_path):
     treatment = out("export-onnx", "repository")
     assert Path(read_manifest(treatment, kind="model_repository")["inputs"]["model"]["path"]) == fused
     assert (treatment / "fusionrec" / "1" / "model.onnx").stat().st_size > 0
+    # the treatment's repository also serves text queries (it has content) and explanations; the ID-only control no queries
+    assert read_manifest(treatment)["models"] == ["fusionrec", "fusionrec_explain", "fusionrec_query"]
+    assert Path(read_manifest(treatment)["inputs"]["aligned"]["path"]) == aligned
     baseline = out("train-baseline", "model")
     assert read_json(baseline / "config.json").get("model", "id") == "id" or read_manifest(baseline, kind="model")
     control = out("export-onnx-2", "repository")
     assert Path(read_manifest(control, kind="model_repository")["inputs"]["model"]["path"]) == baseline
+    assert "fusionrec_query" not in read_manifest(control)["models"]
 
     report = out("ab-evaluate-2", "ab_report")
     ab_inputs = read_manifest(report, kind="ab_report")["inputs"]

@@ -12,12 +12,27 @@ Layout (one model folder per served model; ``manifest.json`` at the repository r
     <repo>/<name>/item_ids.json         external item id of every item_idx (0 = padding "")
     <repo>/<name>/popular.json          the cold-user fallback {"item_idx", "item_id", "count"}
     <repo>/<name>/export_report.json    exporter, parity, and the record of n_items / max_len / k
+    <repo>/<name>_query/...             optional companion: text query -> top-K items (see below)
+    <repo>/<name>_explain/...           optional companion: history + recommended items -> explanations
 
 The graph's inputs and outputs are listed once, in :data:`INPUTS` and :data:`OUTPUTS`:
 ``config.pbtxt``, the Triton binding (``fusionrec.serving.server``), the config validation
 (``fusionrec.serving.config``) and the exporter's check of the ONNX graph all iterate them, so a
 new optional input is declared here once (plus how the graph computes it, in
 ``fusionrec.export.graph``, and how a caller fills it, in :func:`feeds`).
+
+Companion models (``kind`` in their ``export_report.json``) are served beside the ranker by the
+same server and dynamic batcher; their tensors are recorded resolved in the report and read back by
+:func:`graph_io`, which is what the server binds and the config validation checks, for every kind:
+
+- ``query``:   ``INPUT_IDS``, ``ATTENTION_MASK`` int64 [batch, max_tokens] (tokenized by the client
+  with ``<name>_query/tokenizer``) -> ``ITEM_IDX`` int64 / ``SCORE`` float32 [batch, K];
+- ``explain``: ``HISTORY`` int64 [batch, max_len], ``ITEMS`` int64 [batch, E] (the items to explain)
+  -> ``SCORE`` [batch, E], ``DROP`` [batch, max_len, E] (leave-one-out score drops), ``WEIGHT`` and
+  ``CONTRIB`` [batch, E, C] (fusion weights, per-channel score split; channel names in the report).
+
+A row a graph cannot take (an id outside its range) comes back with ``-1`` in int64 outputs and
+NaN in float ones, without failing the other rows of its batch.
 
 Nothing here imports Triton (``config.pbtxt`` is written as text; ``fusionrec.serving.config``
 validates it with Triton's schema).
@@ -95,6 +110,86 @@ def feeds(histories: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
     input; over gRPC an optional one may be left out and the server feeds its ``fill``).
     """
     return {HISTORY: pad_histories(histories, max_len)}
+
+
+# -- companion models -------------------------------------------------------------------------
+QUERY_SUFFIX = "_query"
+EXPLAIN_SUFFIX = "_explain"
+INPUT_IDS = "INPUT_IDS"
+ATTENTION_MASK = "ATTENTION_MASK"
+ITEMS = "ITEMS"
+DROP = "DROP"
+WEIGHT = "WEIGHT"
+CONTRIB = "CONTRIB"
+RANKER = "ranker"
+KINDS = (RANKER, "query", "explain")
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """A graph input/output with its per-row shape resolved (the batch axis excluded)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+    """An input a request may leave out; the server then feeds ``fill`` (see ``TensorSpec``)."""
+    fill: int = 0
+
+    @property
+    def triton_type(self) -> str:
+        return {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}[self.dtype]
+
+    @property
+    def triton_datatype(self) -> str:
+        return {"int64": "INT64", "float32": "FP32"}[self.dtype]
+
+    def to_json(self) -> list:
+        return [self.name, self.dtype, list(self.dims)]
+
+
+def graph_io(model_dir: str | os.PathLike) -> tuple[str, list[GraphTensor], list[GraphTensor]]:
+    """``(kind, inputs, outputs)`` of a model folder, from its ``export_report.json``."""
+    mdir = Path(model_dir)
+    path = mdir / "export_report.json"
+    if not path.exists():
+        raise ArtifactError(f"{path} not found: is {mdir.parent} a model repository written by 'fusionrec export'?")
+    report = read_json(path)
+    kind = report.get("kind", RANKER)
+    if kind == RANKER:
+        max_len, k = int(report["max_len"]), int(report["k"])
+        return kind, [GraphTensor(t.name, t.dtype, (t.dims(max_len, k),), t.optional, t.fill) for t in INPUTS], \
+            [GraphTensor(t.name, t.dtype, (t.dims(max_len, k),)) for t in OUTPUTS]
+    if kind not in KINDS or "tensors" not in report:
+        raise ArtifactError(f"{path}: unknown model kind '{kind}' (expected one of {KINDS}) or no tensors recorded")
+    def tensors(rows: list) -> list[GraphTensor]:
+        return [GraphTensor(str(n), str(d), tuple(int(x) for x in dims)) for n, d, dims in rows]
+    return kind, tensors(report["tensors"]["inputs"]), tensors(report["tensors"]["outputs"])
+
+
+def companion_dir(repo: str | os.PathLike, name: str, suffix: str) -> Path | None:
+    """``<repo>/<name><suffix>`` when the repository holds that companion model (``repo`` may be the ranker's folder)."""
+    repo = Path(repo)
+    base = repo.parent if (repo / "config.pbtxt").exists() else repo
+    mdir = base / f"{name}{suffix}"
+    return mdir if (mdir / "config.pbtxt").exists() else None
+
+
+def companion_config_pbtxt(name: str, inputs: Sequence[GraphTensor], outputs: Sequence[GraphTensor], cfg: "TritonSettings") -> str:
+    """``config.pbtxt`` of a companion model: its tensors, the ranker's batching and instance settings."""
+    pref = sorted({b for b in cfg.preferred_batch_size if 0 < b <= cfg.max_batch_size})
+
+    def rows(ts: Sequence[GraphTensor]) -> list[str]:
+        out = [f'  {{ name: "{t.name}", data_type: {t.triton_type}, dims: [ {", ".join(str(d) for d in t.dims)} ] }}' for t in ts]
+        return [r + ("," if i < len(out) - 1 else "") for i, r in enumerate(out)]
+
+    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {cfg.max_batch_size}",
+             "input [", *rows(inputs), "]", "output [", *rows(outputs), "]",
+             "dynamic_batching {", f"  max_queue_delay_microseconds: {cfg.max_queue_delay_microseconds}"]
+    if pref:
+        lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in pref)} ]")
+    lines += ["}", f"instance_group [ {{ count: {cfg.instance_count}, kind: {cfg.instance_kind} }} ]"]
+    return "\n".join(lines) + "\n"
 
 
 # -- config.pbtxt ------------------------------------------------------------------------------
@@ -216,6 +311,16 @@ def is_model_repository(path: str | os.PathLike) -> bool:
     return any(path.glob(f"*/1/{MODEL_FILE}")) or (path / "1" / MODEL_FILE).exists()
 
 
+def graph_path(model_dir: str | os.PathLike) -> Path:
+    """``<model folder>/<latest version>/model.onnx`` (any kind of model)."""
+    mdir = Path(model_dir)
+    versions = sorted((v for v in mdir.iterdir() if v.is_dir() and v.name.isdigit()), key=lambda v: int(v.name))
+    path = (versions[-1] if versions else mdir / "1") / MODEL_FILE
+    if not path.exists():
+        raise ArtifactError(f"{path} not found: is {mdir.parent} a model repository written by 'fusionrec export'?")
+    return path
+
+
 def model_dirs(repo: str | os.PathLike) -> list[Path]:
     """Every model folder of a repository (or ``[repo]`` when it is a model folder)."""
     repo = Path(repo)
@@ -255,11 +360,7 @@ class ModelRepository:
     @property
     def onnx_path(self) -> Path:
         """``<name>/<latest version>/model.onnx``."""
-        versions = sorted((v for v in self.model_dir.iterdir() if v.is_dir() and v.name.isdigit()), key=lambda v: int(v.name))
-        path = (versions[-1] if versions else self.model_dir / "1") / MODEL_FILE
-        if not path.exists():
-            raise ArtifactError(f"{path} not found: is {self.model_dir.parent} a model repository written by 'fusionrec export'?")
-        return path
+        return graph_path(self.model_dir)
 
     @property
     def item_ids(self) -> list[str] | None:

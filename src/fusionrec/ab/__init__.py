@@ -65,4 +65,19 @@ def run(
     offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg)
     online_res = online(Path(control), Path(treatment), ds, cfg) if online is not None else None
     same = identical_arms(control, treatment, offline)
-    return write_report(out, offline, online_res, cfg, arm_names(control, treatment), inputs, force, [same] if same else [])
+    return write_report(out, offline, online_res, cfg, arm_names(control, treatment), inputs, force, [same] if same else [],
+                        examples=_explained(treatment, ds))
+
+
+def _explained(treatment, ds: DatasetArtifact) -> tuple[str, str] | None:
+    """(markdown, html) of three explained test cases when the treatment repository serves explanations."""
+    if not isinstance(treatment, (str, os.PathLike)) or not is_model_repository(treatment):
+        return None
+    from fusionrec.explain import examples_html, examples_markdown, explained_examples
+
+    examples = explained_examples(treatment, ds)
+    if not examples:
+        return None
+    ids = [str(x) for x in ds.item_ids.tolist()]
+    titles = dict(zip(ds.items["item_id"].astype(str), ds.items["title"].fillna("").astype(str))) if "title" in ds.items else {}
+    return examples_markdown(examples, ids, titles), examples_html(examples, ds, ids)

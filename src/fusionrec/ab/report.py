@@ -329,7 +329,7 @@ def render_markdown(decision: dict, offline: OfflineResult, online: OnlineResult
     return "\n".join(lines) + "\n"
 
 
-def render_html(markdown_text: str, plot_files: dict[str, Path], decision: dict) -> str:
+def render_html(markdown_text: str, plot_files: dict[str, Path], decision: dict, extra_html: str = "") -> str:
     """A self-contained HTML page: the report's tables and text, plots embedded as base64 PNG."""
     body: list[str] = []
     table: list[list[str]] = []
@@ -378,13 +378,17 @@ def render_html(markdown_text: str, plot_files: dict[str, Path], decision: dict)
            "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
            "th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;display:block;margin:1em 0}"
            f"h1{{border-bottom:4px solid {color}}}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>A/B report</title><style>{css}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>A/B report</title><style>{css}</style></head><body>\n"
+            + "\n".join(body) + ("\n" + extra_html if extra_html else "") + "\n</body></html>\n")
 
 
 def write_report(out: str | os.PathLike, offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig,
                  names: dict[str, str], inputs: dict[str, str | os.PathLike], force: bool = False,
-                 warnings: list[str] | None = None) -> Path:
-    """Decide and write the ``ab_report`` artifact atomically; returns its path."""
+                 warnings: list[str] | None = None, examples: tuple[str, str] | None = None) -> Path:
+    """Decide and write the ``ab_report`` artifact atomically; returns its path.
+
+    ``examples``: (markdown, html) of a few explained recommendations, appended to the report.
+    """
     decision = decide(offline, online, cfg)
     decision["control"] = names["control"]
     decision["treatment"] = names["treatment"]
@@ -398,8 +402,8 @@ def write_report(out: str | os.PathLike, offline: OfflineResult, online: OnlineR
             if online.interleaving is not None:
                 plots["interleaving"] = plot_interleaving(online, tmp / "interleaving.png")
         md = render_markdown(decision, offline, online, cfg, names, {k: p.name for k, p in plots.items()})
-        atomic_write_text(tmp / "report.md", md)
-        atomic_write_text(tmp / "report.html", render_html(md, plots, decision))
+        atomic_write_text(tmp / "report.md", md + ("\n" + examples[0] if examples else ""))
+        atomic_write_text(tmp / "report.html", render_html(md, plots, decision, examples[1] if examples else ""))
         atomic_write_json(tmp / "decision.json", decision)
         atomic_write_json(tmp / "metrics.json", flat_metrics(decision, offline, online))
         atomic_write_json(tmp / "offline.json", {"comparisons": [c.to_dict() for c in offline.comparisons], "coverage": offline.coverage})

@@ -65,9 +65,10 @@ def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int, log_file: 
     grpc_port, http_port, metrics_port = free_ports(3)
     t0 = time.perf_counter()
     with start_server(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, log_file=log_file) as srv:
-        name = next(iter(srv.models))
-        typer.echo(f"\nTriton serving '{name}' from {repo} on grpc {srv.grpc_url} (started in {time.perf_counter() - t0:.1f} s;"
-                   f" server log: {log_file})")
+        name = next(n for n, m in srv.models.items() if m.kind == "ranker")
+        extra = [n for n in srv.models if n != name]
+        typer.echo(f"\nTriton serving '{name}'{' with ' + ', '.join(repr(n) for n in extra) if extra else ''} from {repo} "
+                   f"on grpc {srv.grpc_url} (started in {time.perf_counter() - t0:.1f} s; server log: {log_file})")
         with RecommendClient(srv.grpc_url, model=name, repo=repo) as client:
             for i in warm:
                 hist = [str(ds.item_ids[j]) for j in histories[i] if j > 0]
@@ -83,7 +84,31 @@ def _serve_and_query(repo: Path, dataset: Path, n_users: int, k: int, log_file: 
                 for rank, (item, score) in enumerate(recs, 1):
                     mark = "  <- the real next item" if item == target else ""
                     typer.echo(f"    {rank:>2}. {item:<10} {score:8.3f}  {titles.get(item, '')}{mark}")
+            _explained_and_query(client, srv, histories[warm[0]] if len(warm) else None, titles)
     typer.echo("Triton stopped.")
+
+
+#: The demo's text query: words of one genre's vocabulary, none of them an item id or title.
+DEMO_QUERY = "stories about astronauts, rockets and distant galaxies"
+
+
+def _explained_and_query(client, srv, history, titles: dict[str, str]) -> None:
+    """One explained recommendation (served <name>_explain) and one text query (served <name>_query)."""
+    from fusionrec.explain import format_explanation
+
+    if history is not None and f"{client.model}_explain" in srv.models:
+        idx, _, ex = client.topk(history.reshape(1, -1), 1, explain=True)
+        typer.echo("\nwhy the first user's top recommendation? (served explain model over gRPC: the modality bar is each "
+                   "channel's share of the score, the history items are the score drop when each is removed)")
+        typer.echo("  " + format_explanation(ex[0][0], client.item_ids, titles).replace("\n", "\n  "))
+    if f"{client.model}_query" in srv.models:
+        client.query_topk(["warm up"], k=1)  # the first call loads the tokenizer: keep it out of the timing
+        t1 = time.perf_counter()
+        recs = client.query(DEMO_QUERY, k=5)
+        ms = (time.perf_counter() - t1) * 1000
+        typer.echo(f"\na new user with no history types {DEMO_QUERY!r} (served query model over gRPC, {ms:.0f} ms):")
+        for rank, (item, score) in enumerate(recs, 1):
+            typer.echo(f"    {rank:>2}. {item:<10} {score:8.3f}  {titles.get(item, '')}")
 
 
 def register(app: typer.Typer) -> None:

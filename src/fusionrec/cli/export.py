@@ -27,7 +27,10 @@ def register(app: typer.Typer) -> None:
         legacy: bool = typer.Option(False, "--legacy-exporter", help="Use the TorchScript-based exporter instead of dynamo."),
         add_items: Optional[Path] = typer.Option(None, "--add-items", help="New (cold-start) items: a raw items CSV/parquet or a dataset "
                                                   "folder; they are encoded, aligned and appended to the item table without retraining."),
-        aligned: Optional[Path] = typer.Option(None, "--aligned", help="Aligned artifact the model used (needed by --add-items)."),
+        aligned: Optional[Path] = typer.Option(None, "--aligned", help="Aligned artifact the model was trained with: needed by "
+                                               "--add-items, and for the text-query model <name>_query (written when given)."),
+        no_query: bool = typer.Option(False, "--no-query", help="Do not write the text-query model <name>_query."),
+        no_explain: bool = typer.Option(False, "--no-explain", help="Do not write the explanation model <name>_explain."),
         sets: Optional[list[str]] = SetOption,
         force: bool = ForceOption,
     ) -> None:
@@ -40,17 +43,26 @@ def register(app: typer.Typer) -> None:
             cfg = step_config(ex.ExportConfig, config, "export", {
                 "name": name, "k": k, "max_batch_size": max_batch_size, "max_queue_delay_microseconds": max_queue_delay_us,
                 "instance_kind": "KIND_CPU" if cpu else None, "instance_count": instances,
-                "accelerator": "tensorrt" if tensorrt else None, "dynamo": False if legacy else None}, sets)
+                "accelerator": "tensorrt" if tensorrt else None, "dynamo": False if legacy else None,
+                "query": False if no_query else None, "explain": False if no_explain else None}, sets)
             if add_items is not None:
                 if aligned is None:
                     raise ValueError("--add-items needs --aligned ALIGNED_ARTIFACT (the projection heads the model was trained with)")
                 path = run_with_new_items(model, dataset, aligned, add_items, out, cfg, force=force)
             else:
-                path = ex.run(model, dataset, out, cfg, force=force)
+                path = ex.run(model, dataset, out, cfg, aligned=aligned, force=force)
             dirs = validate(path)
             for mdir in dirs:
                 from fusionrec.artifacts import read_json
 
-                p = read_json(mdir / "export_report.json")["parity"]
-                typer.echo(f"{mdir}: config.pbtxt valid; parity on {p['n_cases']} test cases: max |score diff| "
-                           f"{p['max_abs_score_diff']:.2g}, {p['reordered_cases']} near-tie reorders")
+                r = read_json(mdir / "export_report.json")
+                p = r["parity"]
+                if r.get("kind") == "query":
+                    typer.echo(f"{mdir}: config.pbtxt valid; text query model ({r['mode']}, top-{r['k']}), parity on "
+                               f"{p['n_cases']} queries: max |score diff| {p['max_abs_score_diff']:.2g}")
+                elif r.get("kind") == "explain":
+                    typer.echo(f"{mdir}: config.pbtxt valid; explanation model ({r['explain_k']} items per request, "
+                               f"channels {', '.join(r['channels'])}), parity on {p['n_cases']} cases: max |diff| {p['max_abs_diff']:.2g}")
+                else:
+                    typer.echo(f"{mdir}: config.pbtxt valid; parity on {p['n_cases']} test cases: max |score diff| "
+                               f"{p['max_abs_score_diff']:.2g}, {p['reordered_cases']} near-tie reorders")

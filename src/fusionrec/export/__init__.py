@@ -69,6 +69,16 @@ class ExportConfig(StepConfig):
     parity_batch: int = 256
     popular_k: int = 100
     """Length of the popularity fallback list (``popular.json``)."""
+    query: bool = True
+    """Also write ``<name>_query`` (text query -> items) when the model has content modalities and the
+    aligned artifact (``--aligned``) has text."""
+    query_mode: Literal["neighbours", "head"] = "neighbours"
+    query_neighbours: int = 20
+    query_pool: Literal["max", "mean"] = "max"
+    explain: bool = True
+    """Also write ``<name>_explain`` (history + recommended items -> explanations) for sequential models."""
+    explain_k: int = 10
+    """How many recommended items one explain request covers."""
 
 
 def popular_items(dataset, n: int) -> dict[str, Any]:
@@ -84,12 +94,14 @@ def popular_items(dataset, n: int) -> dict[str, Any]:
 def export_module(module, n_items: int, max_len: int, item_ids: list[str], dataset: Path | None, out: Path,
                   cfg: ExportConfig, inputs: dict[str, Path] | None = None, extra_manifest: dict | None = None,
                   k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None,
-                  force: bool = False) -> Path:
+                  companions=None, force: bool = False) -> Path:
     """Export any ``history -> (item_idx, score)`` module into a Triton model repository at ``out``.
 
     ``module`` must already compute top-``k`` (``k`` defaults to ``cfg.k`` clamped to ``n_items``);
     ``item_ids[i]`` is the external id of item_idx ``i`` (index 0 = padding ``""``). Parity runs
     on every test case of ``dataset`` (or on ``histories`` when no dataset is given, e.g. benchmarks).
+    ``companions(tmp_repo, histories) -> {folder name: report}`` writes companion models (query,
+    explain) into the repository being built, so they are part of the same atomic write.
     """
     sources = [dataset, *(inputs or {}).values()]
     check_output(out, "model_repository", sources, force)
@@ -121,17 +133,66 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
                 f"(max |score diff| {parity['max_abs_score_diff']:.3g}, tolerance {cfg.score_tolerance}); "
                 f"first: {json.dumps(parity['failures'][:3])}. No model repository written.")
         write_model_files(mdir, cfg, max_len, k, item_ids, popular, report)
+        extra = companions(tmp, histories) if companions is not None else {}
+        for folder in extra:  # a companion answers in the ranker's item_idx: the same id map goes with it
+            write_model_files_ids(tmp / folder, item_ids)
         write_manifest(tmp, step="export", params=cfg, inputs={**({"dataset": dataset} if dataset else {}), **(inputs or {})},
-                       kind="model_repository", models=[cfg.name], n_items=n_items, max_len=max_len, k=k,
-                       **(extra_manifest or {}))
+                       kind="model_repository", models=[cfg.name, *extra], n_items=n_items, max_len=max_len, k=k,
+                       companions={f: r.get("kind") for f, r in extra.items()}, **(extra_manifest or {}))
     log.info("model repository written to %s (parity: %d cases, max diff %.2g, %d reordered)",
              out, parity["n_cases"], parity["max_abs_score_diff"], parity["reordered_cases"])
     return out
 
 
-def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, force: bool = False) -> Path:
-    """Export a trained model artifact into a Triton model repository (see module docstring)."""
-    check_output(out, "model_repository", [model, dataset], force)
+def write_model_files_ids(mdir: Path, item_ids: list[str]) -> None:
+    from fusionrec.artifacts import atomic_write_json
+
+    atomic_write_json(mdir / "item_ids.json", list(item_ids))
+
+
+def companion_writer(m, cfg: ExportConfig, aligned: Path | None, text_embeddings: Path | None = None):
+    """The ``companions`` hook of :func:`export_module` for model ``m``: query and explain models as configured."""
+    from fusionrec.model_repository import EXPLAIN_SUFFIX, QUERY_SUFFIX
+    from fusionrec.models.recommender import Recommender
+
+    if not isinstance(m, Recommender):
+        return None
+
+    def write(tmp: Path, histories: np.ndarray) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        if cfg.explain:
+            from fusionrec.explain import write_explain_model
+
+            log.info("exporting %s%s (explanations for %d items per request)", cfg.name, EXPLAIN_SUFFIX, cfg.explain_k)
+            out[cfg.name + EXPLAIN_SUFFIX] = write_explain_model(tmp / (cfg.name + EXPLAIN_SUFFIX), m, histories[:512], cfg,
+                                                                 cfg.explain_k, cfg.score_tolerance)
+        if cfg.query and aligned is not None and m.spec.modalities:
+            from fusionrec.query import QueryTokenizer, build_query_module, text_encoder_source, write_query_model
+
+            from fusionrec.models.align import load_heads
+
+            if "text" not in load_heads(aligned):
+                log.warning("no %s%s: the aligned artifact has no text modality", cfg.name, QUERY_SUFFIX)
+                return out
+            log.info("exporting %s%s (text encoder + aligned item table)", cfg.name, QUERY_SUFFIX)
+            module = build_query_module(m, aligned, k=min(cfg.k, m.n_items), pool=cfg.query_pool, mode=cfg.query_mode,
+                                        neighbours=cfg.query_neighbours, text_embeddings=text_embeddings)
+            out[cfg.name + QUERY_SUFFIX] = write_query_model(tmp / (cfg.name + QUERY_SUFFIX), module,
+                                                             QueryTokenizer(text_encoder_source(aligned, text_embeddings)), cfg)
+        return out
+
+    return write
+
+
+def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, aligned: Path | None = None,
+        text_embeddings: Path | None = None, force: bool = False) -> Path:
+    """Export a trained model artifact into a Triton model repository (see module docstring).
+
+    With ``aligned`` (the aligned artifact the model was trained with) and ``cfg.query``, the
+    repository also holds ``<name>_query``; with ``cfg.explain``, ``<name>_explain``. ``text_embeddings``
+    is the text embeddings artifact (default: the one named in the aligned artifact's manifest).
+    """
+    check_output(out, "model_repository", [model, dataset, *([aligned] if aligned is not None else [])], force)
     m = load_model(model, device="cpu")
     max_len = int(cfg.max_len or m.spec.max_len)
     ids = [str(x) for x in DatasetArtifact(dataset).item_ids.tolist()]
@@ -140,6 +201,9 @@ def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, force: bool = 
                          "export the model with the dataset it was trained on")
     k = min(cfg.k, m.n_items)
     return export_module(m.serving_module(k), m.n_items, max_len, ids, dataset, out, cfg,
-                         inputs={"model": model}, k=k, force=force)
+                         inputs={"model": model, **({"aligned": Path(aligned)} if aligned is not None else {})}, k=k,
+                         companions=companion_writer(m, cfg, Path(aligned) if aligned is not None else None,
+                                                     Path(text_embeddings) if text_embeddings is not None else None),
+                         force=force)
 
 

@@ -18,7 +18,7 @@ from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.data.ingest import MEDIA_COLUMNS, RESERVED_ITEM_COLUMNS, read_items
 from fusionrec.encoders.encode import EncodeConfig
 from fusionrec.encoders.encode import run as encode
-from fusionrec.export import ExportConfig, export_module
+from fusionrec.export import ExportConfig, companion_writer, export_module
 from fusionrec.models import load_model
 from fusionrec.models.align import project
 from fusionrec.progress import get_logger
@@ -132,5 +132,6 @@ def run_with_new_items(model: Path, dataset: Path, aligned: Path, new_items: Pat
     return export_module(m2.serving_module(k), m2.n_items, max_len, ids + new_ids, dataset, out, cfg,
                          inputs={"model": model, "aligned": aligned, "new_items": Path(new_items)}, k=k,
                          extra_manifest={"added_items": {"n": len(new_ids), "first_item_idx": len(ids), "modalities": prov}},
+                         companions=companion_writer(m2, cfg, Path(aligned)),  # new items: found by a query through their content
                          force=force)
 

@@ -138,7 +138,8 @@ def make_pipeline(gpu: bool = True, retries: bool = True) -> Callable:
                               config=align_config), "align", True)
         fused = _resources(train_fusion(dataset=data, aligned=al.outputs["aligned"], fusion=fusion, epochs=epochs,
                                         config=train_config), "train", True)
-        treatment = _resources(export_onnx(model=fused.outputs["model"], dataset=data, name=model_name,
+        treatment = _resources(export_onnx(model=fused.outputs["model"], dataset=data, aligned=al.outputs["aligned"],
+                                           embeddings=merged.outputs["embeddings"], name=model_name,
                                            config=export_config), "export_onnx", True)
 
         def evaluate_and_promote(control) -> None:

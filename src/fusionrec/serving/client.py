@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -46,6 +47,7 @@ class _Base:
         """History length of the served graph (histories of another length are re-padded)."""
         self.max_batch_size = max_batch_size
         popular_counts: list[float] = []
+        self.repo = Path(repo) if repo is not None else None
         if repo is not None:
             mrepo = ModelRepository(repo, model)
             self.max_len = self.max_len or mrepo.max_len
@@ -175,8 +177,13 @@ class RecommendClient(_Base):
         res = self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s))
         return res.as_numpy(ITEM_IDX), res.as_numpy(SCORE)
 
-    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback."""
+    def topk(self, histories: np.ndarray, k: int, explain: bool = False):
+        """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback.
+
+        ``explain=True`` returns ``(item_idx, score, explanations)`` (see :meth:`explain_topk`).
+        """
+        if explain:
+            return self.topk_explained(histories, k)
         feed, idx, score, rows = self._start(histories, k)
         for sl in self._chunks(len(rows)):
             i, s = self._infer(feed, rows[sl])
@@ -192,6 +199,99 @@ class RecommendClient(_Base):
 
     def recommend(self, history: Sequence[str], k: int = 10) -> Recommendation:
         return self.recommend_many([history], k)[0]
+
+    # -- companions: text queries and explanations (``<model>_query``, ``<model>_explain``) --------
+    def _companion_dir(self, suffix: str, what: str) -> Path:
+        from fusionrec.model_repository import companion_dir
+
+        mdir = companion_dir(self.repo, self.model, suffix) if self.repo is not None else None
+        if mdir is None:
+            raise ValueError(f"{what} needs the model repository (repo=) holding '{self.model}{suffix}': "
+                             f"{'no repository given' if self.repo is None else f'{self.repo} has none'}"
+                             + (" (export the model with --aligned ALIGNED so the text query model is written)"
+                                if suffix.endswith("query") else ""))
+        return mdir
+
+    def _infer_named(self, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        from fusionrec.model_repository import GraphTensor
+
+        inputs = []
+        for name, data in arrays.items():
+            data = np.ascontiguousarray(data)
+            inp = self._grpc.InferInput(name, list(data.shape), GraphTensor(name, str(data.dtype), ()).triton_datatype)
+            inp.set_data_from_numpy(data)
+            inputs.append(inp)
+        req = [self._grpc.InferRequestedOutput(n) for n in outputs]
+        res = self._call(lambda: self._client.infer(model, inputs, outputs=req, client_timeout=self.timeout_s))
+        return {n: res.as_numpy(n) for n in outputs}
+
+    def query_topk(self, queries: Sequence[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Text queries -> (item_idx [B, k], score [B, k]) from the served ``<model>_query``.
+
+        Each query is checked and tokenized here (``fusionrec.query.QueryTokenizer`` with the
+        tokenizer shipped in the repository); a bad one raises ``QueryError`` before anything is sent.
+        """
+        from fusionrec.artifacts import read_json
+        from fusionrec.model_repository import ATTENTION_MASK, INPUT_IDS, QUERY_SUFFIX
+        from fusionrec.query import QueryTokenizer
+
+        mdir = self._companion_dir(QUERY_SUFFIX, "a text query")
+        if getattr(self, "_query_tok", None) is None:
+            report = read_json(mdir / "export_report.json")
+            self._query_tok = (QueryTokenizer(mdir / "tokenizer", int(report["max_tokens"])), int(report["k"]))
+        tok, k_max = self._query_tok
+        if k > k_max:
+            raise ValueError(f"k={k} but '{mdir.name}' was exported with top-{k_max}")
+        ids, mask = tok(list(queries))
+        idx = np.zeros((len(ids), k), np.int64)
+        score = np.zeros((len(ids), k), np.float32)
+        for sl in self._chunks(len(ids)):
+            out = self._infer_named(mdir.name, {INPUT_IDS: ids[sl], ATTENTION_MASK: mask[sl]}, [ITEM_IDX, SCORE])
+            self._check_rows(out[ITEM_IDX], sl.start)
+            idx[sl], score[sl] = out[ITEM_IDX][:, :k], out[SCORE][:, :k]
+        return idx, score
+
+    def query(self, text: str, k: int = 10, history: Sequence[str] | None = None) -> Recommendation:
+        """A new user's words -> [(item_id, score), ...] best first; with a history, the sequential model answers."""
+        if history:
+            return self.recommend(history, k)
+        if self.item_ids is None:
+            raise ValueError("this client has no item id map: pass repo= (the model repository)")
+        idx, score = self.query_topk([text], k)
+        return self.to_ids(idx[0], score[0])
+
+    def explain_topk(self, histories: np.ndarray, items: np.ndarray, top_history: int | None = None) -> list[list]:
+        """Explanations (``fusionrec.explain.Explanation``) of ``items`` [B, k] for item_idx ``histories`` [B, L],
+        from the served ``<model>_explain``; rows with an empty history get ``None`` (popularity fallback)."""
+        from fusionrec.artifacts import read_json
+        from fusionrec.explain import explanations_from_arrays
+        from fusionrec.model_repository import CONTRIB, DROP, EXPLAIN_SUFFIX, HISTORY, ITEMS, WEIGHT, feeds
+
+        mdir = self._companion_dir(EXPLAIN_SUFFIX, "explanations")
+        report = read_json(mdir / "export_report.json")
+        E, L = int(report["explain_k"]), int(report["max_len"])
+        items = np.asarray(items, dtype=np.int64)
+        if items.ndim != 2 or items.shape[1] > E:
+            raise ValueError(f"explanations cover at most {E} items per history ('{mdir.name}' was exported with explain_k={E})")
+        h = feeds(np.asarray(histories, dtype=np.int64), L)[HISTORY]
+        padded = np.concatenate([items, np.repeat(items[:, -1:], E - items.shape[1], axis=1)], axis=1)
+        out: list[list | None] = [None] * len(h)
+        rows = np.where((h > 0).any(axis=1))[0]
+        for sl in self._chunks(len(rows)):
+            r = rows[sl]
+            res = self._infer_named(mdir.name, {HISTORY: h[r], ITEMS: padded[r]}, [SCORE, DROP, WEIGHT, CONTRIB])
+            if np.isnan(res[SCORE]).all(axis=1).any():
+                raise ValueError("the server rejected an explain row: an item_idx is outside the catalog of this model")
+            ex = explanations_from_arrays(h[r], padded[r], res[SCORE], res[DROP], res[WEIGHT], res[CONTRIB],
+                                          report["channels"], bool(report["split_exact"]), top_history)
+            for j, b in enumerate(r):
+                out[b] = ex[j][: items.shape[1]]
+        return out
+
+    def topk_explained(self, histories: np.ndarray, k: int, top_history: int | None = None):
+        """``topk`` plus the explanation of every recommended item: ``(item_idx, score, explanations)``."""
+        idx, score = self.topk(histories, k)
+        return idx, score, self.explain_topk(histories, idx, top_history)
 
     def close(self) -> None:
         self._client.close()

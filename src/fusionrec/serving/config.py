@@ -14,7 +14,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from fusionrec.model_repository import INPUTS, OUTPUTS
+from fusionrec.model_repository import graph_io
 
 
 def parse_model_config(text: str, source: str = "config.pbtxt") -> model_config_pb2.ModelConfig:
@@ -52,12 +52,13 @@ def validate(repo: str | os.PathLike) -> list[Path]:
         if not any((v / "model.onnx").is_file() for v in mdir.iterdir() if v.is_dir() and v.name.isdigit()):
             problems.append("no <version>/model.onnx")
         types = model_config_pb2.DataType
-        ins = {i.name: i.data_type for i in cfg.input}
-        outs = {o.name: o.data_type for o in cfg.output}
-        if ins != {t.name: types.Value(t.triton_type) for t in INPUTS}:
-            problems.append(f"inputs {sorted(ins)} != {', '.join(f'{t.name} ({t.triton_type})' for t in INPUTS)}")
-        if outs != {t.name: types.Value(t.triton_type) for t in OUTPUTS}:
-            problems.append(f"outputs {sorted(outs)} != {', '.join(f'{t.name} ({t.triton_type})' for t in OUTPUTS)}")
+        kind, want_in, want_out = graph_io(mdir)
+        for what, have, want in (("inputs", cfg.input, want_in), ("outputs", cfg.output, want_out)):
+            got = {t.name: (t.data_type, tuple(t.dims), bool(getattr(t, "optional", False))) for t in have}
+            expect = {t.name: (types.Value(t.triton_type), t.dims, t.optional) for t in want}
+            if got != expect:
+                problems.append(f"{what} {sorted(got)} != the {kind} contract: "
+                                + ", ".join(f"{t.name} ({t.triton_type} {list(t.dims)})" for t in want))
         if cfg.max_batch_size < 1 or not cfg.HasField("dynamic_batching"):
             problems.append("dynamic batching needs max_batch_size >= 1 and a dynamic_batching block")
         if problems:

@@ -35,8 +35,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fusionrec.model_repository import HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUTS, SCORE, ModelRepository, find_model_dir, model_dirs
-from fusionrec.artifacts import StepError
+from fusionrec.artifacts import StepError, read_json
+from fusionrec.model_repository import (INVALID_IDX, RANKER, GraphTensor, ModelRepository, find_model_dir, graph_io, graph_path,
+                                        model_dirs, ort_session)
 from fusionrec.progress import get_logger
 
 from .config import read_model_config
@@ -133,67 +134,73 @@ class ServedModel:
     dynamic_batching: bool
     provider: str = "CPUExecutionProvider"
     instances: int = 1
+    kind: str = "ranker"
+    """``ranker``, or a companion: ``query`` / ``explain``."""
 
 
 class _OrtCallable:
     """Raw pytriton callable (``list[Request] -> list[dict]``) over one onnxruntime session.
 
-    It never raises: requests are stacked into one ORT run; if that run fails, each request is run
-    alone and only the failing ones get the invalid-row status (-1 / NaN).
+    Generic over the graph's tensors (``graph_io``: the ranker, and the query and explain
+    companions). It never raises: requests are stacked into one ORT run; if that run fails, each
+    request is run alone and only the failing ones get the invalid-row status (-1 in int64
+    outputs, NaN in float ones).
     """
 
-    def __init__(self, session, max_len: int, k: int):
+    def __init__(self, session, inputs: Sequence[GraphTensor], outputs: Sequence[GraphTensor]):
         self.session = session
-        self.max_len = max_len
-        self.k = k
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
 
     def _invalid(self, n: int) -> dict[str, np.ndarray]:
-        return {ITEM_IDX: np.full((n, self.k), INVALID_IDX, dtype=np.int64),
-                SCORE: np.full((n, self.k), np.nan, dtype=np.float32)}
+        return {t.name: np.full((n, *t.dims), INVALID_IDX if t.dtype == "int64" else np.nan, dtype=np.dtype(t.dtype))
+                for t in self.outputs}
 
     def _ok(self, req: dict[str, Any]) -> bool:
-        """Every graph input (``INPUTS``) is an [n, length] array of its type, all with the same n."""
-        arrays = [req.get(t.name) for t in INPUTS]
-        if not all(isinstance(a, np.ndarray) and a.dtype == np.dtype(t.dtype) and a.ndim == 2
-                   and a.shape[1] == t.dims(self.max_len, self.k) for a, t in zip(arrays, INPUTS)):
+        """Every graph input is an array of its dtype and per-row shape, all with the same number of rows."""
+        arrays = [req.get(t.name) for t in self.inputs]
+        if not all(isinstance(a, np.ndarray) and a.dtype == np.dtype(t.dtype) and a.ndim == 1 + len(t.dims)
+                   and tuple(a.shape[1:]) == t.dims for a, t in zip(arrays, self.inputs)):
             return False
         return len({a.shape[0] for a in arrays}) == 1
 
     def _complete(self, req: dict[str, Any]) -> dict[str, Any]:
         """Fill the optional inputs a request left out with their ``fill`` value."""
-        h = req.get(HISTORY)
-        n = int(h.shape[0]) if isinstance(h, np.ndarray) and h.ndim >= 1 else 0
-        return {t.name: (np.full((n, t.dims(self.max_len, self.k)), t.fill, dtype=t.dtype)
-                         if t.optional and req.get(t.name) is None else req.get(t.name)) for t in INPUTS}
+        n = self._rows(req)
+        return {t.name: (np.full((n, *t.dims), t.fill, dtype=t.dtype) if t.optional and req.get(t.name) is None
+                         else req.get(t.name)) for t in self.inputs}
 
-    def _run(self, req: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        idx, score = self.session.run([ITEM_IDX, SCORE], {t.name: np.ascontiguousarray(req[t.name]) for t in INPUTS})
+    def _run(self, req: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res = self.session.run([t.name for t in self.outputs], {t.name: np.ascontiguousarray(req[t.name]) for t in self.inputs})
         # pytriton's strict output check rejects numpy's 'q' int64 alias that ORT returns.
-        return np.asarray(idx).view(np.int64), np.asarray(score, dtype=np.float32)
+        return {t.name: (np.asarray(r).view(np.int64) if t.dtype == "int64" else np.asarray(r, dtype=np.float32))
+                for t, r in zip(self.outputs, res)}
+
+    def _rows(self, req: dict[str, Any]) -> int:
+        a = req.get(self.inputs[0].name)  # the first input is never optional (HISTORY / INPUT_IDS)
+        return int(a.shape[0]) if isinstance(a, np.ndarray) and a.ndim >= 1 else 1
 
     def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
-        reqs = [self._complete({t.name: r.data.get(t.name) for t in INPUTS}) for r in requests]
+        reqs = [self._complete({t.name: r.data.get(t.name) for t in self.inputs}) for r in requests]
         good = [i for i, req in enumerate(reqs) if self._ok(req)]
         out: list[dict[str, np.ndarray] | None] = [None] * len(requests)
         for i, req in enumerate(reqs):
             if i not in good:
-                h = req[HISTORY]
-                out[i] = self._invalid(int(h.shape[0]) if isinstance(h, np.ndarray) and h.ndim >= 1 else 1)
+                out[i] = self._invalid(self._rows(req))
         if good:
-            sizes = [reqs[i][HISTORY].shape[0] for i in good]
+            sizes = [self._rows(reqs[i]) for i in good]
             try:
-                idx, score = self._run({t.name: np.concatenate([reqs[i][t.name] for i in good]) for t in INPUTS})
+                res = self._run({t.name: np.concatenate([reqs[i][t.name] for i in good]) for t in self.inputs})
                 offs = np.cumsum([0, *sizes])
                 for j, i in enumerate(good):
-                    out[i] = {ITEM_IDX: idx[offs[j]:offs[j + 1]], SCORE: score[offs[j]:offs[j + 1]]}
+                    out[i] = {name: arr[offs[j]:offs[j + 1]] for name, arr in res.items()}
             except Exception:  # noqa: BLE001 - isolate the failing request(s)
                 log.exception("batched inference failed; retrying the %d requests one by one", len(good))
                 for i in good:
                     try:
-                        idx, score = self._run(reqs[i])
-                        out[i] = {ITEM_IDX: idx, SCORE: score}
+                        out[i] = self._run(reqs[i])
                     except Exception:  # noqa: BLE001
-                        out[i] = self._invalid(reqs[i][HISTORY].shape[0])
+                        out[i] = self._invalid(self._rows(reqs[i]))
         return out  # type: ignore[return-value]
 
 
@@ -311,31 +318,37 @@ def start_server(
         if log_file is not None:
             _silence_server_echo(triton)
         for name, mdir in resolved.items():
-            repo = ModelRepository(mdir)
+            kind, inputs, outputs = graph_io(mdir)
             mc = read_model_config(mdir / "config.pbtxt")  # batch settings: Triton's own configuration
-            max_len, k = repo.max_len, repo.k
+            if kind == RANKER:
+                repo = ModelRepository(mdir)
+                max_len, k, n_items = repo.max_len, repo.k, repo.n_items
+            else:  # a companion (query / explain): sizes from its own report
+                report = read_json(mdir / "export_report.json")
+                max_len, k, n_items = int(report.get("max_len") or 0), int(report.get("k") or report.get("explain_k") or 0), \
+                    int(report.get("n_items") or 0)
             delay = int(max_queue_delay_us if max_queue_delay_us is not None else mc.dynamic_batching.max_queue_delay_microseconds)
             pref = [int(b) for b in mc.dynamic_batching.preferred_batch_size]
             n_threads = threads or max(1, (os.cpu_count() or 1) // max(1, instances))
             callables = []
             provider = "CPUExecutionProvider"
+            onnx_path = graph_path(mdir)
             for _ in range(max(1, instances)):
-                sess = repo.session(providers=providers, threads=n_threads)
+                sess = ort_session(onnx_path, providers=providers, threads=n_threads)
                 provider = sess.get_providers()[0]
-                callables.append(_OrtCallable(sess, max_len, k))
+                callables.append(_OrtCallable(sess, inputs, outputs))
             batcher = DynamicBatcher(max_queue_delay_microseconds=delay, preferred_batch_size=pref or None) if dynamic_batching else None
             triton.bind(
                 model_name=name,
                 infer_func=callables if len(callables) > 1 else callables[0],
-                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=(t.dims(max_len, k),), optional=t.optional)
-                        for t in INPUTS],
-                outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=(t.dims(max_len, k),)) for t in OUTPUTS],
+                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=t.dims, optional=t.optional) for t in inputs],
+                outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=t.dims) for t in outputs],
                 config=ModelConfig(batching=True, max_batch_size=int(mc.max_batch_size) if dynamic_batching else 1,
                                    batcher=batcher),
                 strict=True,
             )
-            handle.models[name] = ServedModel(name, mdir, max_len, k, repo.n_items, int(mc.max_batch_size),
-                                              delay, dynamic_batching, provider, max(1, instances))
+            handle.models[name] = ServedModel(name, mdir, max_len, k, n_items, int(mc.max_batch_size),
+                                              delay, dynamic_batching, provider, max(1, instances), kind)
         t0 = time.perf_counter()
         try:
             triton.run()
