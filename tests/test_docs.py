@@ -55,7 +55,7 @@ EXCLUDED = {
 PLACEHOLDERS = {
     "DATASET": "artifacts/dataset", "ALIGNED": "artifacts/aligned", "MODEL": "artifacts/model", "EVAL": "artifacts/eval",
     "EMB_TEXT": "artifacts/emb/text", "EMB_IMAGE": "artifacts/emb/image", "EMB_AUDIO": "artifacts/emb/audio",
-    "EMB_TABULAR": "artifacts/emb/tabular", "REPO_A": "artifacts/repo_id", "REPO_B": "artifacts/repo",
+    "EMB_TABULAR": "artifacts/emb/tabular", "REPO_A": "artifacts/repo_id", "REPO_B": "artifacts/repo", "REPO": "artifacts/repo",
     "ds": "artifacts/dataset", "N": "1",
     "artifacts/repo_fused": "artifacts/repo",  # docs/ab.md's treatment: the README's fused model
 }
@@ -266,7 +266,9 @@ def test_every_documented_command_runs_on_a_tiny_catalog(tmp_path, tmp_path_fact
             args = [ports.get(a, a) for a in args]
             args = [re.sub(r":(800[012])$", lambda m: ":" + ports[m.group(1)], a) for a in args]
             if sub == "recommend":
-                args = [item_ids(2) if a == "ITEM_ID,ITEM_ID" else item_ids(3) if a == "m12,m7,m33" else a for a in args]
+                args = [item_ids(2) if a == "ITEM_ID,ITEM_ID" else item_ids(3) if a in ("m12,m7,m33", "it_1,it_2,it_3") else a for a in args]
+                if "--url" not in args:  # the documented default, 127.0.0.1:8001, is this walkthrough's server port
+                    args += ["--url", f"127.0.0.1:{ports['8001']}"]
             for key, steps in SETUP.items():
                 if key not in done_setup and any(key in a for a in args):
                     done_setup.add(key)
