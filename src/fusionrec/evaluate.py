@@ -1,7 +1,8 @@
 """Full-ranking evaluation of any ``TopKRanker`` on a dataset artifact's valid/test cases.
 
-Each case (one held-out event) is ranked against the whole catalog with the user's earlier
-items excluded (the ranker's job). Recall@K and NDCG@K for K <= ``k_max`` are exact; MRR is
+Each case (one held-out event) is ranked against the whole catalog with every item the user
+consumed before it excluded: the whole history, not only the last ``max_len`` items the sequence
+model reads (``exclude_history=False`` restores the old, window-only exclusion for comparisons). Recall@K and NDCG@K for K <= ``k_max`` are exact; MRR is
 MRR@``k_max``; item coverage@K is the share of the catalog appearing in at least one top-K
 list. Figures are reported overall, for warm items and for cold-start items.
 
@@ -27,7 +28,7 @@ import pandas as pd
 from fusionrec.config import StepConfig
 from fusionrec.metrics import DEFAULT_KS, item_coverage, per_case_metrics, ranks_from_topk
 from fusionrec.progress import progress
-from fusionrec.ranking import TopKRanker
+from fusionrec.ranking import TopKRanker, topk_excluding
 
 SEGMENTS = ("overall", "warm", "cold")
 
@@ -41,6 +42,7 @@ class EvalConfig(StepConfig):
     max_len: int = 50
     batch_size: int = 256
     device: str = "auto"
+    exclude_history: bool = True  # False: exclude only the last max_len items (the pre-issue-13 protocol)
 
 
 @dataclass
@@ -52,11 +54,16 @@ class EvalResult:
     topk: np.ndarray | None = field(default=None, repr=False)
 
 
-def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank") -> np.ndarray:
-    """Top-``k`` item_idx [n_cases, k] for every history, in batches."""
+def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank",
+               exclude: np.ndarray | None = None) -> np.ndarray:
+    """Top-``k`` item_idx [n_cases, k] for every history, in batches, leaving out ``exclude`` (-1 padded) items."""
     out = []
     for start in progress(range(0, len(histories), batch_size), desc=desc, unit="batch", leave=False):
-        idx, _ = ranker.topk(histories[start:start + batch_size], k)
+        ex = None
+        if exclude is not None:
+            ex = exclude[start:start + batch_size]
+            ex = ex[:, : max(1, int((ex >= 0).sum(1).max()))]  # trim the batch's padding columns
+        idx, _ = topk_excluding(ranker, histories[start:start + batch_size], k, ex)
         out.append(np.asarray(idx, dtype=np.int64))
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
@@ -70,10 +77,13 @@ def evaluate(
     max_len: int = 50,
     batch_size: int = 256,
     cases: tuple[pd.DataFrame, np.ndarray] | None = None,
+    exclude_history: bool = True,
+    exclude: np.ndarray | None = None,
 ) -> EvalResult:
     """Rank every ``split`` case of ``dataset`` (a ``DatasetArtifact`` or its path) with ``ranker``.
 
-    ``cases`` may pass precomputed ``dataset.eval_cases(split, max_len)`` (training reuses it).
+    ``cases`` may pass precomputed ``dataset.eval_cases(split, max_len)`` (training reuses it) and
+    ``exclude`` precomputed ``dataset.consumed_before(cases)``.
     """
     from fusionrec.data.dataset import DatasetArtifact
 
@@ -85,10 +95,14 @@ def evaluate(
     df, histories = cases if cases is not None else dataset.eval_cases(split, max_len)
     n_items = int(getattr(ranker, "n_items", dataset.n_items))
     k_eff = min(k_max, n_items)
-    top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}")
+    if exclude is None and exclude_history:
+        exclude = dataset.consumed_before(df)
+    top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}", exclude=exclude if exclude_history else None)
     targets = df["item_idx"].to_numpy(np.int64)
     ranks = ranks_from_topk(top, targets)
     in_hist = (histories == targets[:, None]).any(1)
+    if exclude_history:
+        in_hist |= (exclude == targets[:, None]).any(1)
     ranks[in_hist] = 0
     metrics = per_case_metrics(ranks, ks)
     per_case = pd.DataFrame({
@@ -141,7 +155,7 @@ def run(dataset: str | os.PathLike, model: str | os.PathLike, out: str | os.Path
     ranker = load_model(model, device=cfg.device)
     if ranker.n_items < ds.n_items:
         raise ValueError(f"model {model} knows {ranker.n_items} items but dataset {dataset} has {ds.n_items}: was it trained on another dataset?")
-    res = evaluate(ranker, ds, cfg.split, cfg.ks, cfg.k_max, cfg.max_len, cfg.batch_size)
+    res = evaluate(ranker, ds, cfg.split, cfg.ks, cfg.k_max, cfg.max_len, cfg.batch_size, exclude_history=cfg.exclude_history)
     with artifact_dir(out) as tmp:
         atomic_write_json(tmp / "metrics.json", {"split": cfg.split, "summary": res.summary})
         save_parquet(res.per_case, tmp / "per_case.parquet")
