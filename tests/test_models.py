@@ -104,12 +104,15 @@ def test_serving_module_equals_topk_excludes_history_and_is_finite(fusion):
     for r, hist in enumerate(h):
         ref[r, hist[hist > 0]] = -np.inf
     # float32 sums in a different order: scores agree to 1e-5, so compare the ranked ids where scores are 1e-4 apart
+    n_fixed = 0
     for r in range(len(h)):
         order = np.argsort(-ref[r], kind="stable")[:8]
         assert np.allclose(score[r], ref[r, order], atol=1e-4)
         gap = np.abs(np.diff(ref[r, order])) > 1e-4  # gap[i]: positions i and i+1 are clearly apart
         fixed = np.concatenate([[True], gap]) & np.concatenate([gap, [True]])  # apart from both neighbours
-        assert fixed.sum() >= 4 and np.array_equal(idx[r][fixed], order[fixed])
+        assert np.array_equal(idx[r][fixed], order[fixed])
+        n_fixed += int(fixed.sum())
+    assert n_fixed >= 10  # the check compared real positions, not only ties
     sidx, sscore = model.serving_module(8)(torch.from_numpy(h))
     assert sidx.dtype == torch.int64 and sscore.dtype == torch.float32
     # a shorter history array (left-padded inside topk) gives the same result as the full-width one
