@@ -37,7 +37,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-FUSIONS = ("concat", "weighted", "attention", "user_gate")
+from fusionrec.models.fusion import FUSIONS  # noqa: E402  (the library's list, not a copy)
 SEGMENTS = ("overall", "warm", "cold")
 TABLE_METRICS = ("ndcg@10", "recall@20", "mrr")
 KS = (10, 20, 50)

@@ -20,10 +20,14 @@ import json
 import os
 import shutil
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+
+from fusionrec import __version__
+
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -114,11 +118,16 @@ def save_parquet(df, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (recorded in manifests), None when it is not installed."""
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -169,8 +178,6 @@ def write_manifest(
     ``inputs`` maps a role name to an input path; each is recorded with its hash so a later
     step (or a cache) can tell exactly what the artifact was made from.
     """
-    from fusionrec import __version__
-
     folder = Path(folder)
     if params is not None and hasattr(params, "model_dump"):
         params = params.model_dump(mode="json")

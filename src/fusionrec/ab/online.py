@@ -19,17 +19,18 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.interleaving import InterleavingResult, interleave_evaluate
-from fusionrec.ab.offline import rank_all
 from fusionrec.ab.stats import ratio_delta_ztest, two_proportion_ztest, wilson_ci
+from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger, progress
-from fusionrec.ranking import TopKRanker
+from fusionrec.ranking import TopKRanker, rank_cases
 
 log = get_logger(__name__)
 
@@ -98,6 +99,17 @@ class OnlineResult:
             "z_clustered": self.z_clustered, "p_clustered": self.p_clustered,
             "interleaving": self.interleaving.to_dict() if self.interleaving else None,
         }
+
+
+class OnlineReplay(Protocol):
+    """Serves both model repositories somewhere, replays the held-out cases, returns the result.
+
+    ``fusionrec.ab.run(..., online=...)`` calls it after the offline comparison; the serving
+    package supplies the Triton one (``fusionrec.serving.ab_online.replay_on_triton``), which
+    builds its clients and calls :func:`replay`.
+    """
+
+    def __call__(self, control: Path, treatment: Path, dataset: DatasetArtifact, cfg: ABConfig) -> OnlineResult: ...
 
 
 def _arm(name: str, users: np.ndarray, hits: np.ndarray, lat: np.ndarray, confidence: float) -> ArmOnline:
@@ -177,8 +189,8 @@ def replay(
     lift = arm_t.hit_rate / arm_c.hit_rate - 1.0 if arm_c.hit_rate else (0.0 if arm_t.hit_rate == 0 else float("inf"))
 
     # interleaving: both arms' lists for every replayed request (batched; not timed)
-    top_c = rank_all(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control")
-    top_t = rank_all(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment")
+    top_c = rank_cases(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control")
+    top_t = rank_cases(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment")
     inter = interleave_evaluate(top_c, top_t, targets[order], uids[order], k=cfg.interleaving_k, seed=cfg.seed, unit=cfg.interleaving_unit)
 
     requests = pd.DataFrame({

@@ -22,34 +22,48 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
-from fusionrec.artifacts import read_json
-from fusionrec.models.fusion import UserGate, make_fusion
+from fusionrec.artifacts import atomic_write_json, read_json
+from fusionrec.device import pick_device
+from fusionrec.models.fusion import FUSIONS, UserGate, make_fusion
 from fusionrec.models.transformer import SequenceEncoder
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import pad_histories
 
 EXCLUDED = -1.0e9  # score given to padding and history items (finite: exporters and ORT stay NaN-free)
 UNSCORABLE = -1.0e8  # score of items with no channel at all (e.g. cold items in an ID-only model)
 
 
-class ModelSpec(BaseModel):
-    """Everything needed to rebuild a model's modules (saved as ``config.json["spec"]``)."""
+class Architecture(BaseModel):
+    """The model's hyperparameters, declared once: ``TrainConfig`` sets them, ``ModelSpec`` records them."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    fusion: str = "attention"
+    use_id_embedding: bool = True
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    """History length L: the model reads the most recent L items of a history."""
+    dropout: float = 0.2
+
+    @field_validator("fusion")
+    @classmethod
+    def _fusion(cls, v: str) -> str:
+        if v not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got '{v}'")
+        return v
+
+
+class ModelSpec(Architecture):
+    """Everything needed to rebuild a model's modules (saved as ``config.json["spec"]``)."""
 
     kind: Literal["sequential", "popularity"] = "sequential"
     n_items: int
     modalities: list[str] = []
     aligned_dim: int = 0
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
-    fusion: str = "attention"
-    use_id_embedding: bool = True
 
     @property
     def channels(self) -> int:
@@ -82,12 +96,7 @@ def exclude_items(scores: torch.Tensor, history: torch.Tensor, exclude: torch.Te
 
 
 def _prepare_histories(histories: np.ndarray, max_len: int) -> torch.Tensor:
-    h = np.asarray(histories, dtype=np.int64)
-    if h.ndim != 2:
-        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
-    if h.shape[1] != max_len:  # keep the most recent max_len items, left-pad shorter ones
-        h = left_pad([row[row > 0] for row in h], max_len) if h.shape[1] < max_len else h[:, -max_len:]
-    return torch.from_numpy(np.ascontiguousarray(h))
+    return torch.from_numpy(pad_histories(histories, max_len))
 
 
 class Recommender(nn.Module):
@@ -119,10 +128,17 @@ class Recommender(nn.Module):
         self.user_gate = UserGate(spec.channels, d) if spec.fusion == "user_gate" else None
         self.encoder = SequenceEncoder(d, spec.layers, spec.heads, spec.max_len, spec.dropout)
 
+    k = None  # the TopKRanker protocol: ranks the whole catalog (no exported K)
+
     # -- item side ------------------------------------------------------------------------
     @property
     def n_items(self) -> int:
         return self.spec.n_items
+
+    @property
+    def max_len(self) -> int:
+        """History length L (``spec.max_len``), as the TopKRanker protocol names it."""
+        return self.spec.max_len
 
     def channels(self, drop_modality: float = 0.0, drop_id: float = 0.0, generator: torch.Generator | None = None):
         """All items' channel vectors [N+1, C, d] and presence mask [N+1, C] (optionally with channel dropout)."""
@@ -299,9 +315,16 @@ class PopularityRanker(nn.Module):
             counts = torch.zeros(spec.n_items + 1)
         self.register_buffer("counts", counts.float())
 
+    k = None  # the TopKRanker protocol: ranks the whole catalog (no exported K)
+
     @property
     def n_items(self) -> int:
         return self.spec.n_items
+
+    @property
+    def max_len(self) -> int:
+        """History length L (``spec.max_len``), as the TopKRanker protocol names it."""
+        return self.spec.max_len
 
     def _scores(self) -> torch.Tensor:
         """Distinct scores in (0, 1] ordered by (count desc, item_idx asc): no ties, so every backend agrees."""
@@ -339,15 +362,9 @@ class PopularityRanker(nn.Module):
 AnyModel = Recommender | PopularityRanker
 
 
-def build_model(spec: ModelSpec) -> AnyModel:
-    return PopularityRanker(spec) if spec.kind == "popularity" else Recommender(spec)
-
-
 def save_model(model: AnyModel, folder: str | os.PathLike, extra_config: dict | None = None) -> None:
     """Write ``model.safetensors`` + ``config.json`` (spec + extra) into ``folder`` (no pickle)."""
     from safetensors.torch import save_file
-
-    from fusionrec.artifacts import atomic_write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -371,6 +388,5 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> AnyModel:
     else:
         model = Recommender(spec, state["features"], state["feature_mask"], state["id_mask"])
         model.load_state_dict(state, strict=True)
-    from fusionrec.device import pick_device
 
     return model.to(pick_device(device)).eval()

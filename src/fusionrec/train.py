@@ -31,9 +31,13 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
+from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
 from fusionrec.config import StepConfig
-from fusionrec.models.fusion import FUSIONS
-from fusionrec.models.recommender import ModelSpec, PopularityRanker, Recommender, save_model
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.device import pick_device
+from fusionrec.evaluate import evaluate
+from fusionrec.models.align import load_aligned
+from fusionrec.models.recommender import Architecture, ModelSpec, PopularityRanker, Recommender, save_model
 from fusionrec.progress import get_logger, progress
 from fusionrec.ranking import left_pad
 
@@ -42,17 +46,14 @@ log = get_logger(__name__)
 NEG = -1.0e9
 
 
-class TrainConfig(StepConfig):
-    """Settings of the train step (config section ``train``). Defaults train the demo catalog in about a minute on 2 cores."""
+class TrainConfig(StepConfig, Architecture):
+    """Settings of the train step (config section ``train``). Defaults train the demo catalog in about a minute on 2 cores.
+
+    The model's hyperparameters (fusion, use_id_embedding, dim, layers, heads, max_len, dropout)
+    come from ``Architecture``, the fields ``ModelSpec`` records.
+    """
 
     model: str = "fused"
-    fusion: str = "attention"
-    use_id_embedding: bool = True
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
     modality_dropout: float = 0.1
     id_dropout: float = 0.3
     epochs: int = 30
@@ -78,13 +79,6 @@ class TrainConfig(StepConfig):
             return v
         raise ValueError(f"model must be fused, id, single:<modality> or popularity, got '{v}'")
 
-    @field_validator("fusion")
-    @classmethod
-    def _fusion(cls, v: str) -> str:
-        if v not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got '{v}'")
-        return v
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -99,8 +93,7 @@ def training_arrays(sequences: list[np.ndarray], max_len: int) -> tuple[np.ndarr
 
 
 def build_spec(cfg: TrainConfig, n_items: int, available: list[str], aligned_dim: int) -> ModelSpec:
-    base = dict(n_items=n_items, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads, max_len=cfg.max_len,
-                dropout=cfg.dropout, fusion=cfg.fusion)
+    base = {"n_items": n_items, **cfg.model_dump(include=set(Architecture.model_fields) - {"use_id_embedding"})}
     if cfg.model == "popularity":
         return ModelSpec(kind="popularity", **base)
     if cfg.model == "id":
@@ -149,8 +142,6 @@ def _subsample(cases, histories, n: int | None, seed: int):
 
 def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
     """Train ``model`` in place on ``ds`` (a DatasetArtifact); returns the training record (curves, timings)."""
-    from fusionrec.evaluate import evaluate
-
     X_np, Y_np = training_arrays(ds.train_sequences(), cfg.max_len)
     if len(X_np) == 0:
         raise ValueError(f"{ds.path}: no user has 2 or more train events; nothing to train on")
@@ -229,12 +220,6 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
 
 def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str | os.PathLike, cfg: TrainConfig | None = None) -> Path:
     """Train ``cfg.model`` on the dataset artifact (with the aligned artifact for content models) and write the model artifact."""
-    from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
-    from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.device import pick_device
-    from fusionrec.evaluate import evaluate
-    from fusionrec.models.align import load_aligned
-
     cfg = cfg or TrainConfig()
     out = Path(out)
     ds = DatasetArtifact(dataset)
