@@ -22,6 +22,7 @@ from fusionrec.model_repository import OnnxRanker
 from fusionrec.ab.online import assign_arms
 from fusionrec.artifacts import read_json, read_manifest
 from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.models.recommender import exclude_items
 
 MAX_LEN, K = 12, 20
 
@@ -38,9 +39,9 @@ class LastItemScorer(nn.Module):
         self.register_buffer("S", S)
         self.k = k
 
-    def forward(self, history: torch.Tensor):
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None):
         scores = self.S[history[:, -1]]
-        scores = scores.scatter(1, history, torch.full(history.shape, -1e9, dtype=scores.dtype))
+        scores = exclude_items(scores, history, exclude)
         score, idx = torch.topk(scores, self.k, dim=1)
         return idx, score
 

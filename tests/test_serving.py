@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.model_repository import ort_session
+from fusionrec.model_repository import feeds, ort_session
 from fusionrec.serving.server import free_ports
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,7 +50,7 @@ def histories(tiny_dataset) -> np.ndarray:
 @pytest.fixture(scope="session")
 def reference(serving_repo):
     sess = ort_session(serving_repo / MODEL / "1" / "model.onnx")
-    return lambda h: sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": np.ascontiguousarray(h, dtype=np.int64)})
+    return lambda h: sess.run(["ITEM_IDX", "SCORE"], feeds(np.ascontiguousarray(h, dtype=np.int64), MAX_LEN))
 
 
 def _input(h: np.ndarray, dtype: str = "INT64"):
