@@ -184,8 +184,8 @@ def run_quality(
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
     from fusionrec.models.baselines import ContentKNNRanker
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     def cached(path: Path) -> bool:
         if reuse and (path / "manifest.json").exists():

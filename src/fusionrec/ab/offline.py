@@ -203,7 +203,7 @@ def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: Dataset
         raise ValueError(f"{dataset.path}: the {cfg.split} split has no cases to evaluate")
     log.info("offline A/B: %d %s cases of %d users", len(cases), cfg.split, cases["user_idx"].nunique())
     # A catalog smaller than k_max is exported with K = n_items (its whole catalog): rank that deep.
-    k = min([cfg.k_max] + [r.k for r in (control, treatment) if r.k is not None])
+    k = min([cfg.k_max, dataset.n_items] + [r.k for r in (control, treatment) if r.k is not None])
     # every item the user consumed before the case is excluded, not only the last max_len the graphs read
     exclude = dataset.consumed_before(cases)
     top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control", exclude=exclude)
