@@ -120,8 +120,9 @@ def pad_exclude(exclude: np.ndarray | None, batch: int) -> np.ndarray:
 def feeds(histories: np.ndarray, max_len: int, exclude: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``) and exclusion lists.
 
-    Every caller of the graph (``OnnxRanker``, the gRPC client, the server's parity probe) builds
-    its request here, so an additional graph input is filled in one place.
+    Every caller of the graph (``OnnxRanker``, the gRPC client, the exporter's parity check) builds
+    its request here, so an additional graph input is filled in one place (onnxruntime needs every
+    input; over gRPC an optional one may be left out and the server feeds its ``fill``).
     """
     h = pad_histories(histories, max_len)
     return {HISTORY: h, EXCLUDE: pad_exclude(exclude, len(h))}
