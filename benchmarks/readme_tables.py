@@ -77,9 +77,13 @@ def alignment_block(r: dict) -> str:
 def aa_block(r: dict) -> str:
     f = r["false_promote"]
     s = r["significant_either_direction"]
+    sig = [p for p in r["pairs"] if p["pvalue"] < f["alpha"]]
+    worse = sum(p["lift"] < 0 for p in sig)
     return (f"{f['count']} of {f['n']} A/A pairs promoted ({f['rate']:.0%}, Wilson 95% [{f['wilson95'][0]:.0%}, {f['wilson95'][1]:.0%}]) "
             f"against a nominal {f['nominal_alpha_over_2']:.1%} (alpha/2 = {f['alpha']}/2); p < alpha in either direction in "
-            f"{s['count']} of {f['n']}. Decision segment: {r['config']['ab']['primary_segment']}; commit {r['provenance']['git_commit'][:10]}.")
+            f"{s['count']} of {f['n']} ({s['rate']:.0%} against a nominal {f['alpha']:.0%}), {worse} of them with the treatment "
+            f"worse. Decision segment: {r['config']['ab']['primary_segment']}; {r['config']['users']} users; "
+            f"{r['total']['wall_s']:.0f} s wall / {r['total']['cpu_s']:.0f} s CPU; commit {r['provenance']['git_commit'][:10]}.")
 
 
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
