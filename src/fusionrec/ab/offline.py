@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fusionrec.ab.config import ABConfig
+from fusionrec.ab.online import replay_part
 from fusionrec.ab.stats import PairedComparison, holm, paired_compare
 from fusionrec.artifacts import read_manifest
 from fusionrec.data.dataset import DatasetArtifact
@@ -189,8 +190,6 @@ def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: Dataset
     ``leave_replay_part``: when an online replay runs too, compare only the users it does not replay
     (``fusionrec.ab.online.replay_part``), so the two parts rest on different events.
     """
-    from fusionrec.ab.online import replay_part  # online imports this module: a function-level import avoids the cycle
-
     cases, hist = dataset.eval_cases(cfg.split, max_len=case_max_len(cfg, control, treatment))
     events = {"split": cfg.split, "users": "all"}
     if leave_replay_part:
