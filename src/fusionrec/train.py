@@ -167,6 +167,7 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
         train_items[0] = False
     train_item_list = torch.nonzero(train_items).flatten()
     valid_cases = _subsample(*ds.eval_cases("valid", cfg.max_len), cfg.max_valid_cases, cfg.seed)
+    valid_exclude = ds.consumed_before(valid_cases[0])
     has_valid = len(valid_cases[0]) > 0
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -207,7 +208,7 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
         msg = f"epoch {epoch + 1}: loss {record['loss'][-1]:.4f}, {len(X_all) / dt:.0f} seq/s"
         if has_valid and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
             model.eval()
-            res = evaluate(model, ds, "valid", ks=(10,), k_max=10, max_len=cfg.max_len, cases=valid_cases)
+            res = evaluate(model, ds, "valid", ks=(10,), k_max=10, max_len=cfg.max_len, cases=valid_cases, exclude=valid_exclude)
             ndcg = res.summary["overall"]["ndcg@10"]
             record["valid_ndcg@10"].append(ndcg)
             record["valid_recall@10"].append(res.summary["overall"]["recall@10"])

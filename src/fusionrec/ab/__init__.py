@@ -62,7 +62,7 @@ def run(
             inputs[role] = arm
         else:
             rankers[role] = arm
-    offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg)
+    offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg, leave_replay_part=online is not None)
     online_res = online(Path(control), Path(treatment), ds, cfg) if online is not None else None
     same = identical_arms(control, treatment, offline)
     return write_report(out, offline, online_res, cfg, arm_names(control, treatment), inputs, force, [same] if same else [],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from fusionrec.config import StepConfig
 
@@ -35,13 +35,22 @@ class ABConfig(StepConfig):
     coverage_k: int = Field(10, ge=1, description="coverage = share of the catalog in at least one top-coverage_k list")
     split: Literal["test", "valid"] = "test"
     # --- guardrails --------------------------------------------------------------------------
-    latency_p99_budget_ms: Optional[float] = Field(100.0, gt=0, description="treatment p99 latency must stay within this (online only; null = off)")
+    latency_p99_max_increase: Optional[float] = Field(
+        0.25, ge=0, description="relative rule (online only; null = off): block when the treatment's p99 latency is, with 95% "
+                                "confidence, more than this much higher than the control's p99 measured in the same replay")
+    latency_p99_slo_ms: Optional[float] = Field(
+        None, gt=0, validation_alias=AliasChoices("latency_p99_slo_ms", "latency_p99_budget_ms"),
+        description="absolute SLO (online only; null = off, the default): treatment p99 must stay within it. Absolute "
+                    "latencies measure the machine's load as much as the model, hence off unless the serving machine is known")
     coverage_drop_max: Optional[float] = Field(0.10, ge=0, description="max relative drop of item coverage vs control (null = off)")
     cold_recall_drop_max: Optional[float] = Field(0.05, ge=0, description="max relative drop of cold-start recall@20 vs control (null = off)")
     cold_recall_metric: str = "recall@20"
     online_hit_rate_guardrail: bool = Field(True, description="block if the online hit rate is significantly lower (cluster z-test)")
     # --- online replay (Triton) and interleaving --------------------------------------------
     online_share: float = Field(0.5, gt=0, lt=1, description="share of users routed to the treatment")
+    online_user_share: float = Field(
+        0.5, gt=0, lt=1, description="when the online replay runs: share of users (stable hash) whose held-out events it replays; "
+                                     "the offline comparison uses the other users' events, so the two parts are independent evidence")
     online_salt: str = "fusionrec-ab"
     online_k: int = Field(10, ge=1, description="list length served in the replay; a hit = next item in it")
     online_max_requests: Optional[int] = Field(5000, ge=1, description="cap on replayed requests (null = all test cases)")

@@ -35,6 +35,8 @@ def register(app: typer.Typer) -> None:
             path = run(dataset, list(embeddings), out, cfg, force=force)
             m = read_json(path / "metrics.json")
             typer.echo(f"aligned artifact -> {path}")
+            typer.echo(f"cross-modal retrieval on {m['retrieval'].get('n_held_out', 0)} items held out of the fit "
+                       "(before = untrained heads, after = trained):")
             typer.echo(f"{'pair':<22} {'R@1 before':>10} {'R@1 after':>10} {'R@10 before':>11} {'R@10 after':>10} {'n':>6}")
             for pair, after in m["retrieval"]["after"].items():
                 b = m["retrieval"]["before"].get(pair, {})

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fusionrec.artifacts import read_json, read_manifest
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import exclusion_lists, left_pad
 
 SPLITS = ("train", "valid", "test")
 
@@ -130,6 +130,15 @@ class DatasetArtifact:
         by_user = {int(u): g["item_idx"].to_numpy(np.int64) for u, g in self.events.groupby("user_idx", sort=False)}
         seqs = [by_user[int(u)][: int(p)] for u, p in zip(cases["user_idx"], cases["seq_pos"])]
         return cases, left_pad(seqs, max_len)
+
+    def consumed_before(self, cases: pd.DataFrame) -> np.ndarray:
+        """Every distinct item each case's user consumed before it (all earlier events, any split), -1 padded.
+
+        int64 [n_cases, E]: the exclusion lists of full-ranking evaluation. The sequence model reads only
+        the last L items; a user's whole consumed set is excluded from the ranking, not just those L.
+        """
+        by_user = {int(u): g["item_idx"].to_numpy(np.int64) for u, g in self.events.groupby("user_idx", sort=False)}
+        return exclusion_lists([by_user[int(u)][: int(p)] for u, p in zip(cases["user_idx"], cases["seq_pos"])])
 
     def __repr__(self) -> str:
         return f"DatasetArtifact({str(self.path)!r}, items={self.n_items}, users={self.n_users})"

