@@ -102,7 +102,7 @@ def main() -> int:
     from fusionrec.encoders.encode import EncodeConfig, run as encode
     from fusionrec.export import ExportConfig, run as export
     from fusionrec.models.align import AlignConfig, run as align
-    from fusionrec.models.train import TrainConfig, run as train
+    from fusionrec.train import TrainConfig, run as train
 
     w = args.work
     w.mkdir(parents=True, exist_ok=True)

@@ -85,8 +85,8 @@ def main() -> int:
     from fusionrec.evaluate import summary_table
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     work = args.work or Path("artifacts") / f"bench_quality_{args.dataset}" / (f"{args.items}x{args.users}x{args.events}-s{args.seed}" if args.dataset == "demo" else "ml")
     work.mkdir(parents=True, exist_ok=True)

@@ -163,8 +163,8 @@ def main() -> int:
     from fusionrec.artifacts import read_json
     from fusionrec.config import load_config, parse_overrides, read_config_file
     from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

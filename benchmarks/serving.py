@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionrec.export import ExportConfig, export_module, guarded, ort_session
+from fusionrec.export import ExportConfig, export_module
+from fusionrec.export.graph import guarded
+from fusionrec.model_repository import ort_session
 from fusionrec.models.recommender import ModelSpec, Recommender
 
 ROOT = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fusionrec.ab.config import ABConfig
-from fusionrec.ab.offline import OnnxRanker
+from fusionrec.model_repository import OnnxRanker
 from fusionrec.ab.online import assign_arms
 from fusionrec.artifacts import read_json, read_manifest
 from fusionrec.data.dataset import DatasetArtifact

@@ -386,6 +386,9 @@ def test_config_validation():
 class OracleRanker:
     """Returns the true next item first for a known mapping history-last-item -> target."""
 
+    max_len = None  # any history length (the TopKRanker protocol)
+    k = None  # the whole catalog
+
     def __init__(self, next_of: dict[int, int], good: bool):
         self.next_of, self.good = next_of, good
 
@@ -419,6 +422,9 @@ def test_replay_in_process():
 # ---------------------------------------------------------------------------------------------
 class CountRanker:
     """Items by train count (or its reverse), history excluded: a TopKRanker."""
+
+    max_len = None  # any history length (the TopKRanker protocol)
+    k = None  # the whole catalog
 
     def __init__(self, ds, reverse: bool = False):
         tr = ds.split("train")

@@ -12,7 +12,8 @@ from torch import nn
 
 from fusionrec.artifacts import read_manifest
 from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.export import ExportConfig, ExportError, export_module, ort_session
+from fusionrec.export import ExportConfig, ExportError, export_module
+from fusionrec.model_repository import ort_session
 
 MAX_LEN = 12
 K = 10
@@ -98,7 +99,7 @@ def test_repository_layout_and_config_parses(standin_repo, tiny_dataset):
 
 
 def test_production_config_gpu_tensorrt_parses(tmp_path):
-    from fusionrec.export import config_pbtxt
+    from fusionrec.model_repository import config_pbtxt
     from fusionrec.serving.config import parse_model_config
 
     text = config_pbtxt(ExportConfig(name="prod", accelerator="tensorrt", tensorrt_fp16=True, instance_count=2), 50, 100)
@@ -165,8 +166,8 @@ def trained_text_model(tiny_dataset, tmp_path_factory):
     from fusionrec.encoders.encode import run as encode
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     root = tmp_path_factory.mktemp("trained")
     cache = str(root / "cache")
@@ -179,7 +180,7 @@ def trained_text_model(tiny_dataset, tmp_path_factory):
 
 
 def test_export_real_model_and_add_items_without_retraining(trained_text_model, tiny_dataset, tmp_path):
-    from fusionrec.export import run_with_new_items
+    from fusionrec.export.new_items import run_with_new_items
     from fusionrec.serving.config import validate
 
     model, aligned = trained_text_model
@@ -226,7 +227,7 @@ def test_export_real_model_and_add_items_without_retraining(trained_text_model, 
 
 
 def test_compare_topk_allows_only_near_tie_reorders():
-    from fusionrec.export import compare_topk
+    from fusionrec.export.parity import compare_topk
 
     ref_i = np.array([[5, 6, 7, 8]])
     ref_s = np.array([[4.0, 3.0, 3.000001, 1.0]], np.float32)

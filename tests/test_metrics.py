@@ -65,6 +65,9 @@ def test_rank_zero_means_not_found_and_coverage_ignores_padding():
 class RandomRanker:
     """A real (if useless) TopKRanker: a random permutation per history, history items excluded."""
 
+    max_len = None  # any history length (the TopKRanker protocol)
+    k = None  # the whole catalog
+
     def __init__(self, n_items: int, seed: int = 0):
         self.n_items = n_items
         self.rng = np.random.default_rng(seed)

@@ -16,7 +16,7 @@ def test_config_sections_are_valid_step_configs():
     from fusionrec.data.ingest import IngestConfig
     from fusionrec.encoders.encode import EncodeConfig
     from fusionrec.models.align import AlignConfig
-    from fusionrec.models.train import TrainConfig
+    from fusionrec.train import TrainConfig
 
     data = read_config_file(CONFIG)
     assert data["pipeline"]["modalities"] == ["text", "tabular"]  # MovieLens has no image/audio
@@ -52,8 +52,8 @@ def test_real_slice_runs_through_the_steps(tmp_path):
     from fusionrec.models import load_model
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     raw = convert(tmp_path / "raw", MovieLensConfig(max_users=40))
     ds = ingest(raw, tmp_path / "ds", load_config(IngestConfig, CONFIG, "ingest"))

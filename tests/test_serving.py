@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.export import ort_session
+from fusionrec.model_repository import ort_session
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export import K, MAX_LEN, export_standin  # noqa: E402

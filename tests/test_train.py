@@ -82,7 +82,7 @@ def test_alignment_retrieval_is_measured_on_items_held_out_of_the_fit(synth, tmp
 
 
 def _loss_on_batch(model, ds, cfg):
-    from fusionrec.models.train import _loss, training_arrays
+    from fusionrec.train import _loss, training_arrays
 
     X, Y = training_arrays(ds.train_sequences(), cfg.max_len)
     torch.manual_seed(123)
@@ -98,7 +98,7 @@ def test_training_lowers_loss(synth, fusion, loss):
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.models.align import load_aligned
     from fusionrec.models.recommender import Recommender
-    from fusionrec.models.train import TrainConfig, build_spec, fit, seed_everything
+    from fusionrec.train import TrainConfig, build_spec, fit, seed_everything
 
     ds_path, _, aligned = synth
     ds = DatasetArtifact(ds_path)
@@ -118,7 +118,7 @@ def test_training_lowers_loss(synth, fusion, loss):
 
 def test_train_artifact_deterministic_and_reloadable(synth, tmp_path):
     from fusionrec.models import load_model
-    from fusionrec.models.train import TrainConfig, run
+    from fusionrec.train import TrainConfig, run
 
     ds, _, aligned = synth
     cfg = TrainConfig(model="fused", fusion="attention", epochs=2, seed=3, **FAST)
@@ -149,7 +149,7 @@ def test_train_artifact_deterministic_and_reloadable(synth, tmp_path):
 
 def test_baselines_by_the_same_code_path(synth, tmp_path):
     from fusionrec.models import load_model
-    from fusionrec.models.train import TrainConfig, run
+    from fusionrec.train import TrainConfig, run
 
     ds, _, aligned = synth
     pop = run(ds, None, tmp_path / "pop", TrainConfig(model="popularity", **FAST))
@@ -193,7 +193,7 @@ def test_trains_on_the_real_ingest_output(tiny_dataset, tmp_path):
     from fusionrec.models import load_model
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
-    from fusionrec.models.train import TrainConfig, run
+    from fusionrec.train import TrainConfig, run
 
     ds = DatasetArtifact(tiny_dataset)
     rng = np.random.default_rng(0)

@@ -25,6 +25,9 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from fusionrec import __version__
+
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -169,8 +172,6 @@ def write_manifest(
     ``inputs`` maps a role name to an input path; each is recorded with its hash so a later
     step (or a cache) can tell exactly what the artifact was made from.
     """
-    from fusionrec import __version__
-
     folder = Path(folder)
     if params is not None and hasattr(params, "model_dump"):
         params = params.model_dump(mode="json")

@@ -25,10 +25,12 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
 from fusionrec.config import StepConfig
-from fusionrec.metrics import DEFAULT_KS, item_coverage, per_case_metrics, ranks_from_topk
-from fusionrec.progress import progress
-from fusionrec.ranking import TopKRanker, topk_excluding
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.metrics import DEFAULT_KS, item_coverage, topk_metrics
+from fusionrec.models.recommender import load_model
+from fusionrec.ranking import TopKRanker, rank_cases
 
 SEGMENTS = ("overall", "warm", "cold")
 
@@ -54,20 +56,6 @@ class EvalResult:
     topk: np.ndarray | None = field(default=None, repr=False)
 
 
-def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank",
-               exclude: np.ndarray | None = None) -> np.ndarray:
-    """Top-``k`` item_idx [n_cases, k] for every history, in batches, leaving out ``exclude`` (-1 padded) items."""
-    out = []
-    for start in progress(range(0, len(histories), batch_size), desc=desc, unit="batch", leave=False):
-        ex = None
-        if exclude is not None:
-            ex = exclude[start:start + batch_size]
-            ex = ex[:, : max(1, int((ex >= 0).sum(1).max()))]  # trim the batch's padding columns
-        idx, _ = topk_excluding(ranker, histories[start:start + batch_size], k, ex)
-        out.append(np.asarray(idx, dtype=np.int64))
-    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
-
-
 def evaluate(
     ranker: TopKRanker,
     dataset,
@@ -85,8 +73,6 @@ def evaluate(
     ``cases`` may pass precomputed ``dataset.eval_cases(split, max_len)`` (training reuses it) and
     ``exclude`` precomputed ``dataset.consumed_before(cases)``.
     """
-    from fusionrec.data.dataset import DatasetArtifact
-
     if not isinstance(dataset, DatasetArtifact):
         dataset = DatasetArtifact(dataset)
     ks = sorted(int(k) for k in ks)
@@ -99,12 +85,10 @@ def evaluate(
         exclude = dataset.consumed_before(df)
     top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}", exclude=exclude if exclude_history else None)
     targets = df["item_idx"].to_numpy(np.int64)
-    ranks = ranks_from_topk(top, targets)
     in_hist = (histories == targets[:, None]).any(1)
     if exclude_history:
         in_hist |= (exclude == targets[:, None]).any(1)
-    ranks[in_hist] = 0
-    metrics = per_case_metrics(ranks, ks)
+    ranks, metrics = topk_metrics(top, targets, ks, miss=in_hist)
     per_case = pd.DataFrame({
         "case_id": df["case_id"].to_numpy(np.int64),
         "user_idx": df["user_idx"].to_numpy(np.int64),
@@ -145,10 +129,6 @@ def summary_table(rows: dict[str, dict[str, dict[str, float]]], ks: Sequence[int
 
 def run(dataset: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, cfg: EvalConfig | None = None) -> Path:
     """Evaluate a model artifact on ``cfg.split`` and write an ``evaluation`` artifact (metrics.json + per_case.parquet)."""
-    from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
-    from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.models.recommender import load_model
-
     cfg = cfg or EvalConfig()
     out = Path(out)
     ds = DatasetArtifact(dataset)

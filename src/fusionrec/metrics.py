@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -44,6 +44,18 @@ def per_case_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[
     return out
 
 
+def topk_metrics(topk_idx: np.ndarray, targets: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
+                 miss: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(ranks, per-case metrics)`` of every case's top-K list; ``miss`` forces those cases to rank 0.
+
+    The one rank -> metrics step of evaluation and of both A/B arms.
+    """
+    ranks = ranks_from_topk(topk_idx, targets)
+    if miss is not None:
+        ranks[np.asarray(miss, dtype=bool)] = 0
+    return ranks, per_case_metrics(ranks, ks)
+
+
 def item_coverage(topk_idx: np.ndarray, n_items: int, k: int) -> float:
     """Share of the catalog's n_items that appears in at least one case's top-k list."""
     topk_idx = np.asarray(topk_idx)[:, :k]
@@ -61,6 +73,3 @@ def summarize(per_case: dict[str, np.ndarray], mask: np.ndarray | None = None) -
     out["n"] = n
     return out
 
-
-def metric_names(ks: Iterable[int] = DEFAULT_KS) -> list[str]:
-    return [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")] + ["mrr"]

@@ -1,10 +1,12 @@
-"""The one interface every scorer implements, so evaluation and A/B do not care what runs it.
+"""The one interface every scorer implements, so evaluation and A/B do not care what runs it, and the
+one loop that ranks a set of cases with it.
 
 A PyTorch model, an onnxruntime session over the exported graph, a Triton gRPC client and the
 popularity baseline all rank the whole catalog for a batch of histories and return the top K.
 
 Example:
     >>> idx, score = ranker.topk(np.array([[0, 0, 5, 9]]), k=10)   # doctest: +SKIP
+    >>> top = rank_cases(ranker, histories, k=100)                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import inspect
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from fusionrec.progress import progress
 
 EXCLUDE_PAD = -1  # padding of an exclusion list (item_idx are >= 1; 0 is the history padding)
 
@@ -27,6 +31,11 @@ class TopKRanker(Protocol):
     consumed set older than the L items the sequence model reads; :func:`topk_excluding` gives
     that to every ranker.
     """
+
+    max_len: int | None
+    """The history length L it reads (longer histories keep their last L items); None: any."""
+    k: int | None
+    """The most items one call can return (an exported graph's K); None: the whole catalog."""
 
     def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -86,4 +95,23 @@ def left_pad(sequences: list[list[int]] | list[np.ndarray], length: int) -> np.n
         seq = np.asarray(seq, dtype=np.int64)[-length:] if length > 0 else np.zeros(0, np.int64)
         if len(seq):
             out[i, length - len(seq):] = seq
+    return out
+
+
+def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank",
+               exclude: np.ndarray | None = None) -> np.ndarray:
+    """Top-``k`` item_idx [n_cases, k] for every history, in batches, leaving out ``exclude`` (-1 padded) items
+    (evaluation and A/B both rank here)."""
+    n = len(histories)
+    out = np.zeros((n, k), dtype=np.int64)
+    for start in progress(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+        ex = None
+        if exclude is not None:
+            ex = exclude[start : start + batch_size]
+            ex = ex[:, : max(1, int((ex >= 0).sum(1).max()))]  # trim the batch's padding columns
+        idx, _ = topk_excluding(ranker, histories[start : start + batch_size], k, ex)
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.shape != (min(batch_size, n - start), k):
+            raise ValueError(f"{desc}: ranker returned shape {idx.shape}, expected {(min(batch_size, n - start), k)}")
+        out[start : start + batch_size] = idx
     return out

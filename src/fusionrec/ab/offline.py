@@ -1,7 +1,7 @@
 """Offline A/B: both arms rank every held-out case over the full catalog, paired per user.
 
 Each arm is a :class:`~fusionrec.ranking.TopKRanker`. A model repository (``fusionrec export``)
-is scored in-process by :class:`OnnxRanker` on the very ONNX graph Triton serves (top-K inside
+is scored in-process by :class:`~fusionrec.model_repository.OnnxRanker` on the very ONNX graph Triton serves (top-K inside
 the graph, K=100 by default: Recall/NDCG@<=K are exact, MRR is MRR@K); a model artifact
 (``fusionrec train``) through ``fusionrec.models.load_model``.
 
@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,13 @@ import pandas as pd
 
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.stats import PairedComparison, holm, paired_compare
-from fusionrec.artifacts import ArtifactError, read_manifest
+from fusionrec.artifacts import read_manifest
 from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.metrics import item_coverage, per_case_metrics, ranks_from_topk
-from fusionrec.progress import get_logger, progress
-from fusionrec.ranking import TopKRanker, left_pad
+from fusionrec.metrics import item_coverage, topk_metrics
+from fusionrec.model_repository import OnnxRanker
+from fusionrec.models import load_model
+from fusionrec.progress import get_logger
+from fusionrec.ranking import TopKRanker, left_pad, rank_cases
 
 log = get_logger(__name__)
 
@@ -38,24 +39,6 @@ log = get_logger(__name__)
 # --------------------------------------------------------------------------------------------
 # Item id spaces
 # --------------------------------------------------------------------------------------------
-def read_item_ids(path: str | os.PathLike) -> list[str]:
-    """Read ``item_ids.json`` (a list indexed by item_idx, or a {item_idx: item_id} mapping)."""
-    path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict):
-        if "item_ids" in data:
-            data = data["item_ids"]
-        else:
-            n = max(int(k) for k in data) + 1 if data else 1
-            out = [""] * n
-            for k, v in data.items():
-                out[int(k)] = str(v)
-            return out
-    if not isinstance(data, list):
-        raise ArtifactError(f"{path}: expected a JSON list of item ids indexed by item_idx")
-    return ["" if v is None else str(v) for v in data]
-
-
 @dataclass
 class IdMap:
     """Maps the dataset's item_idx to a model's item_idx and back (0 = unknown/padding)."""
@@ -99,59 +82,12 @@ class MappedRanker:
     def __init__(self, inner: TopKRanker, idmap: IdMap):
         self.inner = inner
         self.idmap = idmap
+        self.max_len = inner.max_len
+        self.k = inner.k
 
     def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx, score = self.inner.topk(self.idmap.histories_to_model(np.asarray(histories, dtype=np.int64)), k)
         return self.idmap.items_from_model(idx), score
-
-
-# --------------------------------------------------------------------------------------------
-# onnxruntime over an exported model repository
-# --------------------------------------------------------------------------------------------
-class OnnxRanker:
-    """A TopKRanker running an exported ``model.onnx`` (HISTORY -> ITEM_IDX, SCORE) with onnxruntime.
-
-    Speaks the repository's own item_idx; use :func:`load_ranker` to get one mapped to a dataset.
-
-    Example:
-        >>> r = OnnxRanker("artifacts/repo")                       # doctest: +SKIP
-        >>> idx, score = r.topk(np.array([[0, 0, 3, 7]]), k=10)   # doctest: +SKIP
-    """
-
-    def __init__(self, repo: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
-        from fusionrec.export import ort_session, read_repository
-
-        self.model_dir, _ = read_repository(repo)
-        self.name = self.model_dir.name
-        onnx_path = self.model_dir / "1" / "model.onnx"
-        if not onnx_path.exists():
-            raise ArtifactError(f"{onnx_path} not found: is {repo} a model repository written by 'fusionrec export'?")
-        self.session = ort_session(onnx_path, providers=providers, threads=threads)
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        if "HISTORY" not in inputs:
-            raise ArtifactError(f"{self.model_dir}/1/model.onnx has inputs {list(inputs)}, expected HISTORY")
-        shape = inputs["HISTORY"].shape
-        self.history_len = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None
-        outs = {o.name: o for o in self.session.get_outputs()}
-        if not {"ITEM_IDX", "SCORE"} <= set(outs):
-            raise ArtifactError(f"{self.model_dir}/1/model.onnx has outputs {list(outs)}, expected ITEM_IDX and SCORE")
-        kdim = outs["ITEM_IDX"].shape[-1]
-        self.k = kdim if isinstance(kdim, int) else None
-        ids_path = self.model_dir / "item_ids.json"
-        if not ids_path.exists():
-            ids_path = self.model_dir.parent / "item_ids.json"
-        self.item_ids = read_item_ids(ids_path) if ids_path.exists() else None
-
-    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        h = np.asarray(histories, dtype=np.int64)
-        if self.history_len is not None and h.shape[1] != self.history_len:
-            h = left_pad([row[row > 0] for row in h], self.history_len)
-        if self.k is not None and k > self.k:
-            raise ValueError(f"{self.name}: asked for top-{k} but the exported graph returns top-{self.k}")
-        idx, score = self.session.run(["ITEM_IDX", "SCORE"], {"HISTORY": h})
-        if idx.shape[1] < k:
-            raise ValueError(f"{self.name}: asked for top-{k} but the graph returned {idx.shape[1]} items")
-        return np.asarray(idx[:, :k], dtype=np.int64), np.asarray(score[:, :k], dtype=np.float32)
 
 
 def load_ranker(path: str | os.PathLike, dataset: DatasetArtifact | str | os.PathLike) -> TopKRanker:
@@ -164,8 +100,6 @@ def load_ranker(path: str | os.PathLike, dataset: DatasetArtifact | str | os.Pat
     if (path / "manifest.json").exists():
         kind = read_manifest(path).get("kind")
     if kind == "model":
-        from fusionrec.models import load_model
-
         return load_model(path)
     ranker = OnnxRanker(path)
     if ranker.item_ids is None:
@@ -182,19 +116,6 @@ def load_ranker(path: str | os.PathLike, dataset: DatasetArtifact | str | os.Pat
 # --------------------------------------------------------------------------------------------
 # Ranking and the paired comparison
 # --------------------------------------------------------------------------------------------
-def rank_all(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank") -> np.ndarray:
-    """Top-``k`` item_idx [N, k] for every history, in batches."""
-    n = len(histories)
-    out = np.zeros((n, k), dtype=np.int64)
-    for start in progress(range(0, n, batch_size), desc=desc, unit="batch"):
-        idx, _ = ranker.topk(histories[start : start + batch_size], k)
-        idx = np.asarray(idx, dtype=np.int64)
-        if idx.shape != (min(batch_size, n - start), k):
-            raise ValueError(f"{desc}: ranker returned shape {idx.shape}, expected {(min(batch_size, n - start), k)}")
-        out[start : start + batch_size] = idx
-    return out
-
-
 @dataclass
 class OfflineResult:
     """Everything the offline part measured."""
@@ -246,26 +167,11 @@ def compare_per_case(per_case: pd.DataFrame, cfg: ABConfig) -> list[PairedCompar
     return out
 
 
-def history_len(ranker: TopKRanker) -> int | None:
-    """The history length L a ranker's graph takes (OnnxRanker, gRPC client, Recommender), if it says."""
-    for obj in (ranker, getattr(ranker, "inner", None)):
-        if obj is None:
-            continue
-        for attr in ("history_len", "max_len"):
-            v = getattr(obj, attr, None)
-            if isinstance(v, int) and v > 0:
-                return v
-        v = getattr(getattr(obj, "spec", None), "max_len", None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
 def case_history_len(cfg: ABConfig, *rankers: TopKRanker, default: int = 50) -> int:
     """``cfg.max_len``, else the longest L any arm takes (each arm then keeps its own most recent L)."""
     if cfg.max_len is not None:
         return cfg.max_len
-    lens = [n for n in (history_len(r) for r in rankers) if n]
+    lens = [r.max_len for r in rankers if r.max_len]
     return max(lens) if lens else default
 
 
@@ -276,9 +182,9 @@ def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: Dataset
         raise ValueError(f"{dataset.path}: the {cfg.split} split has no cases to evaluate")
     log.info("offline A/B: %d %s cases of %d users", len(cases), cfg.split, cases["user_idx"].nunique())
     # A catalog smaller than k_max is exported with K = n_items (its whole catalog): rank that deep.
-    k = min([cfg.k_max] + [r.k for r in (control, treatment) if isinstance(getattr(r, "k", None), int)])
-    top_c = rank_all(control, hist, k, cfg.batch_size, desc="control")
-    top_t = rank_all(treatment, hist, k, cfg.batch_size, desc="treatment")
+    k = min([cfg.k_max] + [r.k for r in (control, treatment) if r.k is not None])
+    top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control")
+    top_t = rank_cases(treatment, hist, k, cfg.batch_size, desc="treatment")
     return offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg)
 
 
@@ -286,8 +192,8 @@ def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray,
     """The offline comparison from both arms' top-K lists for ``cases`` (needs ``user_idx, item_idx, segment``)."""
     targets = cases["item_idx"].to_numpy(np.int64)
     ks = cfg.metric_ks()
-    mc = per_case_metrics(ranks_from_topk(top_c, targets), ks)
-    mt = per_case_metrics(ranks_from_topk(top_t, targets), ks)
+    _, mc = topk_metrics(top_c, targets, ks)
+    _, mt = topk_metrics(top_t, targets, ks)
     cols = {"case_id": cases["case_id"].to_numpy() if "case_id" in cases else np.arange(len(cases)),
             "user_idx": cases["user_idx"].to_numpy(), "segment": cases["segment"].astype(str).to_numpy(), "target": targets}
     for name in sorted(set(cfg.metrics) | {cfg.cold_recall_metric}):

@@ -26,10 +26,9 @@ import pandas as pd
 
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.interleaving import InterleavingResult, interleave_evaluate
-from fusionrec.ab.offline import rank_all
 from fusionrec.ab.stats import ratio_delta_ztest, two_proportion_ztest, wilson_ci
 from fusionrec.progress import get_logger, progress
-from fusionrec.ranking import TopKRanker
+from fusionrec.ranking import TopKRanker, rank_cases
 
 log = get_logger(__name__)
 
@@ -177,8 +176,8 @@ def replay(
     lift = arm_t.hit_rate / arm_c.hit_rate - 1.0 if arm_c.hit_rate else (0.0 if arm_t.hit_rate == 0 else float("inf"))
 
     # interleaving: both arms' lists for every replayed request (batched; not timed)
-    top_c = rank_all(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control")
-    top_t = rank_all(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment")
+    top_c = rank_cases(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control")
+    top_t = rank_cases(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment")
     inter = interleave_evaluate(top_c, top_t, targets[order], uids[order], k=cfg.interleaving_k, seed=cfg.seed, unit=cfg.interleaving_unit)
 
     requests = pd.DataFrame({

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         """
         with user_errors(RuntimeError):
             from fusionrec.artifacts import read_json
-            from fusionrec.models.train import TrainConfig, run
+            from fusionrec.train import TrainConfig, run
 
             flags = {"model": model, "fusion": fusion, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dim": dim,
                      "loss": loss, "seed": seed, "device": device, "amp": amp}

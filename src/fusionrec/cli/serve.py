@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         """Export a model to ONNX, check parity on every test case, write a Triton model repository."""
         with user_errors():
             from fusionrec import export as ex
+            from fusionrec.export.new_items import run_with_new_items
             from fusionrec.serving.config import validate
 
             cfg = step_config(ex.ExportConfig, config, "export", {
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
             if add_items is not None:
                 if aligned is None:
                     raise ValueError("--add-items needs --aligned ALIGNED_ARTIFACT (the projection heads the model was trained with)")
-                path = ex.run_with_new_items(model, dataset, aligned, add_items, out, cfg)
+                path = run_with_new_items(model, dataset, aligned, add_items, out, cfg)
             else:
                 path = ex.run(model, dataset, out, cfg)
             dirs = validate(path)

@@ -25,7 +25,7 @@ def train_fusion(
     from pathlib import Path
 
     from fusionrec.components._util import config as make_config, log_metrics
-    from fusionrec.models.train import TrainConfig, run
+    from fusionrec.train import TrainConfig, run
 
     cfg = make_config(TrainConfig, config, model="fused", fusion=fusion, epochs=int(epochs))
     run(Path(dataset.path), Path(aligned.path), Path(model.path), cfg)
@@ -50,7 +50,7 @@ def train_baseline(
     from pathlib import Path
 
     from fusionrec.components._util import config as make_config, log_metrics
-    from fusionrec.models.train import TrainConfig, run
+    from fusionrec.train import TrainConfig, run
 
     cfg = make_config(TrainConfig, config, model=baseline, epochs=int(epochs))
     run(Path(dataset.path), None, Path(model.path), cfg)

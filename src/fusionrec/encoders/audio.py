@@ -54,6 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusionrec.device import pick_device
 from fusionrec.encoders.registry import register
 
 SR = 16000
@@ -249,7 +250,7 @@ def _sha256(path: Path) -> str:
 
 @lru_cache(maxsize=4)
 def _cached_musicnn(model: str):
-    from fusionrec.encoders.musicnn_port import load_musicnn
+    from fusionrec.encoders.musicnn_port import load_musicnn  # torch: loaded when a musicnn encoder is built
 
     return load_musicnn(model)
 
@@ -271,8 +272,7 @@ class MusicnnEncoder(_AudioBase):
         super().__init__(**kw)
         import copy
 
-        from fusionrec.device import pick_device
-        from fusionrec.encoders.musicnn_port import MUSICNN_MODELS, musicnn_dir
+        from fusionrec.encoders.musicnn_port import MUSICNN_MODELS, musicnn_dir  # torch: only for this encoder
 
         if model not in MUSICNN_MODELS:
             raise ValueError(f"unknown musicnn model '{model}', expected one of {', '.join(MUSICNN_MODELS)}")
@@ -287,7 +287,7 @@ class MusicnnEncoder(_AudioBase):
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
 
-        from fusionrec.encoders.musicnn_port import musicnn_dir
+        from fusionrec.encoders.musicnn_port import musicnn_dir  # torch: only for this encoder
 
         return {"modality": self.modality, "encoder": self.name, "dim": self.dim,
                 "weights": {"package": "musicnn", "version": version("musicnn"), "checkpoint": self.model,

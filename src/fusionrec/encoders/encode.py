@@ -40,6 +40,8 @@ from pydantic import Field, model_validator
 
 from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, load_npy, read_manifest, save_npy, save_parquet, write_manifest
 from fusionrec.config import StepConfig
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.encoders.image import cache_root
 from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, default_encoder, get_encoder
 from fusionrec.progress import get_logger, progress
 
@@ -279,8 +281,6 @@ class EmbeddingCache:
 
 
 def default_cache_dir() -> Path:
-    from fusionrec.encoders.image import cache_root
-
     return cache_root() / "embeddings"
 
 
@@ -425,8 +425,6 @@ def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = N
     ``encoder`` lets a caller reuse an already loaded encoder (it must be the one ``cfg`` names).
     With ``cfg.num_shards > 1`` the output is an ``embeddings_shard`` artifact for ``merge``.
     """
-    from fusionrec.data.dataset import DatasetArtifact
-
     dataset, out = Path(dataset), Path(out)
     ds = DatasetArtifact(dataset)
     items = ds.items

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusionrec.device import pick_device
 from fusionrec.encoders.registry import register
 from fusionrec.progress import get_logger
 
@@ -183,8 +184,6 @@ class ImageEncoder:
         onnx_ok: bool = True,
     ) -> None:
         import torch
-
-        from fusionrec.device import pick_device
 
         self.name = name
         self.dim = int(dim)

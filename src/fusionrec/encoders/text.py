@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusionrec.device import pick_device
 from fusionrec.encoders.registry import register
 
 EMPTY_TEXT = "empty text"
@@ -79,8 +80,6 @@ class HFTextEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
-
-        from fusionrec.device import pick_device
 
         hf_logging.disable_progress_bar()
 

@@ -37,6 +37,8 @@ from fusionrec.artifacts import ArtifactError, artifact_dir, atomic_write_json, 
 from pydantic import Field
 
 from fusionrec.config import StepConfig
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.device import pick_device
 from fusionrec.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -127,9 +129,6 @@ def _pair_metrics(heads: dict[str, Head], data: dict[str, tuple[torch.Tensor, to
 
 def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLike, cfg: AlignConfig | None = None) -> Path:
     """Train the projection heads and write the ``aligned`` artifact to ``out``; returns ``out``."""
-    from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.device import pick_device
-
     cfg = cfg or AlignConfig()
     out = Path(out)
     ds = DatasetArtifact(dataset)

@@ -25,7 +25,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from fusionrec.artifacts import read_json
+from fusionrec.artifacts import atomic_write_json, read_json
+from fusionrec.device import pick_device
 from fusionrec.models.fusion import UserGate, make_fusion
 from fusionrec.models.transformer import SequenceEncoder
 from fusionrec.ranking import left_pad
@@ -119,10 +120,17 @@ class Recommender(nn.Module):
         self.user_gate = UserGate(spec.channels, d) if spec.fusion == "user_gate" else None
         self.encoder = SequenceEncoder(d, spec.layers, spec.heads, spec.max_len, spec.dropout)
 
+    k = None  # the TopKRanker protocol: ranks the whole catalog (no exported K)
+
     # -- item side ------------------------------------------------------------------------
     @property
     def n_items(self) -> int:
         return self.spec.n_items
+
+    @property
+    def max_len(self) -> int:
+        """History length L (``spec.max_len``), as the TopKRanker protocol names it."""
+        return self.spec.max_len
 
     def channels(self, drop_modality: float = 0.0, drop_id: float = 0.0, generator: torch.Generator | None = None):
         """All items' channel vectors [N+1, C, d] and presence mask [N+1, C] (optionally with channel dropout)."""
@@ -299,9 +307,16 @@ class PopularityRanker(nn.Module):
             counts = torch.zeros(spec.n_items + 1)
         self.register_buffer("counts", counts.float())
 
+    k = None  # the TopKRanker protocol: ranks the whole catalog (no exported K)
+
     @property
     def n_items(self) -> int:
         return self.spec.n_items
+
+    @property
+    def max_len(self) -> int:
+        """History length L (``spec.max_len``), as the TopKRanker protocol names it."""
+        return self.spec.max_len
 
     def _scores(self) -> torch.Tensor:
         """Distinct scores in (0, 1] ordered by (count desc, item_idx asc): no ties, so every backend agrees."""
@@ -347,8 +362,6 @@ def save_model(model: AnyModel, folder: str | os.PathLike, extra_config: dict | 
     """Write ``model.safetensors`` + ``config.json`` (spec + extra) into ``folder`` (no pickle)."""
     from safetensors.torch import save_file
 
-    from fusionrec.artifacts import atomic_write_json
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -371,6 +384,5 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> AnyModel:
     else:
         model = Recommender(spec, state["features"], state["feature_mask"], state["id_mask"])
         model.load_state_dict(state, strict=True)
-    from fusionrec.device import pick_device
 
     return model.to(pick_device(device)).eval()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fusionrec.artifacts import atomic_write_json
+from fusionrec.pipelines.fusionrec_pipeline import make_pipeline
 
 
 class StepTimer:
@@ -146,8 +147,6 @@ def run_local(args: dict[str, Any], workdir: Path, cache: bool = True, retries: 
     input) and keep only kfp.local's task lines on the terminal.
     """
     local = _import_kfp_local()
-
-    from fusionrec.pipelines.fusionrec_pipeline import make_pipeline
 
     pipeline = make_pipeline(gpu=True, retries=retries)  # kfp.local ignores the GPU/CPU/memory requests
     workdir = workdir.resolve()

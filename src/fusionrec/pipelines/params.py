@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionrec.config import parse_overrides, read_config_file
+from fusionrec.pipelines.fusionrec_pipeline import fusionrec_pipeline
 
 #: config-file sections that map to ``<section>_config`` pipeline parameters.
 STEP_SECTIONS = ("ingest", "encode", "align", "train", "export", "ab")
@@ -23,8 +24,6 @@ class PipelineError(ValueError):
 
 def pipeline_parameters() -> dict[str, Any]:
     """The pipeline's parameters and their defaults (from the pipeline function's signature)."""
-    from fusionrec.pipelines.fusionrec_pipeline import fusionrec_pipeline  # kfp: imported on use
-
     sig = inspect.signature(fusionrec_pipeline.pipeline_func)
     return {name: p.default for name, p in sig.parameters.items()}
 

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from fusionrec.pipelines.fusionrec_pipeline import compile_pipeline
 from fusionrec.pipelines.params import PipelineError
 
 
@@ -21,8 +22,6 @@ def submit(host: str, args: dict[str, Any], experiment: str, run_name: str | Non
     """Compile the pipeline and create a run on the KFP at ``host``; returns run id and URL."""
     import kfp
     from kfp_server_api.exceptions import ApiException
-
-    from fusionrec.pipelines.fusionrec_pipeline import compile_pipeline
 
     try:
         with warnings.catch_warnings():  # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"

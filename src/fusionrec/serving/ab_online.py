@@ -27,6 +27,9 @@ from fusionrec.ab.report import write_report
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
 
+from .client import RecommendClient
+from .server import start_server
+
 log = get_logger("fusionrec.serving.ab")
 
 
@@ -44,8 +47,6 @@ def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
 
 def _client(url: str, name: str, repo: str | os.PathLike, ds: DatasetArtifact):
     """A gRPC client of served model ``name`` speaking the dataset's item_idx."""
-    from .client import RecommendClient
-
     client = RecommendClient(url, model=name, repo=repo)
     if client.item_ids is None:
         return client
@@ -63,8 +64,6 @@ def replay_on_triton(
     **server_kw,
 ) -> OnlineResult:
     """Start one Triton server with both models, replay the held-out cases, stop the server."""
-    from .server import start_server
-
     ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
     grpc_port, http_port, metrics_port = ports or free_ports(3, host)
     models = {"control": Path(control_repo), "treatment": Path(treatment_repo)}

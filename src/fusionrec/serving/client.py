@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from fusionrec.artifacts import read_json
-from fusionrec.export import INPUT_NAME, INVALID_IDX, OUTPUT_IDX, OUTPUT_SCORE, read_repository
+from fusionrec.model_repository import INPUTS, INVALID_IDX, ITEM_IDX, OUTPUT_NAMES, SCORE, ModelRepository, feeds
 from fusionrec.ranking import left_pad
+
+from .config import read_model_config
 
 Recommendation = list[tuple[str, float]]
 
@@ -40,22 +40,21 @@ class _Base:
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.backoff_s = float(backoff_s)
-        self.k_max: int | None = None
+        self.k: int | None = None
+        """The most items one call returns (the graph's K)."""
         self.max_len = max_len
+        """History length of the served graph (histories of another length are re-padded)."""
         self.max_batch_size = max_batch_size
         popular_counts: list[float] = []
         if repo is not None:
-            mdir, info = read_repository(repo, model if (Path(repo) / model / "config.pbtxt").exists() else None)
-            from .config import read_model_config
-
-            mc = read_model_config(mdir / "config.pbtxt")
-            self.max_len = self.max_len or int(mc.input[0].dims[0])
-            self.k_max = int(mc.output[0].dims[0])
-            self.max_batch_size = self.max_batch_size or int(mc.max_batch_size)
-            if item_ids is None and (mdir / "item_ids.json").exists():
-                item_ids = read_json(mdir / "item_ids.json")
-            if popular is None and (mdir / "popular.json").exists():
-                pop = read_json(mdir / "popular.json")
+            mrepo = ModelRepository(repo, model)
+            self.max_len = self.max_len or mrepo.max_len
+            self.k = mrepo.k
+            self.max_batch_size = self.max_batch_size or read_model_config(mrepo.model_dir / "config.pbtxt").max_batch_size
+            if item_ids is None:
+                item_ids = mrepo.item_ids
+            pop = mrepo.popular if popular is None else None
+            if pop is not None:
                 popular, popular_counts = pop["item_idx"], [float(c) for c in pop.get("count", [])]
         self.item_ids = list(item_ids) if item_ids is not None else None
         self._index = {str(x): i for i, x in enumerate(self.item_ids)} if self.item_ids else {}
@@ -78,26 +77,27 @@ class _Base:
         assert self.item_ids is not None
         return [(self.item_ids[int(i)], float(s)) for i, s in zip(idx, score)]
 
-    def _prepare(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _set_meta(self, cfg) -> None:
+        """Take what the repository did not give from the served model's configuration (``ModelConfig``)."""
+        self.max_len = self.max_len or int(cfg.input[0].dims[0])
+        self.k = self.k or int(cfg.output[0].dims[0])
+        self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
+
+    def _start(self, histories: np.ndarray, k: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """The graph inputs (histories re-padded to ``max_len``), output arrays with empty histories
+        already filled by the fallback, and the rows that still need the model."""
+        if self.k is not None and k > self.k:
+            raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k}")
         h = np.asarray(histories, dtype=np.int64)
         if h.ndim != 2:
             raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
-        if self.k_max is not None and k > self.k_max:
-            raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k_max}")
-        if self.max_len is not None and h.shape[1] != self.max_len:
-            h = left_pad([row[row > 0] for row in h], self.max_len)
-        empty = ~(h > 0).any(axis=1)
-        return h, empty
-
-    def _start(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Padded histories, output arrays with empty histories already filled by the fallback, and
-        the rows that still need the model."""
-        h, empty = self._prepare(histories, k)
-        idx = np.zeros((len(h), k), np.int64)
-        score = np.zeros((len(h), k), np.float32)
+        feed = feeds(h, self.max_len if self.max_len is not None else h.shape[1])
+        empty = ~(feed[INPUTS[0].name] > 0).any(axis=1)
+        idx = np.zeros((len(empty), k), np.int64)
+        score = np.zeros((len(empty), k), np.float32)
         if empty.any():
             idx[empty], score[empty] = self._fallback(int(empty.sum()), k)
-        return h, idx, score, np.where(~empty)[0]
+        return feed, idx, score, np.where(~empty)[0]
 
     def _fallback(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.popular) < k:
@@ -116,11 +116,16 @@ class _Base:
         step = self.max_batch_size or n or 1
         return [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
-    def _inputs(self, h: np.ndarray, grpc):
-        inp = grpc.InferInput(INPUT_NAME, list(h.shape), "INT64")
-        inp.set_data_from_numpy(np.ascontiguousarray(h))
-        outs = [grpc.InferRequestedOutput(OUTPUT_IDX), grpc.InferRequestedOutput(OUTPUT_SCORE)]
-        return [inp], outs
+    @staticmethod
+    def _inputs(feed: dict[str, np.ndarray], rows: np.ndarray, grpc):
+        """The request tensors for ``rows`` of the graph inputs (one ``InferInput`` per ``INPUTS`` entry)."""
+        inputs = []
+        for spec in INPUTS:
+            data = np.ascontiguousarray(feed[spec.name][rows])
+            inp = grpc.InferInput(spec.name, list(data.shape), spec.triton_datatype)
+            inp.set_data_from_numpy(data)
+            inputs.append(inp)
+        return inputs, [grpc.InferRequestedOutput(name) for name in OUTPUT_NAMES]
 
     @staticmethod
     def _retryable(exc: Exception) -> bool:
@@ -147,10 +152,7 @@ class RecommendClient(_Base):
         self._grpc = grpc
         self._client = grpc.InferenceServerClient(url)
         if self.max_len is None or self.max_batch_size is None:
-            cfg = self._call(lambda: self._client.get_model_config(model, client_timeout=self.timeout_s)).config
-            self.max_len = self.max_len or int(cfg.input[0].dims[0])
-            self.k_max = self.k_max or int(cfg.output[0].dims[0])
-            self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
+            self._set_meta(self._call(lambda: self._client.get_model_config(model, client_timeout=self.timeout_s)).config)
 
     def _call(self, fn):
         from tritonclient.utils import InferenceServerException
@@ -165,16 +167,16 @@ class RecommendClient(_Base):
                     raise
                 time.sleep(self.backoff_s * 2 ** attempt)
 
-    def _infer(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        inputs, outputs = self._inputs(h, self._grpc)
+    def _infer(self, feed: dict[str, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inputs, outputs = self._inputs(feed, rows, self._grpc)
         res = self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s))
-        return res.as_numpy(OUTPUT_IDX), res.as_numpy(OUTPUT_SCORE)
+        return res.as_numpy(ITEM_IDX), res.as_numpy(SCORE)
 
     def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback."""
-        h, idx, score, rows = self._start(histories, k)
+        feed, idx, score, rows = self._start(histories, k)
         for sl in self._chunks(len(rows)):
-            i, s = self._infer(h[rows[sl]])
+            i, s = self._infer(feed, rows[sl])
             self._check_rows(i, int(rows[sl][0]) if len(rows[sl]) else 0)
             idx[rows[sl]], score[rows[sl]] = i[:, :k], s[:, :k]
         return idx, score
@@ -229,19 +231,16 @@ class AsyncRecommendClient(_Base):
 
     async def _ensure_meta(self) -> None:
         if self.max_len is None or self.max_batch_size is None:
-            cfg = (await self._call(lambda: self._client.get_model_config(self.model, client_timeout=self.timeout_s))).config
-            self.max_len = self.max_len or int(cfg.input[0].dims[0])
-            self.k_max = self.k_max or int(cfg.output[0].dims[0])
-            self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
+            self._set_meta((await self._call(lambda: self._client.get_model_config(self.model, client_timeout=self.timeout_s))).config)
 
     async def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         await self._ensure_meta()
-        h, idx, score, rows = self._start(histories, k)
+        feed, idx, score, rows = self._start(histories, k)
 
         async def one(sl: slice):
-            inputs, outputs = self._inputs(h[rows[sl]], self._grpc)
+            inputs, outputs = self._inputs(feed, rows[sl], self._grpc)
             res = await self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s))
-            return sl, res.as_numpy(OUTPUT_IDX), res.as_numpy(OUTPUT_SCORE)
+            return sl, res.as_numpy(ITEM_IDX), res.as_numpy(SCORE)
 
         for sl, i, s in await asyncio.gather(*(one(sl) for sl in self._chunks(len(rows)))):
             self._check_rows(i, int(rows[sl][0]) if len(rows[sl]) else 0)

@@ -14,6 +14,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from fusionrec.model_repository import INPUTS, OUTPUTS
+
 
 def parse_model_config(text: str, source: str = "config.pbtxt") -> model_config_pb2.ModelConfig:
     """Parse config.pbtxt text into ``ModelConfig``; a ``ValueError`` naming ``source`` when invalid."""
@@ -52,10 +54,10 @@ def validate(repo: str | os.PathLike) -> list[Path]:
         types = model_config_pb2.DataType
         ins = {i.name: i.data_type for i in cfg.input}
         outs = {o.name: o.data_type for o in cfg.output}
-        if ins != {"HISTORY": types.Value("TYPE_INT64")}:
-            problems.append(f"inputs {sorted(ins)} != HISTORY (TYPE_INT64)")
-        if outs != {"ITEM_IDX": types.Value("TYPE_INT64"), "SCORE": types.Value("TYPE_FP32")}:
-            problems.append(f"outputs {sorted(outs)} != ITEM_IDX (TYPE_INT64), SCORE (TYPE_FP32)")
+        if ins != {t.name: types.Value(t.triton_type) for t in INPUTS}:
+            problems.append(f"inputs {sorted(ins)} != {', '.join(f'{t.name} ({t.triton_type})' for t in INPUTS)}")
+        if outs != {t.name: types.Value(t.triton_type) for t in OUTPUTS}:
+            problems.append(f"outputs {sorted(outs)} != {', '.join(f'{t.name} ({t.triton_type})' for t in OUTPUTS)}")
         if cfg.max_batch_size < 1 or not cfg.HasField("dynamic_batching"):
             problems.append("dynamic batching needs max_batch_size >= 1 and a dynamic_batching block")
         if problems:

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fusionrec.export import INPUT_NAME, INVALID_IDX, OUTPUT_IDX, OUTPUT_SCORE, ort_session, read_repository
+from fusionrec.model_repository import HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUTS, SCORE, ModelRepository, find_model_dir, model_dirs
 from fusionrec.progress import get_logger
 
 from .config import read_model_config
@@ -87,39 +87,45 @@ class _OrtCallable:
         self.k = k
 
     def _invalid(self, n: int) -> dict[str, np.ndarray]:
-        return {OUTPUT_IDX: np.full((n, self.k), INVALID_IDX, dtype=np.int64),
-                OUTPUT_SCORE: np.full((n, self.k), np.nan, dtype=np.float32)}
+        return {ITEM_IDX: np.full((n, self.k), INVALID_IDX, dtype=np.int64),
+                SCORE: np.full((n, self.k), np.nan, dtype=np.float32)}
 
-    def _ok(self, h: Any) -> bool:
-        return isinstance(h, np.ndarray) and h.dtype == np.int64 and h.ndim == 2 and h.shape[1] == self.max_len
+    def _ok(self, req: dict[str, Any]) -> bool:
+        """Every graph input (``INPUTS``) is an int64 [n, length] array, all with the same n."""
+        arrays = [req.get(t.name) for t in INPUTS]
+        if not all(isinstance(a, np.ndarray) and a.dtype == np.dtype(t.dtype) and a.ndim == 2
+                   and a.shape[1] == t.dims(self.max_len, self.k) for a, t in zip(arrays, INPUTS)):
+            return False
+        return len({a.shape[0] for a in arrays}) == 1
 
-    def _run(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx, score = self.session.run([OUTPUT_IDX, OUTPUT_SCORE], {INPUT_NAME: np.ascontiguousarray(h)})
+    def _run(self, req: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        idx, score = self.session.run([ITEM_IDX, SCORE], {t.name: np.ascontiguousarray(req[t.name]) for t in INPUTS})
         # pytriton's strict output check rejects numpy's 'q' int64 alias that ORT returns.
         return np.asarray(idx).view(np.int64), np.asarray(score, dtype=np.float32)
 
     def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
-        arrays = [r.data.get(INPUT_NAME) for r in requests]
-        good = [i for i, h in enumerate(arrays) if self._ok(h)]
+        reqs = [{t.name: r.data.get(t.name) for t in INPUTS} for r in requests]
+        good = [i for i, req in enumerate(reqs) if self._ok(req)]
         out: list[dict[str, np.ndarray] | None] = [None] * len(requests)
-        for i, h in enumerate(arrays):
+        for i, req in enumerate(reqs):
             if i not in good:
+                h = req[HISTORY]
                 out[i] = self._invalid(int(h.shape[0]) if isinstance(h, np.ndarray) and h.ndim >= 1 else 1)
         if good:
-            sizes = [arrays[i].shape[0] for i in good]
+            sizes = [reqs[i][HISTORY].shape[0] for i in good]
             try:
-                idx, score = self._run(np.concatenate([arrays[i] for i in good]))
+                idx, score = self._run({t.name: np.concatenate([reqs[i][t.name] for i in good]) for t in INPUTS})
                 offs = np.cumsum([0, *sizes])
                 for j, i in enumerate(good):
-                    out[i] = {OUTPUT_IDX: idx[offs[j]:offs[j + 1]], OUTPUT_SCORE: score[offs[j]:offs[j + 1]]}
+                    out[i] = {ITEM_IDX: idx[offs[j]:offs[j + 1]], SCORE: score[offs[j]:offs[j + 1]]}
             except Exception:  # noqa: BLE001 - isolate the failing request(s)
                 log.exception("batched inference failed; retrying the %d requests one by one", len(good))
                 for i in good:
                     try:
-                        idx, score = self._run(arrays[i])
-                        out[i] = {OUTPUT_IDX: idx, OUTPUT_SCORE: score}
+                        idx, score = self._run(reqs[i])
+                        out[i] = {ITEM_IDX: idx, SCORE: score}
                     except Exception:  # noqa: BLE001
-                        out[i] = self._invalid(arrays[i].shape[0])
+                        out[i] = self._invalid(reqs[i][HISTORY].shape[0])
         return out  # type: ignore[return-value]
 
 
@@ -168,19 +174,10 @@ def _resolve(models: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLik
     if isinstance(models, (str, os.PathLike)):
         models = [models]
     if isinstance(models, Mapping):
-        out = {}
-        for name, path in models.items():
-            p = Path(path)
-            mdir, _ = read_repository(p, name if (p / name / "config.pbtxt").exists() else None)
-            out[str(name)] = mdir
-        return out
+        return {str(name): find_model_dir(path, str(name)) for name, path in models.items()}
     out = {}
     for path in models:
-        p = Path(path)
-        dirs = [q.parent for q in sorted(p.glob("*/config.pbtxt"))] if not (p / "config.pbtxt").exists() else [p]
-        if not dirs:
-            read_repository(p)  # raises the clear "not a model repository" error
-        for d in dirs:
+        for d in model_dirs(path):
             if d.name in out:
                 raise ValueError(f"two models named '{d.name}' ({out[d.name]} and {d}); pass a dict name -> repository")
             out[d.name] = d
@@ -225,33 +222,29 @@ def start_server(
     handle = ServerHandle(triton, host, grpc_port, http_port, metrics_port)
     try:
         for name, mdir in resolved.items():
-            mc = read_model_config(mdir / "config.pbtxt")
-            _, info = read_repository(mdir)
-            max_len = int(mc.input[0].dims[0])
-            k = int(mc.output[0].dims[0])
+            repo = ModelRepository(mdir)
+            mc = read_model_config(mdir / "config.pbtxt")  # batch settings: Triton's own configuration
+            max_len, k = repo.max_len, repo.k
             delay = int(max_queue_delay_us if max_queue_delay_us is not None else mc.dynamic_batching.max_queue_delay_microseconds)
             pref = [int(b) for b in mc.dynamic_batching.preferred_batch_size]
-            versions = sorted((v for v in mdir.iterdir() if v.is_dir() and v.name.isdigit()), key=lambda v: int(v.name))
-            onnx_path = versions[-1] / "model.onnx"
             n_threads = threads or max(1, (os.cpu_count() or 1) // max(1, instances))
             callables = []
             provider = "CPUExecutionProvider"
             for _ in range(max(1, instances)):
-                sess = ort_session(onnx_path, providers=providers, threads=n_threads)
+                sess = repo.session(providers=providers, threads=n_threads)
                 provider = sess.get_providers()[0]
                 callables.append(_OrtCallable(sess, max_len, k))
             batcher = DynamicBatcher(max_queue_delay_microseconds=delay, preferred_batch_size=pref or None) if dynamic_batching else None
             triton.bind(
                 model_name=name,
                 infer_func=callables if len(callables) > 1 else callables[0],
-                inputs=[Tensor(name=INPUT_NAME, dtype=np.int64, shape=(max_len,))],
-                outputs=[Tensor(name=OUTPUT_IDX, dtype=np.int64, shape=(k,)),
-                         Tensor(name=OUTPUT_SCORE, dtype=np.float32, shape=(k,))],
+                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=(t.dims(max_len, k),)) for t in INPUTS],
+                outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=(t.dims(max_len, k),)) for t in OUTPUTS],
                 config=ModelConfig(batching=True, max_batch_size=int(mc.max_batch_size) if dynamic_batching else 1,
                                    batcher=batcher),
                 strict=True,
             )
-            handle.models[name] = ServedModel(name, mdir, max_len, k, int(info.get("n_items") or 0), int(mc.max_batch_size),
+            handle.models[name] = ServedModel(name, mdir, max_len, k, repo.n_items, int(mc.max_batch_size),
                                               delay, dynamic_batching, provider, max(1, instances))
         t0 = time.perf_counter()
         triton.run()

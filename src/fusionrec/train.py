@@ -31,7 +31,12 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
+from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
 from fusionrec.config import StepConfig
+from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.device import pick_device
+from fusionrec.evaluate import evaluate
+from fusionrec.models.align import load_aligned
 from fusionrec.models.fusion import FUSIONS
 from fusionrec.models.recommender import ModelSpec, PopularityRanker, Recommender, save_model
 from fusionrec.progress import get_logger, progress
@@ -149,8 +154,6 @@ def _subsample(cases, histories, n: int | None, seed: int):
 
 def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
     """Train ``model`` in place on ``ds`` (a DatasetArtifact); returns the training record (curves, timings)."""
-    from fusionrec.evaluate import evaluate
-
     X_np, Y_np = training_arrays(ds.train_sequences(), cfg.max_len)
     if len(X_np) == 0:
         raise ValueError(f"{ds.path}: no user has 2 or more train events; nothing to train on")
@@ -229,12 +232,6 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
 
 def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str | os.PathLike, cfg: TrainConfig | None = None) -> Path:
     """Train ``cfg.model`` on the dataset artifact (with the aligned artifact for content models) and write the model artifact."""
-    from fusionrec.artifacts import artifact_dir, atomic_write_json, save_parquet, write_manifest
-    from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.device import pick_device
-    from fusionrec.evaluate import evaluate
-    from fusionrec.models.align import load_aligned
-
     cfg = cfg or TrainConfig()
     out = Path(out)
     ds = DatasetArtifact(dataset)

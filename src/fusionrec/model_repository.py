@@ -1,0 +1,332 @@
+"""The model repository artifact (``fusionrec export``): its serving contract, its files, and its reader.
+
+As ``DatasetArtifact`` owns the dataset, this module owns the Triton model repository: every
+other module (the exporter, the Triton server, the gRPC client, the offline A/B) takes the
+tensor names, the history length ``max_len``, ``K``, the item table and the popularity list
+from here, and never re-reads them its own way.
+
+Layout (one model folder per served model; ``manifest.json`` at the repository root)::
+
+    <repo>/<name>/config.pbtxt          Triton model configuration (onnxruntime backend)
+    <repo>/<name>/1/model.onnx          HISTORY int64 [batch, max_len] -> ITEM_IDX int64 [batch, K], SCORE float32 [batch, K]
+    <repo>/<name>/item_ids.json         external item id of every item_idx (0 = padding "")
+    <repo>/<name>/popular.json          the cold-user fallback {"item_idx", "item_id", "count"}
+    <repo>/<name>/export_report.json    exporter, parity, and the record of n_items / max_len / k
+
+The graph's inputs and outputs are listed once, in :data:`INPUTS` and :data:`OUTPUTS`:
+``config.pbtxt``, the Triton binding (``fusionrec.serving.server``), the config validation
+(``fusionrec.serving.config``) and the exporter's check of the ONNX graph all iterate them, so a
+new optional input is declared here once (plus how the graph computes it, in
+``fusionrec.export.graph``, and how a caller fills it, in :func:`feeds`).
+
+Nothing here imports Triton (``config.pbtxt`` is written as text; ``fusionrec.serving.config``
+validates it with Triton's schema).
+
+Example:
+    >>> repo = ModelRepository("artifacts/repo")                     # doctest: +SKIP
+    >>> repo.name, repo.max_len, repo.k, repo.n_items                 # doctest: +SKIP
+    ('fusionrec', 50, 100, 2000)
+    >>> idx, score = OnnxRanker(repo).topk(np.array([[0, 0, 3, 7]]), k=10)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from fusionrec.artifacts import ArtifactError, atomic_write_json, atomic_write_text, read_json
+from fusionrec.ranking import left_pad
+
+# -- the serving contract ----------------------------------------------------------------------
+HISTORY = "HISTORY"
+"""Input: item_idx history, int64 [batch, max_len], left-padded with 0, most recent last."""
+ITEM_IDX = "ITEM_IDX"
+"""Output: the top-K item_idx, int64 [batch, K], best first."""
+SCORE = "SCORE"
+"""Output: their scores, float32 [batch, K]."""
+INVALID_IDX = -1
+"""ITEM_IDX of a row whose history holds an id outside [0, n_items] (its SCORE is NaN)."""
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, element type, and which repository size is its length."""
+
+    name: str
+    dtype: str
+    """numpy dtype name: ``int64`` or ``float32``."""
+    length: str
+    """``max_len`` or ``k``: the per-row length (after the batch axis) is that repository field."""
+
+    @property
+    def triton_type(self) -> str:
+        return {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}[self.dtype]
+
+    @property
+    def triton_datatype(self) -> str:
+        """The tritonclient ``InferInput`` datatype string."""
+        return {"int64": "INT64", "float32": "FP32"}[self.dtype]
+
+    def dims(self, max_len: int, k: int) -> int:
+        return {"max_len": max_len, "k": k}[self.length]
+
+
+INPUTS: tuple[TensorSpec, ...] = (TensorSpec(HISTORY, "int64", "max_len"),)
+OUTPUTS: tuple[TensorSpec, ...] = (TensorSpec(ITEM_IDX, "int64", "k"), TensorSpec(SCORE, "float32", "k"))
+OUTPUT_NAMES = [o.name for o in OUTPUTS]
+
+
+def feeds(histories: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
+    """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``).
+
+    Every caller of the graph (``OnnxRanker``, the gRPC client, the server's parity probe) builds
+    its request here, so an additional graph input is filled in one place.
+    """
+    return {HISTORY: pad_histories(histories, max_len)}
+
+
+def pad_histories(histories: np.ndarray, max_len: int) -> np.ndarray:
+    """int64 [B, max_len]: rows of another length keep their most recent non-padding items."""
+    h = np.asarray(histories, dtype=np.int64)
+    if h.ndim != 2:
+        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
+    if h.shape[1] != max_len:
+        h = left_pad([row[row > 0] for row in h], max_len)
+    return np.ascontiguousarray(h)
+
+
+# -- config.pbtxt ------------------------------------------------------------------------------
+class TritonSettings(Protocol):
+    """The Triton settings ``config.pbtxt`` is written from (``fusionrec.export.ExportConfig`` has them)."""
+
+    name: str
+    max_batch_size: int
+    max_queue_delay_microseconds: int
+    preferred_batch_size: list[int]
+    instance_kind: str
+    instance_count: int
+    accelerator: str
+    tensorrt_fp16: bool
+
+
+def config_pbtxt(cfg: TritonSettings, max_len: int, k: int) -> str:
+    """The Triton ``config.pbtxt`` (onnxruntime backend) for the exported graph, as text."""
+    pref = sorted({b for b in cfg.preferred_batch_size if 0 < b <= cfg.max_batch_size})
+
+    def tensors(specs: Sequence[TensorSpec]) -> list[str]:
+        rows = [f'  {{ name: "{s.name}", data_type: {s.triton_type}, dims: [ {s.dims(max_len, k)} ] }}' for s in specs]
+        return [r + ("," if i < len(rows) - 1 else "") for i, r in enumerate(rows)]
+
+    lines = [
+        f'name: "{cfg.name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {cfg.max_batch_size}",
+        "input [", *tensors(INPUTS), "]",
+        "output [", *tensors(OUTPUTS), "]",
+        "dynamic_batching {",
+        f"  max_queue_delay_microseconds: {cfg.max_queue_delay_microseconds}",
+    ]
+    if pref:
+        lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in pref)} ]")
+    lines += ["}", f"instance_group [ {{ count: {cfg.instance_count}, kind: {cfg.instance_kind} }} ]"]
+    if cfg.accelerator == "tensorrt" and cfg.instance_kind == "KIND_GPU":
+        params = ['precision_mode', "FP16" if cfg.tensorrt_fp16 else "FP32"]
+        lines += [
+            "optimization { execution_accelerators {",
+            "  gpu_execution_accelerator [ {",
+            '    name: "tensorrt"',
+            f'    parameters {{ key: "{params[0]}" value: "{params[1]}" }}',
+            "  } ]",
+            "} }",
+        ]
+    # Batch dimension: with max_batch_size > 0 Triton prepends the -1 batch axis to every dims.
+    return "\n".join(lines) + "\n"
+
+
+# -- writing -----------------------------------------------------------------------------------
+def model_folder(repo: Path, name: str, version: int = 1) -> tuple[Path, Path]:
+    """``(<repo>/<name>, <repo>/<name>/<version>/model.onnx)``, the version folder created."""
+    mdir = Path(repo) / name
+    (mdir / str(version)).mkdir(parents=True, exist_ok=True)
+    return mdir, mdir / str(version) / MODEL_FILE
+
+
+def write_model_files(mdir: Path, cfg: TritonSettings, max_len: int, k: int, item_ids: Sequence[str], popular: dict,
+                      report: dict) -> None:
+    """Write everything of a model folder but the graph (``config.pbtxt``, item ids, popular list, report)."""
+    atomic_write_text(mdir / "config.pbtxt", config_pbtxt(cfg, max_len, k))
+    atomic_write_json(mdir / "item_ids.json", list(item_ids))
+    atomic_write_json(mdir / "popular.json", popular)
+    atomic_write_json(mdir / "export_report.json", report)
+
+
+def report_shapes(n_items: int, max_len: int, k: int) -> dict[str, Any]:
+    """The record of the graph's sizes kept in ``export_report.json`` (what :class:`ModelRepository` reads back)."""
+    return {"n_items": n_items, "max_len": max_len, "k": k,
+            "inputs": {s.name: ["batch", s.dims(max_len, k)] for s in INPUTS} | {"dtype": "int64"},
+            "outputs": {s.name: ["batch", s.dims(max_len, k)] for s in OUTPUTS}}
+
+
+# -- reading -----------------------------------------------------------------------------------
+def read_item_ids(path: str | os.PathLike) -> list[str]:
+    """Read ``item_ids.json`` (a list indexed by item_idx, or a {item_idx: item_id} mapping)."""
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        if "item_ids" in data:
+            data = data["item_ids"]
+        else:
+            n = max(int(k) for k in data) + 1 if data else 1
+            out = [""] * n
+            for k, v in data.items():
+                out[int(k)] = str(v)
+            return out
+    if not isinstance(data, list):
+        raise ArtifactError(f"{path}: expected a JSON list of item ids indexed by item_idx")
+    return ["" if v is None else str(v) for v in data]
+
+
+def find_model_dir(repo: str | os.PathLike, name: str | None = None) -> Path:
+    """The model folder of a repository (``repo`` may be the model folder itself).
+
+    ``name`` picks that model when the repository holds it (a served name such as ``control``
+    may differ from the folder name); otherwise the manifest's first model is taken.
+    """
+    repo = Path(repo)
+    if name is not None and (repo / name / "config.pbtxt").exists():
+        return repo / name
+    if (repo / "config.pbtxt").exists():
+        return repo
+    manifest = read_json(repo / "manifest.json") if (repo / "manifest.json").exists() else {}
+    names = manifest.get("models") or sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    if not names:
+        raise FileNotFoundError(f"{repo} holds no model (no <name>/config.pbtxt): is it a model repository from `fusionrec export`?")
+    mdir = repo / names[0]
+    if not (mdir / "config.pbtxt").exists():
+        raise FileNotFoundError(f"{mdir / 'config.pbtxt'} not found in model repository {repo}")
+    return mdir
+
+
+def model_dirs(repo: str | os.PathLike) -> list[Path]:
+    """Every model folder of a repository (or ``[repo]`` when it is a model folder)."""
+    repo = Path(repo)
+    if (repo / "config.pbtxt").exists():
+        return [repo]
+    dirs = [q.parent for q in sorted(repo.glob("*/config.pbtxt"))]
+    if not dirs:
+        find_model_dir(repo)  # raises the clear "not a model repository" error
+    return dirs
+
+
+class ModelRepository:
+    """One exported model: its folder, sizes, item table and popularity list, and its onnxruntime session.
+
+    ``max_len``, ``k`` and ``n_items`` are read from ``export_report.json``, where the exporter
+    recorded them with the graph; every reader of the repository takes them from here.
+
+    Example:
+        >>> repo = ModelRepository("artifacts/repo")             # doctest: +SKIP
+        >>> sess = repo.session()                                 # doctest: +SKIP
+    """
+
+    def __init__(self, repo: str | os.PathLike, name: str | None = None):
+        self.model_dir = find_model_dir(repo, name)
+        self.name = self.model_dir.name
+        report_path = self.model_dir / "export_report.json"
+        if not report_path.exists():
+            raise ArtifactError(f"{report_path} not found: is {repo} a model repository written by 'fusionrec export'?")
+        self.report: dict = read_json(report_path)
+        missing = [f for f in ("max_len", "k", "n_items") if not isinstance(self.report.get(f), int)]
+        if missing:
+            raise ArtifactError(f"{report_path} does not record {', '.join(missing)}: re-export the model with 'fusionrec export'")
+        self.max_len: int = int(self.report["max_len"])
+        self.k: int = int(self.report["k"])
+        self.n_items: int = int(self.report["n_items"])
+
+    @property
+    def onnx_path(self) -> Path:
+        """``<name>/<latest version>/model.onnx``."""
+        versions = sorted((v for v in self.model_dir.iterdir() if v.is_dir() and v.name.isdigit()), key=lambda v: int(v.name))
+        path = (versions[-1] if versions else self.model_dir / "1") / MODEL_FILE
+        if not path.exists():
+            raise ArtifactError(f"{path} not found: is {self.model_dir.parent} a model repository written by 'fusionrec export'?")
+        return path
+
+    @property
+    def item_ids(self) -> list[str] | None:
+        """External id of every item_idx (``item_ids.json``; None when the repository has none)."""
+        for path in (self.model_dir / "item_ids.json", self.model_dir.parent / "item_ids.json"):
+            if path.exists():
+                return read_item_ids(path)
+        return None
+
+    @property
+    def popular(self) -> dict | None:
+        """The popularity fallback ``{"item_idx", "item_id", "count"}`` (``popular.json``), if any."""
+        path = self.model_dir / "popular.json"
+        return read_json(path) if path.exists() else None
+
+    def session(self, providers: list[str] | None = None, threads: int | None = None):
+        """An onnxruntime session over the graph (see :func:`ort_session`)."""
+        return ort_session(self.onnx_path, providers=providers, threads=threads)
+
+
+def _cuda_usable() -> bool:
+    """A CUDA device is really there (onnxruntime-gpu lists its CUDA EP even without a driver)."""
+    try:
+        import torch  # heavy: only asked when onnxruntime offers the CUDA EP
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def ort_session(path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+    """An onnxruntime session on the CUDA EP when usable, else CPU (check ``get_providers()[0]``)."""
+    import onnxruntime as ort  # heavy (CUDA libraries): imported when a session is made
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if providers is None:
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_usable():
+            providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+class OnnxRanker:
+    """A TopKRanker running a repository's ``model.onnx`` with onnxruntime (the graph Triton serves).
+
+    Speaks the repository's own item_idx; ``fusionrec.ab.offline.load_ranker`` maps it to a dataset's.
+
+    Example:
+        >>> r = OnnxRanker("artifacts/repo")                       # doctest: +SKIP
+        >>> idx, score = r.topk(np.array([[0, 0, 3, 7]]), k=10)   # doctest: +SKIP
+    """
+
+    def __init__(self, repo: str | os.PathLike | ModelRepository, providers: list[str] | None = None,
+                 threads: int | None = None):
+        self.repository = repo if isinstance(repo, ModelRepository) else ModelRepository(repo)
+        self.name = self.repository.name
+        self.model_dir = self.repository.model_dir
+        self.max_len: int | None = self.repository.max_len
+        self.k: int | None = self.repository.k
+        self.item_ids = self.repository.item_ids
+        self.session = self.repository.session(providers=providers, threads=threads)
+
+    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.k is not None and k > self.k:
+            raise ValueError(f"{self.name}: asked for top-{k} but the exported graph returns top-{self.k}")
+        idx, score = self.session.run(OUTPUT_NAMES, feeds(histories, self.max_len))
+        if idx.shape[1] < k:
+            raise ValueError(f"{self.name}: asked for top-{k} but the graph returned {idx.shape[1]} items")
+        return np.asarray(idx[:, :k], dtype=np.int64), np.asarray(score[:, :k], dtype=np.float32)
