@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -389,6 +390,20 @@ class Truth:
         pop = pop / np.maximum(pop.sum(axis=1, keepdims=True), 1e-300)
         return (1.0 - self.explore) * q + self.explore * pop
 
+    def with_expected_popularity(self, unseen: np.ndarray) -> "Truth":
+        """A copy in which the ``unseen`` items (bool [I]) carry the catalog's *expected* popularity, not their own.
+
+        The content oracle's world: nobody can know the hidden popularity of an item with no interactions, only
+        the prior over it. The appeal term uses ``popularity ** exponent``, so the unseen items get
+        ``mean(popularity ** exponent) ** (1 / exponent)`` (their appeal factor is exactly the expected one;
+        the small ``explore`` term then sees that value too).
+        """
+        pop = self.popularity.copy()
+        e = self.popularity_exponent
+        if np.any(unseen):
+            pop[unseen] = np.mean(pop ** e) ** (1.0 / e) if e > 0 else np.mean(pop)
+        return dataclasses.replace(self, popularity=pop)
+
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: Path, extra_items: pd.DataFrame) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -651,8 +666,14 @@ previous item), mixed with {cfg.explore:.0%} popularity-only exploration, never 
 # ----------------------------------------------------------------------------------------------
 # oracle
 # ----------------------------------------------------------------------------------------------
-def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: Sequence[int] = (10, 20, 50), split: str = "test", k_max: int = 100) -> dict[str, dict[str, float]]:
+def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: Sequence[int] = (10, 20, 50), split: str = "test", k_max: int = 100,
+                   content: bool = False) -> dict[str, dict[str, float]]:
     """The ceiling: rank every item by the generator's TRUE next-item probability for each test case.
+
+    ``content=True`` gives the *content oracle*: the same, except that items with no training event (cold
+    items, held out or new) carry the expected popularity instead of their hidden one
+    (:meth:`Truth.with_expected_popularity`): the best ranking possible from the item's attributes, the
+    user's true tastes and previous item, without knowledge nobody could have of an item never seen.
 
     ``raw_dir`` is the generated folder (with ``truth/``), ``dataset`` the ingested dataset
     artifact. Returns ``{"overall": {...}, "warm": {...}, "cold": {...}}`` of Recall/NDCG@k and MRR
@@ -663,6 +684,10 @@ def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: S
     """
     truth = Truth.load(raw_dir)
     ds = DatasetArtifact(dataset)
+    if content:
+        trained = set(ds.split("train")["item_idx"].astype(int))
+        seen_ids = set(ds.items.loc[ds.items["item_idx"].isin(trained), "item_id"].astype(str))
+        truth = truth.with_expected_popularity(np.array([iid not in seen_ids for iid in truth.item_ids.astype(str)]))
     t_item = {iid: j for j, iid in enumerate(truth.item_ids)}
     t_user = {uid: j for j, uid in enumerate(truth.user_ids)}
     ds_ids = ds.items.sort_values("item_idx")["item_id"].astype(str).to_numpy()
