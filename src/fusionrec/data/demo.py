@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+
 import io
 import json
 import os
@@ -44,8 +45,6 @@ from pydantic import Field
 
 from fusionrec.artifacts import artifact_dir
 from fusionrec.config import StepConfig
-from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.metrics import per_case_metrics, ranks_from_topk, summarize
 from fusionrec.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -390,20 +389,6 @@ class Truth:
         pop = pop / np.maximum(pop.sum(axis=1, keepdims=True), 1e-300)
         return (1.0 - self.explore) * q + self.explore * pop
 
-    def with_expected_popularity(self, unseen: np.ndarray) -> "Truth":
-        """A copy in which the ``unseen`` items (bool [I]) carry the catalog's *expected* popularity, not their own.
-
-        The content oracle's world: nobody can know the hidden popularity of an item with no interactions, only
-        the prior over it. The appeal term uses ``popularity ** exponent``, so the unseen items get
-        ``mean(popularity ** exponent) ** (1 / exponent)`` (their appeal factor is exactly the expected one;
-        the small ``explore`` term then sees that value too).
-        """
-        pop = self.popularity.copy()
-        e = self.popularity_exponent
-        if np.any(unseen):
-            pop[unseen] = np.mean(pop ** e) ** (1.0 / e) if e > 0 else np.mean(pop)
-        return dataclasses.replace(self, popularity=pop)
-
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: Path, extra_items: pd.DataFrame) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -666,28 +651,33 @@ previous item), mixed with {cfg.explore:.0%} popularity-only exploration, never 
 # ----------------------------------------------------------------------------------------------
 # oracle
 # ----------------------------------------------------------------------------------------------
-def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: Sequence[int] = (10, 20, 50), split: str = "test", k_max: int = 100,
-                   content: bool = False) -> dict[str, dict[str, float]]:
+def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: Sequence[int] = (10, 20, 50), split: str = "test",
+                   k_max: int = 100, content_only: bool = False, per_case: bool = False):
     """The ceiling: rank every item by the generator's TRUE next-item probability for each test case.
-
-    ``content=True`` gives the *content oracle*: the same, except that items with no training event (cold
-    items, held out or new) carry the expected popularity instead of their hidden one
-    (:meth:`Truth.with_expected_popularity`): the best ranking possible from the item's attributes, the
-    user's true tastes and previous item, without knowledge nobody could have of an item never seen.
 
     ``raw_dir`` is the generated folder (with ``truth/``), ``dataset`` the ingested dataset
     artifact. Returns ``{"overall": {...}, "warm": {...}, "cold": {...}}`` of Recall/NDCG@k and MRR
-    (as :func:`fusionrec.metrics.summarize`), history items excluded, as for any ranker.
+    (as :func:`fusionrec.metrics.summarize`), the user's whole history excluded, as for any ranker.
+
+    ``content_only=True`` is the *content oracle*: the true attributes and user preferences, but an
+    item with no training event gets the geometric-mean popularity of the trained items instead of
+    its hidden one (no model can know how popular a never-seen item is): the ceiling reachable from
+    content on cold items. ``per_case=True`` returns ``(summary, per-case DataFrame)``.
 
     Example:
         >>> oracle_metrics("data/demo", "artifacts/dataset")["overall"]["ndcg@10"]   # doctest: +SKIP
     """
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.metrics import per_case_metrics, ranks_from_topk, summarize
+
     truth = Truth.load(raw_dir)
     ds = DatasetArtifact(dataset)
-    if content:
-        trained = set(ds.split("train")["item_idx"].astype(int))
-        seen_ids = set(ds.items.loc[ds.items["item_idx"].isin(trained), "item_id"].astype(str))
-        truth = truth.with_expected_popularity(np.array([iid not in seen_ids for iid in truth.item_ids.astype(str)]))
+    if content_only:
+        trained_ids = set(ds.item_ids[np.unique(ds.split("train")["item_idx"].to_numpy())].tolist())
+        seen = np.array([iid in trained_ids for iid in truth.item_ids])
+        pop = truth.popularity.copy()
+        pop[~seen] = float(np.exp(np.log(pop[seen]).mean())) if seen.any() else 1.0
+        truth = dataclasses.replace(truth, popularity=pop)
     t_item = {iid: j for j, iid in enumerate(truth.item_ids)}
     t_user = {uid: j for j, uid in enumerate(truth.user_ids)}
     ds_ids = ds.items.sort_values("item_idx")["item_id"].astype(str).to_numpy()
@@ -724,10 +714,15 @@ def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: S
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
         topk[b0 : b0 + batch] = np.take_along_axis(part, order, axis=1) + 1
     ranks = ranks_from_topk(topk, cases["item_idx"].to_numpy())
-    per_case = per_case_metrics(ranks, ks)
+    metrics = per_case_metrics(ranks, ks)
     seg = cases["segment"].astype(str).to_numpy()
-    return {
-        "overall": summarize(per_case),
-        "warm": summarize(per_case, seg == "warm"),
-        "cold": summarize(per_case, seg == "cold"),
+    summary = {
+        "overall": summarize(metrics),
+        "warm": summarize(metrics, seg == "warm"),
+        "cold": summarize(metrics, seg == "cold"),
     }
+    if not per_case:
+        return summary
+    frame = pd.DataFrame({"case_id": cases["case_id"].to_numpy(np.int64), "user_idx": cases["user_idx"].to_numpy(np.int64),
+                          "item_idx": cases["item_idx"].to_numpy(np.int64), "segment": seg, "rank": ranks, **metrics})
+    return summary, frame
