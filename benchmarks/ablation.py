@@ -129,6 +129,29 @@ def with_spec(model, updates: dict):
     return new.eval()
 
 
+def diagnostics(ranker, topk: np.ndarray, ds) -> dict:
+    """Why coverage / cold recommendations look as they do: item-vector norms of warm vs cold items (the scale a
+    cold item is scored on), the share of top-10 slots that go to cold items, and how concentrated the lists are."""
+    import torch
+
+    out: dict = {}
+    trained = np.zeros(ds.n_items + 1, bool)
+    trained[np.unique(ds.split("train")["item_idx"].to_numpy())] = True
+    top10 = topk[:, :10]
+    out["cold_share_of_top10"] = round(float((~trained[top10]).mean()), 4)
+    counts = np.bincount(top10.ravel(), minlength=ds.n_items + 1)[1:]
+    out["top10_share_of_10_most_shown_items"] = round(float(np.sort(counts)[::-1][:10].sum() / max(counts.sum(), 1)), 4)
+    if hasattr(ranker, "item_tables"):
+        with torch.no_grad():
+            table = ranker.serving_module(10).item_table if ranker.user_gate is None else None
+        if table is not None:
+            norms = table.norm(dim=1).numpy()
+            ok = ranker.scorable().numpy()
+            out["item_norm_warm"] = round(float(norms[trained & ok].mean()), 4)
+            out["item_norm_cold"] = round(float(norms[~trained & ok].mean()), 4) if (~trained & ok).any() else None
+    return out
+
+
 def paired(per_case: dict, a: str, b: str, segment: str, metric: str = "ndcg@10") -> dict:
     """``a`` vs ``b`` on the cases of ``segment``: seed-pooled per-user means, paired t interval, bootstrap ratio interval."""
     from fusionrec.ab.stats import paired_compare
@@ -204,6 +227,7 @@ def main() -> int:
                    "training": {k: record.get(k) for k in ("epochs_run", "best_epoch", "best_valid_ndcg10", "train_seconds", "wall_seconds",
                                                              "cpu_seconds", "wall_seconds_to_best", "sequences_per_second",
                                                              "n_train_sequences", "n_train_targets")}}
+            row["diagnostics"] = diagnostics(ranker, res.topk, ds)
             if name in test_names:
                 tres = evaluate(ranker, ds, "test", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=test_cases)
                 row["test"] = tres.summary
@@ -212,7 +236,7 @@ def main() -> int:
             v = res.summary
             print(f"{name:<18} seed {seed}: valid NDCG@10 overall {v['overall']['ndcg@10']:.4f} warm {v['warm']['ndcg@10']:.4f} "
                   f"cold {v['cold']['ndcg@10']:.4f} cov@10 {v['overall']['coverage@10']:.3f}  "
-                  f"({row['training'].get('wall_seconds') or 0:.0f}s, best epoch {row['training'].get('best_epoch')})", flush=True)
+                  f"({row['training'].get('wall_seconds') or 0:.0f}s, best epoch {row['training'].get('best_epoch')}) {row['diagnostics']}", flush=True)
         runs[name] = seg_rows
         for store, st in ((per_case_valid, stacks), (per_case_test, tstacks)):
             if st:
@@ -257,7 +281,7 @@ def main() -> int:
 
         for split in ["valid"] + (["test"] if test_names else []):
             oracle[split] = {"generator": oracle_metrics(args.work / "raw", ds.path, ks=(10, 20), split=split, k_max=20),
-                             "content": oracle_metrics(args.work / "raw", ds.path, ks=(10, 20), split=split, k_max=20, content=True)}
+                             "content": oracle_metrics(args.work / "raw", ds.path, ks=(10, 20), split=split, k_max=20, content_only=True)}
 
     lines = [f"# Ablations ({args.tag}), validation, seeds {seeds}", "",
              "| variant | overall NDCG@10 | warm NDCG@10 | cold NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
