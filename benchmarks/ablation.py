@@ -169,6 +169,48 @@ def paired(per_case: dict, a: str, b: str, segment: str, metric: str = "ndcg@10"
             "p_ttest": float(c.p_ttest), "verdict": ("beats" if c.diff_ci_low > 0 else "loses" if c.diff_ci_high < 0 else "on par")}
 
 
+def combine(paths: list[Path], tag: str) -> int:
+    parts = [json.loads(p.read_text()) for p in paths]
+    if len({json.dumps(p["valid_case_ids"]) for p in parts}) != 1 or len({json.dumps(p["seeds"]) for p in parts}) != 1:
+        print("the ablation files disagree on the validation cases or the seeds", file=sys.stderr)
+        return 2
+    out = {k: parts[0][k] for k in ("work", "dataset", "seeds", "common_overrides", "git_commit", "versions", "valid_case_ids", "oracle")}
+    for key in ("variants", "table", "runs", "per_case_valid"):
+        out[key] = {k: v for p in parts for k, v in p[key].items()}
+    pcv = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in out["per_case_valid"].items()}
+    comparisons = {}
+    names = list(out["variants"])
+    for name in names:
+        ref = REFERENCE.get(name)
+        if ref in pcv and name in pcv:
+            comparisons[f"{name} vs {ref}"] = {seg: paired(pcv, name, ref, seg) for seg in ("overall", "warm", "cold")}
+    for fused in [n for n in names if n.startswith("fused")]:
+        for s in [n for n in names if n.startswith("single:")]:
+            comparisons[f"{fused} vs {s}"] = {seg: paired(pcv, fused, s, seg) for seg in ("overall", "warm", "cold")}
+    out.update(tag=tag, comparisons_valid=comparisons, combined_from=[str(p) for p in paths],
+               wall_seconds=sum(p["wall_seconds"] for p in parts), cpu_seconds=sum(p["cpu_seconds"] for p in parts), cached=False)
+    lines = [f"# Ablations ({tag}), validation, seeds {out['seeds']} (combined from {len(paths)} runs)", "",
+             "| variant | overall NDCG@10 | warm NDCG@10 | cold NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
+    f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"  # noqa: E731
+    for name, t in out["table"].items():
+        v = t["valid"]
+        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(v['cold']['ndcg@10'])} | "
+                     f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
+    for split, o in (out["oracle"] or {}).items():
+        for kind, m in o.items():
+            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | {m['cold']['ndcg@10']:.4f} | | | |")
+    lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
+    for k, segs in comparisons.items():
+        ps = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
+              for seg, c in segs.items() if c and c.get("ratio") is not None]
+        lines.append(f"- {k}: " + "; ".join(ps))
+    text = "\n".join(lines)
+    print(text)
+    (ROOT / "results" / f"ablation_{tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (ROOT / "results" / f"ablation_{tag}.md").write_text(text + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True)
@@ -179,7 +221,11 @@ def main() -> int:
     ap.add_argument("--test", default="", help="comma list of variants whose TEST figures to read (once, after the choices)")
     ap.add_argument("--tag", default="demo")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--combine", nargs="+", type=Path, default=None,
+                    help="merge ablation JSONs of the same dataset and seeds (run in parallel) into ablation_<tag>.json, comparisons recomputed")
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, args.tag)
 
     import torch
 
@@ -308,7 +354,9 @@ def main() -> int:
     print(text)
     out = {"tag": args.tag, "work": str(args.work), "dataset": ds.meta if hasattr(ds, "meta") else None, "seeds": seeds,
            "common_overrides": common, "variants": {n: {"train": VARIANTS[n][0], "eval_spec": VARIANTS[n][1]} for n in names},
-           "table": table, "comparisons_valid": comparisons, "comparisons_test": test_comparisons, "oracle": oracle, "runs": runs,
+           "table": table, "comparisons_valid": comparisons,
+           "per_case_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_valid.items()},
+           "valid_case_ids": valid_cases[0]["case_id"].astype(int).tolist(), "comparisons_test": test_comparisons, "oracle": oracle, "runs": runs,
            "cached": False, "git_commit": _commit(), "versions": _versions(),
            "wall_seconds": round(time.perf_counter() - t_all, 1), "cpu_seconds": round(time.process_time() - c_all, 1),
            "torch_threads": torch.get_num_threads(),
