@@ -175,30 +175,39 @@ def combine(paths: list[Path], tag: str) -> int:
         print("the ablation files disagree on the validation cases or the seeds", file=sys.stderr)
         return 2
     out = {k: parts[0][k] for k in ("work", "dataset", "seeds", "common_overrides", "git_commit", "versions", "valid_case_ids", "oracle")}
-    for key in ("variants", "table", "runs", "per_case_valid"):
+    out["cold_valid_items"] = parts[0].get("cold_valid_items")
+    for key in ("variants", "table", "runs", "per_case_valid", "per_case_cold_valid"):
         out[key] = {k: v for p in parts for k, v in p[key].items()}
     pcv = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in out["per_case_valid"].items()}
+    pcc = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in out["per_case_cold_valid"].items()}
     comparisons = {}
     names = list(out["variants"])
     for name in names:
         ref = REFERENCE.get(name)
         if ref in pcv and name in pcv:
-            comparisons[f"{name} vs {ref}"] = {seg: paired(pcv, name, ref, seg) for seg in ("overall", "warm", "cold")}
+            comparisons[f"{name} vs {ref}"] = {seg: paired(pcv, name, ref, seg) for seg in ("overall", "warm")}
+            if name in pcc and ref in pcc:
+                comparisons[f"{name} vs {ref}"]["cold_valid"] = paired(pcc, name, ref, "cold")
     for fused in [n for n in names if n.startswith("fused")]:
         for s in [n for n in names if n.startswith("single:")]:
-            comparisons[f"{fused} vs {s}"] = {seg: paired(pcv, fused, s, seg) for seg in ("overall", "warm", "cold")}
+            comparisons[f"{fused} vs {s}"] = {seg: paired(pcv, fused, s, seg) for seg in ("overall", "warm")}
+            if fused in pcc and s in pcc:
+                comparisons[f"{fused} vs {s}"]["cold_valid"] = paired(pcc, fused, s, "cold")
     out.update(tag=tag, comparisons_valid=comparisons, combined_from=[str(p) for p in paths],
                wall_seconds=sum(p["wall_seconds"] for p in parts), cpu_seconds=sum(p["cpu_seconds"] for p in parts), cached=False)
     lines = [f"# Ablations ({tag}), validation, seeds {out['seeds']} (combined from {len(paths)} runs)", "",
-             "| variant | overall NDCG@10 | warm NDCG@10 | cold NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
+             "Cold = cold-valid: the test cases of a seeded half of the cold items (validation holds no cold case).", "",
+             "| variant | overall NDCG@10 | warm NDCG@10 | cold-valid NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
     f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"  # noqa: E731
     for name, t in out["table"].items():
         v = t["valid"]
-        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(v['cold']['ndcg@10'])} | "
+        cv = v.get("cold_valid", {}).get("ndcg@10", [float("nan"), None])
+        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(cv)} | "
                      f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
     for split, o in (out["oracle"] or {}).items():
         for kind, m in o.items():
-            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | {m['cold']['ndcg@10']:.4f} | | | |")
+            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | "
+                         f"{m.get('cold_valid', m['cold'])['ndcg@10']:.4f} | | | |")
     lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
     for k, segs in comparisons.items():
         ps = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
@@ -252,7 +261,18 @@ def main() -> int:
 
     valid_cases = ds.eval_cases("valid", common.get("max_len", 50))
     valid_exclude = ds.consumed_before(valid_cases[0])
-    test_cases = ds.eval_cases("test", common.get("max_len", 50)) if test_names else None
+    # Validation has no cold case (a held-out item's events all go to test). To choose on cold items without
+    # reading test, a seeded half of the cold target ITEMS is set aside as "cold-valid": their test cases
+    # are scored like validation; test figures on cold items use the other half only ("cold_rest").
+    test_all = ds.eval_cases("test", common.get("max_len", 50))
+    cold_case = test_all[0]["segment"].astype(str).to_numpy() == "cold"
+    cold_targets = np.unique(test_all[0]["item_idx"].to_numpy()[cold_case])
+    coldval_items = np.sort(np.random.default_rng(12345).permutation(cold_targets)[: len(cold_targets) // 2])
+    in_cv = cold_case & np.isin(test_all[0]["item_idx"].to_numpy(), coldval_items)
+    coldval_cases = (test_all[0][in_cv].reset_index(drop=True), test_all[1][in_cv])
+    coldval_exclude = ds.consumed_before(coldval_cases[0]) if in_cv.any() else None
+    per_case_coldval: dict[str, dict] = {}
+    test_cases = test_all if test_names else None
     runs: dict[str, list[dict]] = {}
     per_case_valid: dict[str, dict] = {}
     per_case_test: dict[str, dict] = {}
@@ -260,7 +280,7 @@ def main() -> int:
     for name in names:
         overrides, eval_spec = VARIANTS[name]
         cfg_over = {**common, **overrides}
-        seg_rows, stacks, tstacks = [], [], []
+        seg_rows, stacks, tstacks, cstacks = [], [], [], []
         for seed in seeds:
             key = (json.dumps(cfg_over, sort_keys=True), seed)
             if key not in trained:  # "id" and "id:zero" share one trained model per seed
@@ -269,6 +289,10 @@ def main() -> int:
             ranker = with_spec(model, eval_spec)
             res = evaluate(ranker, ds, "valid", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=valid_cases, exclude=valid_exclude)
             stacks.append(res.per_case)
+            if coldval_exclude is not None:
+                cres = evaluate(ranker, ds, "test", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=coldval_cases, exclude=coldval_exclude)
+                res.summary["cold_valid"] = cres.summary["cold"]
+                cstacks.append(cres.per_case)
             row = {"seed": seed, "valid": res.summary, "config": cfg.model_dump(mode="json"), "eval_spec": eval_spec,
                    "training": {k: record.get(k) for k in ("epochs_run", "best_epoch", "best_valid_ndcg10", "train_seconds", "wall_seconds",
                                                              "cpu_seconds", "wall_seconds_to_best", "sequences_per_second",
@@ -276,6 +300,9 @@ def main() -> int:
             row["diagnostics"] = diagnostics(ranker, res.topk, ds)
             if name in test_names:
                 tres = evaluate(ranker, ds, "test", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=test_cases)
+                rest = (tres.per_case["segment"] == "cold") & ~tres.per_case["item_idx"].isin(coldval_items)
+                tres.summary["cold_rest"] = {m: float(tres.per_case.loc[rest, m].mean()) for m in ("ndcg@10", "recall@10")}
+                tres.summary["cold_rest"].update(n=int(rest.sum()), **{"coverage@10": float("nan")})
                 row["test"] = tres.summary
                 tstacks.append(tres.per_case)
             seg_rows.append(row)
@@ -284,7 +311,7 @@ def main() -> int:
                   f"cold {v['cold']['ndcg@10']:.4f} cov@10 {v['overall']['coverage@10']:.3f}  "
                   f"({row['training'].get('wall_seconds') or 0:.0f}s, best epoch {row['training'].get('best_epoch')}) {row['diagnostics']}", flush=True)
         runs[name] = seg_rows
-        for store, st in ((per_case_valid, stacks), (per_case_test, tstacks)):
+        for store, st in ((per_case_valid, stacks), (per_case_test, tstacks), (per_case_coldval, cstacks)):
             if st:
                 store[name] = {"segment": st[0]["segment"].to_numpy(),
                                "ndcg@10": np.mean([p["ndcg@10"].to_numpy() for p in st], axis=0),
@@ -303,18 +330,23 @@ def main() -> int:
     table = {}
     for name, rows in runs.items():
         table[name] = {split: {seg: {m: mean_ci([r[split][seg][m] for r in rows]) for m in ("ndcg@10", "recall@10", "coverage@10")}
-                               for seg in ("overall", "warm", "cold")} for split in (["valid"] + (["test"] if "test" in rows[0] else []))}
+                               for seg in ("overall", "warm", "cold", "cold_valid", "cold_rest") if seg in rows[0][split]}
+                       for split in (["valid"] + (["test"] if "test" in rows[0] else []))}
         table[name]["seconds_to_best"] = mean_ci([r["training"].get("wall_seconds_to_best") or 0 for r in rows])
         table[name]["sequences_per_second"] = mean_ci([r["training"].get("sequences_per_second") or 0 for r in rows])
     comparisons = {}
     for name in names:
         ref = REFERENCE.get(name)
         if ref in per_case_valid and name in per_case_valid:
-            comparisons[f"{name} vs {ref}"] = {seg: paired(per_case_valid, name, ref, seg) for seg in ("overall", "warm", "cold")}
+            comparisons[f"{name} vs {ref}"] = {seg: paired(per_case_valid, name, ref, seg) for seg in ("overall", "warm")}
+            if name in per_case_coldval and ref in per_case_coldval:
+                comparisons[f"{name} vs {ref}"]["cold_valid"] = paired(per_case_coldval, name, ref, "cold")
     singles = [n for n in names if n.startswith("single:")]
     for fused in [n for n in names if n.startswith("fused")]:
         for s in singles:
-            comparisons[f"{fused} vs {s}"] = {seg: paired(per_case_valid, fused, s, seg) for seg in ("overall", "warm", "cold")}
+            comparisons[f"{fused} vs {s}"] = {seg: paired(per_case_valid, fused, s, seg) for seg in ("overall", "warm")}
+            if fused in per_case_coldval and s in per_case_coldval:
+                comparisons[f"{fused} vs {s}"]["cold_valid"] = paired(per_case_coldval, fused, s, "cold")
     test_comparisons = {}
     for a in test_names:
         for b in test_names:
@@ -325,20 +357,29 @@ def main() -> int:
     if (args.work / "raw" / "truth").exists():
         from fusionrec.data.demo import oracle_metrics
 
-        for split in ["valid"] + (["test"] if test_names else []):
-            oracle[split] = {"generator": oracle_metrics(args.work / "raw", ds.path, ks=(10, 20), split=split, k_max=20),
-                             "content": oracle_metrics(args.work / "raw", ds.path, ks=(10, 20), split=split, k_max=20, content_only=True)}
+        for split in ["valid", "test"]:
+            oracle[split] = {}
+            for kind, flag in (("generator", False), ("content", True)):
+                summ, frame = oracle_metrics(args.work / "raw", ds.path, ks=(10, 20), split=split, k_max=20, content_only=flag, per_case=True)
+                if split == "test":  # the cold-valid items (choices) and the rest (read once)
+                    cold = frame["segment"] == "cold"
+                    summ["cold_valid"] = {"ndcg@10": float(frame.loc[cold & frame["item_idx"].isin(coldval_items), "ndcg@10"].mean())}
+                    summ["cold_rest"] = {"ndcg@10": float(frame.loc[cold & ~frame["item_idx"].isin(coldval_items), "ndcg@10"].mean())}
+                oracle[split][kind] = summ
 
     lines = [f"# Ablations ({args.tag}), validation, seeds {seeds}", "",
-             "| variant | overall NDCG@10 | warm NDCG@10 | cold NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
+             "Cold = cold-valid: the test cases of a seeded half of the cold items (validation holds no cold case).", "",
+             "| variant | overall NDCG@10 | warm NDCG@10 | cold-valid NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
     for name, t in table.items():
         v = t["valid"]
         f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"  # noqa: E731
-        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(v['cold']['ndcg@10'])} | "
+        cv = v.get("cold_valid", {}).get("ndcg@10", [float("nan"), None])
+        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(cv)} | "
                      f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
     for split, o in oracle.items():
         for kind, m in o.items():
-            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | {m['cold']['ndcg@10']:.4f} | | | |")
+            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | "
+                         f"{m.get('cold_valid', m['cold'])['ndcg@10']:.4f} | | | |")
     lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
     for k, segs in comparisons.items():
         parts = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
@@ -356,6 +397,8 @@ def main() -> int:
            "common_overrides": common, "variants": {n: {"train": VARIANTS[n][0], "eval_spec": VARIANTS[n][1]} for n in names},
            "table": table, "comparisons_valid": comparisons,
            "per_case_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_valid.items()},
+           "per_case_cold_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_coldval.items()},
+           "cold_valid_items": coldval_items.tolist(),
            "valid_case_ids": valid_cases[0]["case_id"].astype(int).tolist(), "comparisons_test": test_comparisons, "oracle": oracle, "runs": runs,
            "cached": False, "git_commit": _commit(), "versions": _versions(),
            "wall_seconds": round(time.perf_counter() - t_all, 1), "cpu_seconds": round(time.process_time() - c_all, 1),
