@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ab.py
 
 compile: $(STAMP)
-	$(VENV)/bin/fusionrec pipeline compile pipelines/fusionrec_pipeline.yaml
+	$(VENV)/bin/fusionrec pipeline compile   # pipelines/fusionrec_pipeline.yaml + components/<step>/component.yaml
 
 clean:
 	rm -rf artifacts .pytest_cache build *.egg-info src/*.egg-info

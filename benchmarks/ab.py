@@ -27,21 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from _steps import step  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parent
 MODALITIES = ("text", "image", "audio", "tabular")
-
-
-def step(name: str, out: Path, fn, timings: dict) -> Path:
-    if (out / "manifest.json").exists():
-        print(f"[reuse] {name}: {out}", flush=True)
-        timings[name] = "reused"
-        return out
-    t0 = time.perf_counter()
-    print(f"[run]   {name} ...", flush=True)
-    fn()
-    timings[name] = round(time.perf_counter() - t0, 1)
-    print(f"        {name}: {timings[name]} s", flush=True)
-    return out
 
 
 def shuffled_repo(src: Path, out: Path, seed: int = 0) -> Path:
@@ -96,7 +85,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "ab.json")
     args = ap.parse_args()
 
-    from fusionrec.ab import ABConfig, run as ab_offline
+    from fusionrec.ab import ABConfig, run as ab_run
     from fusionrec.data.demo import DemoConfig, generate
     from fusionrec.data.ingest import IngestConfig, run as ingest
     from fusionrec.encoders.encode import EncodeConfig, run as encode
@@ -129,14 +118,14 @@ def main() -> int:
         t0 = time.perf_counter()
         out = w / f"ab_{name}"
         if args.no_online:
-            ab_offline(ctrl, treat, ds, out, cfg)
+            ab_run(ctrl, treat, ds, out, cfg)
         else:
-            from fusionrec.serving.ab_online import run_with_triton
+            from fusionrec.serving.ab_online import replay_on_triton
 
-            run_with_triton(ctrl, treat, ds, out, cfg)
+            ab_run(ctrl, treat, ds, out, cfg, online=replay_on_triton)
         results[name] = summarize(out) | {"seconds": round(time.perf_counter() - t0, 1), "report": str(out / "report.html")}
     t0 = time.perf_counter()
-    ab_offline(repo_i, repo_i, ds, w / "ab_aa", cfg)
+    ab_run(repo_i, repo_i, ds, w / "ab_aa", cfg)
     results["aa_id_vs_id_offline"] = summarize(w / "ab_aa") | {"seconds": round(time.perf_counter() - t0, 1)}
 
     checks = {

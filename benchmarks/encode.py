@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from fusionrec.encoders.registry import available, get_encoder
+    from fusionrec.encoders.registry import available, build
 
     keep = args.workdir is not None
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fusionrec-bench-encode-"))
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in mods:
             t = time.perf_counter()
             try:
-                enc = get_encoder(m)
+                enc = build(m)
             except FileNotFoundError as exc:
                 print(f"skip {m}: {exc}", file=sys.stderr)
                 continue
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {m} batch {b:3d}: {r['items_per_s']} items/s", flush=True)
             if m == "image":
                 result["image_backends"]["onnxruntime"] = result["batch_size"]["image"].get("32")
-                torch_enc = get_encoder("image", backend="torch")
+                torch_enc = build("image", backend="torch")
                 r = _run(sweep, work / "out" / "image-torch", torch_enc, modality="image", cache=False, batch_size=32)
                 result["image_backends"][f"pytorch-{torch_enc.device}"] = r["items_per_s"]
                 print(f"  image pytorch ({torch_enc.device}) batch 32: {r['items_per_s']} items/s", flush=True)

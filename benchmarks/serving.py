@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -32,26 +31,17 @@ from fusionrec.export import ExportConfig, export_module
 from fusionrec.export.graph import guarded
 from fusionrec.model_repository import ort_session
 from fusionrec.models.recommender import ModelSpec, Recommender
+from fusionrec.serving.server import free_ports
 
 ROOT = Path(__file__).resolve().parent
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def histories(n: int, n_items: int, L: int, seed: int = 0) -> np.ndarray:
+def histories(n: int, n_items: int, max_len: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    out = np.zeros((n, L), np.int64)
+    out = np.zeros((n, max_len), np.int64)
     for i in range(n):
-        m = int(rng.integers(1, L + 1))
-        out[i, L - m:] = rng.integers(1, n_items + 1, m)
+        m = int(rng.integers(1, max_len + 1))
+        out[i, max_len - m:] = rng.integers(1, n_items + 1, m)
     return out
 
 
@@ -117,15 +107,15 @@ def main() -> None:
     from fusionrec.serving.server import start_server
 
     torch.manual_seed(0)
-    n, L, K = args.items, args.max_len, args.k
-    spec = ModelSpec(n_items=n, modalities=[], use_id_embedding=True, dim=64, layers=2, heads=2, max_len=L, dropout=0.0)
+    n, max_len, K = args.items, args.max_len, args.k
+    spec = ModelSpec(n_items=n, modalities=[], use_id_embedding=True, dim=64, layers=2, heads=2, max_len=max_len, dropout=0.0)
     id_mask = torch.ones(n + 1, dtype=torch.bool)
     id_mask[0] = False
     model = Recommender(spec, id_mask=id_mask).eval()
     module = model.serving_module(K)
-    hist = histories(512, n, L)
+    hist = histories(512, n, max_len)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
-    repo = export_module(module, n, L, [""] + [f"i{i}" for i in range(1, n + 1)], None, tmp / "repo",
+    repo = export_module(module, n, max_len, [""] + [f"i{i}" for i in range(1, n + 1)], None, tmp / "repo",
                          ExportConfig(name="bench", k=K, instance_kind="KIND_CPU"), k=K, histories=hist,
                          popular={"item_idx": [1], "item_id": ["i1"], "count": [1]})
     report = json.loads((repo / "bench" / "export_report.json").read_text())
@@ -160,7 +150,7 @@ def main() -> None:
     ratio = {str(r["concurrency"]): r["throughput_rps"] / by_c[r["concurrency"]]["throughput_rps"] for r in results["batched"]}
     p99_c8 = next((r["p99_ms"] for r in results["batched"] if r["concurrency"] == 8), None)
     out = {
-        "graph": {"items": n, "max_len": L, "k": K, "layers": 2, "dim": 64, "exporter": report["export"]["exporter"]},
+        "graph": {"items": n, "max_len": max_len, "k": K, "layers": 2, "dim": 64, "exporter": report["export"]["exporter"]},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
                     "provider": sess.get_providers()[0]},
         "seconds_per_point": args.seconds,

@@ -74,10 +74,11 @@ CFG = dict(k_max=K, metrics=["ndcg@10", "recall@20", "mrr"], cold_recall_metric=
 
 @pytest.fixture(scope="module")
 def ab_report(repos, tiny_dataset, tmp_path_factory) -> Path:
-    from fusionrec.serving.ab_online import run_with_triton
+    from fusionrec.ab import run
+    from fusionrec.serving.ab_online import replay_on_triton
 
     out = tmp_path_factory.mktemp("ab") / "report"
-    return run_with_triton(repos[0], repos[1], tiny_dataset, out, ABConfig(**CFG))
+    return run(repos[0], repos[1], tiny_dataset, out, ABConfig(**CFG), online=replay_on_triton)
 
 
 def test_report_artifact_from_triton_replay(ab_report):

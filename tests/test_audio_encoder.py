@@ -16,7 +16,7 @@ import soundfile as sf
 
 from fusionrec.encoders import audio as A
 from fusionrec.encoders import musicnn_port
-from fusionrec.encoders.registry import available, default_encoder, get_encoder
+from fusionrec.encoders.registry import available, build, default_encoder
 from fusionrec.encoders.tf_checkpoint import CheckpointError, read_checkpoint, read_index
 
 SR = 22050
@@ -27,7 +27,7 @@ SR = 22050
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def mtt() -> A.MusicnnEncoder:
-    return get_encoder("audio", "musicnn", model="MTT_musicnn", device="cpu", max_patches=3)
+    return build("audio", "musicnn", model="MTT_musicnn", device="cpu", max_patches=3)
 
 
 @pytest.fixture(scope="session")
@@ -114,14 +114,14 @@ def test_checkpoint_reader_rejects_damage(tmp_path):
 def test_missing_musicnn_package_gives_install_hint(monkeypatch):
     monkeypatch.setattr(musicnn_port, "_PACKAGE", "musicnn_not_installed_here")
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps musicnn==0\.1\.0"):
-        get_encoder("audio", "musicnn")
+        build("audio", "musicnn")
 
 
 def test_registry_entries():
     assert default_encoder("audio") == "musicnn"
     assert {"musicnn", "logmel-stats"} <= set(available("audio"))
     with pytest.raises(ValueError, match="MSD_musicnn"):
-        get_encoder("audio", "musicnn", model="nope")
+        build("audio", "musicnn", model="nope")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_tags_on_real_music(mtt, tracks):
 
 
 def test_msd_model_tags_real_music(tracks):
-    enc = get_encoder("audio", "musicnn", model="MSD_musicnn", device="cpu", max_patches=2)
+    enc = build("audio", "musicnn", model="MSD_musicnn", device="cpu", max_patches=2)
     assert enc.labels[:3] == ["rock", "pop", "alternative"]
     probs, _ = enc.tag_files([tracks / ACOUSTIC[0], tracks / ELECTRONIC[0]])
     lab = {name: i for i, name in enumerate(enc.labels)}
@@ -196,7 +196,7 @@ def test_synthesized_clips_tags_and_embeddings(mtt):
 
 
 def test_logmel_stats_separates_clips():
-    enc = get_encoder("audio", "logmel-stats")
+    enc = build("audio", "logmel-stats")
     f = {k: enc.features(A.waveform_patches(v, SR, 2)) for k, v in
          {"clicks": _clicks(140), "clicks_slow": _clicks(100, seed=3), "chord": _chord(), "noise": _noise()}.items()}
     assert f["clicks"].shape == (384,) and enc.dim == 384
@@ -255,7 +255,7 @@ EXPECT_REASON = {
 
 @pytest.mark.parametrize("name", ["musicnn", "logmel-stats"])
 def test_bad_files_are_masked_with_reasons(name, mtt, media):
-    enc = mtt if name == "musicnn" else get_encoder("audio", "logmel-stats")
+    enc = mtt if name == "musicnn" else build("audio", "logmel-stats")
     keys = list(media)
     vecs, reasons = enc.encode_batch([media[k] for k in keys])
     assert vecs.shape == (len(keys), enc.dim) and vecs.dtype == np.float32 and np.isfinite(vecs).all()
@@ -326,7 +326,7 @@ def _has_cuda() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(mtt, media):
-    gpu = get_encoder("audio", "musicnn", model="MTT_musicnn", device="cuda", max_patches=3)
+    gpu = build("audio", "musicnn", model="MTT_musicnn", device="cuda", max_patches=3)
     assert next(gpu.net.parameters()).is_cuda and not next(mtt.net.parameters()).is_cuda  # CPU model untouched
     paths = [media[k] for k in media if k.startswith("ok_")]
     cpu_v, cpu_r = mtt.encode_batch(paths)

@@ -88,10 +88,10 @@ def test_text_describe_names_offline_weights(text_encoder):
 
 
 def test_hf_text_encoder_rejects_missing_folder():
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
 
     with pytest.raises(FileNotFoundError, match="not found"):
-        get_encoder("text", "hf", model="./no/such/model")
+        build("text", "hf", model="./no/such/model")
 
 
 # ----------------------------------------------------------------------------- image
@@ -113,18 +113,18 @@ def test_image_imagenet_head_classifies_real_photos(image_encoder, photos):
 
 def test_image_onnx_export_cached_and_matches_pytorch(image_encoder, photos, encoder_cache):
     from fusionrec.encoders.encode import shared_encoder
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
 
     if image_encoder.backend != "onnx":  # on a CUDA machine the default runs in PyTorch
         image_encoder = shared_encoder("image", backend="onnx", device="cpu")
     onnx_path = image_encoder.onnx_path
     assert onnx_path is not None and onnx_path.parent == encoder_cache / "onnx" and onnx_path.exists()
     mtime = onnx_path.stat().st_mtime_ns
-    again = get_encoder("image", backend="onnx", device="cpu")  # reuses the cached export
+    again = build("image", backend="onnx", device="cpu")  # reuses the cached export
     assert again.onnx_path == onnx_path and onnx_path.stat().st_mtime_ns == mtime
     paths = list(photos.values())
     v_onnx, r1 = image_encoder.encode_batch(paths)
-    torch_enc = get_encoder("image", backend="torch", device="cpu")
+    torch_enc = build("image", backend="torch", device="cpu")
     v_torch, r2 = torch_enc.encode_batch(paths)
     assert r1 == r2 == [None, None, None]
     np.testing.assert_allclose(v_onnx, v_torch, atol=1e-4, rtol=1e-4)
@@ -215,15 +215,15 @@ def test_corrupt_and_odd_images_mask_or_convert_never_crash(image_encoder, odd_i
 
 
 def test_resnet50_refuses_to_download():
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
 
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        get_encoder("image", "resnet50", weights="/no/such/resnet50.pth")
+        build("image", "resnet50", weights="/no/such/resnet50.pth")
 
 
 # ----------------------------------------------------------------------------- tabular
 def test_tabular_nan_robust_and_deterministic():
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
 
     rows = [
         {"price": 10.0, "year": "1999", "format": "series", "flag": True},
@@ -232,7 +232,7 @@ def test_tabular_nan_robust_and_deterministic():
         {"price": float("inf"), "year": 2010, "format": "series", "flag": None},
         {"price": None, "year": None, "format": None, "flag": None},
     ]
-    enc = get_encoder("tabular", top_k=1, hash_buckets=4).fit(rows)
+    enc = build("tabular", top_k=1, hash_buckets=4).fit(rows)
     kinds = {s["column"]: s["type"] for s in enc.spec}
     assert kinds == {"flag": "numeric", "format": "categorical", "price": "numeric", "year": "numeric"}
     assert enc.dim == 2 + (1 + 4 + 1) + 2 + 2
@@ -251,7 +251,7 @@ def test_tabular_nan_robust_and_deterministic():
     f = start["format"]
     assert vecs[0, f] == 1.0 and vecs[2, f + 5] == 1.0  # top value one-hot; missing indicator
     assert vecs[5, f + 1 : f + 5].sum() == 1.0  # unseen value -> exactly one hash bucket
-    again = get_encoder("tabular", top_k=1, hash_buckets=4).fit(list(reversed(rows)))
+    again = build("tabular", top_k=1, hash_buckets=4).fit(list(reversed(rows)))
     assert again.state_hash() == enc.state_hash()
     np.testing.assert_array_equal(again.encode_batch(rows)[0], vecs[:5])
 
@@ -260,24 +260,24 @@ def test_tabular_nan_robust_and_deterministic():
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
 def test_cuda_encoders_match_cpu(photos, text_encoder, encoder_cache):
     from fusionrec.encoders.encode import shared_encoder
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
 
     paths = list(photos.values())
-    gpu = get_encoder("image", device="cuda")
+    gpu = build("image", device="cuda")
     assert gpu.backend == "torch" and gpu.device == "cuda"
     cpu = shared_encoder("image", backend="onnx", device="cpu")
     np.testing.assert_allclose(gpu.encode_batch(paths)[0], cpu.encode_batch(paths)[0], atol=2e-3, rtol=2e-3)
     texts = ["a red bicycle", "espresso in a white cup"]
-    tg = get_encoder("text", device="cuda").encode_batch(texts)[0]
-    tc = get_encoder("text", device="cpu").encode_batch(texts)[0]
+    tg = build("text", device="cuda").encode_batch(texts)[0]
+    tc = build("text", device="cpu").encode_batch(texts)[0]
     np.testing.assert_allclose(tg, tc, atol=1e-4)
 
 
 def test_hf_text_encoder_from_local_folder_matches_default(text_encoder):
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
     from fusionrec.encoders.text import minilm_path
 
-    hf = get_encoder("text", "hf", model=str(minilm_path()), device=text_encoder.device)
+    hf = build("text", "hf", model=str(minilm_path()), device=text_encoder.device)
     texts = ["a red bicycle", "espresso in a white cup"]
     np.testing.assert_array_equal(hf.encode_batch(texts)[0], text_encoder.encode_batch(texts)[0])
     assert hf.describe()["weights"]["sha256"] == text_encoder.describe()["weights"]["sha256"]
@@ -287,12 +287,12 @@ def test_clip_encoder_from_local_folder(tmp_path, photos):
     """The CLIP wiring (local folder, processor settings, projection dim) on a tiny random CLIP."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
 
     cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16, projection_dim=24)
     CLIPVisionModelWithProjection(cfg).save_pretrained(tmp_path / "clip")
     CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(tmp_path / "clip")
-    enc = get_encoder("image", "clip", model=str(tmp_path / "clip"), device="cpu")
+    enc = build("image", "clip", model=str(tmp_path / "clip"), device="cpu")
     assert enc.dim == 24 and enc.preprocess.crop == 64
     vecs, reasons = enc.encode_batch([photos["chelsea"], tmp_path / "nope.jpg"])
     assert reasons == [None, "missing"] and vecs.shape == (2, 24) and np.abs(vecs[0]).sum() > 0 and not vecs[1].any()
@@ -303,9 +303,25 @@ def test_clip_encoder_from_local_folder(tmp_path, photos):
 def test_image_weights_must_match_network(tmp_path):
     import torch
 
-    from fusionrec.encoders.registry import get_encoder
+    from fusionrec.encoders.registry import build
 
     bad = tmp_path / "bad.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="do not match"):
-        get_encoder("image", "efficientnet-lite0", weights=str(bad))
+        build("image", "efficientnet-lite0", weights=str(bad))
+
+
+def test_registry_discovers_encoder_modules_and_builds_by_name():
+    """A new encoder is one file with a @register factory: discovered without a hard-coded list."""
+    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.registry import MODALITIES, available, build, encoder_modules
+
+    assert set(encoder_modules()) == {f"fusionrec.encoders.{m}" for m in ("audio", "image", "tabular", "text")}
+    assert all(available(m) for m in MODALITIES)
+    # run-wide options reach only factories that name them: tabular takes device, not max_length
+    enc = build("tabular", options={"device": "cpu", "max_length": 64}, top_k=2)
+    assert enc.modality == "tabular" and enc.name == "standard"
+    with pytest.raises(ValueError, match="unknown text encoder 'nope'"):
+        build("text", "nope")
+    with pytest.raises(ValueError):  # the config's modality comes from the registry's Modality type
+        EncodeConfig(modality="smell")

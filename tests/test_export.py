@@ -239,3 +239,31 @@ def test_compare_topk_allows_only_near_tie_reorders():
     assert other_set["n_failures"] == 1 and "set" in other_set["failures"][0]["why"]
     drift = compare_topk(ref_i, ref_s, ref_i, ref_s + np.float32(1e-3))
     assert drift["n_failures"] == 1 and drift["max_abs_score_diff"] > 1e-4
+
+
+def test_new_items_are_cleaned_by_ingest_rules(tmp_path):
+    """--add-items reads new items as ingest reads items; a row ingest would reject is an error (no item lost)."""
+    from fusionrec.data.ingest import DataContractError, read_items
+
+    (tmp_path / "new.csv").write_text("item_id,title,price,image_status\n007,A red bike,1.5,ok\n8, ,2,ok\n")
+    items = read_items(tmp_path / "new.csv")
+    assert items["item_id"].tolist() == ["007", "8"]  # ids stay strings (leading zeros kept)
+    assert items["title"].tolist() == ["A red bike", None]  # blank text is missing
+    assert items["price"].dtype.kind == "f" and items["price"].tolist() == [1.5, 2.0]  # numeric CSV column -> tabular
+    assert "image_status" not in items.columns  # computed by the export, never taken from the file
+    (tmp_path / "dup.csv").write_text("item_id,title\nx,a\nx,b\n")
+    with pytest.raises(DataContractError, match="item_id 'x' already at row 0"):
+        read_items(tmp_path / "dup.csv")
+
+
+def test_an_optional_graph_input_is_declared_once(monkeypatch):
+    """The model-repository contract is the one place a new input is declared: config.pbtxt follows it."""
+    from fusionrec import model_repository as mr
+    from fusionrec.serving.config import parse_model_config
+
+    extra = mr.TensorSpec("EXTRA", "int64", "max_len", optional=True, fill=-1)
+    monkeypatch.setattr(mr, "INPUTS", (*mr.INPUTS, extra))
+    cfg = parse_model_config(mr.config_pbtxt(ExportConfig(name="m"), 7, 5))
+    ins = {i.name: i for i in cfg.input}
+    assert list(ins) == ["HISTORY", "EXTRA"] and ins["EXTRA"].optional and not ins["HISTORY"].optional
+    assert list(ins["EXTRA"].dims) == [7] and [list(o.dims) for o in cfg.output] == [[5], [5]]

@@ -72,6 +72,27 @@ def test_checked_in_yaml_is_what_compile_writes(ir, tmp_path):
         assert a.read_bytes() == b.read_bytes() == CHECKED_IN.read_bytes()
 
 
+def test_checked_in_component_specs_are_what_compile_writes(tmp_path):
+    """components/<step>/component.yaml: every step as a reusable KFP spec, matching the code byte for byte."""
+    from kfp import components as kfp_components
+
+    from fusionrec.pipelines.fusionrec_pipeline import COMPONENTS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_IMAGE_")}
+    subprocess.run([sys.executable, "-c", "from fusionrec.cli import main; main()", "pipeline", "compile",
+                    str(tmp_path / "p.yaml"), "--components", str(tmp_path / "components")],
+                   env=env, check=True, capture_output=True, cwd=ROOT)
+    checked_in = ROOT / "components"
+    assert sorted(p.name for p in checked_in.iterdir() if p.is_dir()) == sorted(COMPONENTS)
+    for name, component in COMPONENTS.items():
+        spec = checked_in / name / "component.yaml"
+        assert spec.read_bytes() == (tmp_path / "components" / name / "component.yaml").read_bytes(), \
+            f"{spec.relative_to(ROOT)} is stale: run `fusionrec pipeline compile`"
+        loaded = kfp_components.load_component_from_file(str(spec))
+        assert loaded.name == component.name
+        assert set(loaded.component_spec.inputs or {}) == set(component.component_spec.inputs or {})
+
+
 def test_one_executor_per_step_with_its_image_and_gpu(ir):
     spec, platform, _ = ir
     executors = spec["deploymentSpec"]["executors"]

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,23 +19,12 @@ import pytest
 
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.model_repository import ort_session
+from fusionrec.serving.server import free_ports
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export import K, MAX_LEN, export_standin  # noqa: E402
 
 MODEL = "standin"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="session")

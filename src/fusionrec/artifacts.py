@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -117,11 +118,16 @@ def save_parquet(df, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (recorded in manifests), None when it is not installed."""
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

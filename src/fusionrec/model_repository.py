@@ -40,7 +40,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from fusionrec.artifacts import ArtifactError, atomic_write_json, atomic_write_text, read_json
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import pad_histories
 
 # -- the serving contract ----------------------------------------------------------------------
 HISTORY = "HISTORY"
@@ -64,6 +64,10 @@ class TensorSpec:
     """numpy dtype name: ``int64`` or ``float32``."""
     length: str
     """``max_len`` or ``k``: the per-row length (after the batch axis) is that repository field."""
+    optional: bool = False
+    """An input a request may leave out (``optional: true`` in config.pbtxt); the server then feeds ``fill``."""
+    fill: int = 0
+    """The value of an optional input left out (e.g. -1: an empty, -1-padded id list)."""
 
     @property
     def triton_type(self) -> str:
@@ -92,16 +96,6 @@ def feeds(histories: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
     return {HISTORY: pad_histories(histories, max_len)}
 
 
-def pad_histories(histories: np.ndarray, max_len: int) -> np.ndarray:
-    """int64 [B, max_len]: rows of another length keep their most recent non-padding items."""
-    h = np.asarray(histories, dtype=np.int64)
-    if h.ndim != 2:
-        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
-    if h.shape[1] != max_len:
-        h = left_pad([row[row > 0] for row in h], max_len)
-    return np.ascontiguousarray(h)
-
-
 # -- config.pbtxt ------------------------------------------------------------------------------
 class TritonSettings(Protocol):
     """The Triton settings ``config.pbtxt`` is written from (``fusionrec.export.ExportConfig`` has them)."""
@@ -121,7 +115,8 @@ def config_pbtxt(cfg: TritonSettings, max_len: int, k: int) -> str:
     pref = sorted({b for b in cfg.preferred_batch_size if 0 < b <= cfg.max_batch_size})
 
     def tensors(specs: Sequence[TensorSpec]) -> list[str]:
-        rows = [f'  {{ name: "{s.name}", data_type: {s.triton_type}, dims: [ {s.dims(max_len, k)} ] }}' for s in specs]
+        rows = [f'  {{ name: "{s.name}", data_type: {s.triton_type}, dims: [ {s.dims(max_len, k)} ]'
+                + (" optional: true" if s.optional else "") + " }" for s in specs]
         return [r + ("," if i < len(rows) - 1 else "") for i, r in enumerate(rows)]
 
     lines = [
@@ -212,6 +207,12 @@ def find_model_dir(repo: str | os.PathLike, name: str | None = None) -> Path:
     if not (mdir / "config.pbtxt").exists():
         raise FileNotFoundError(f"{mdir / 'config.pbtxt'} not found in model repository {repo}")
     return mdir
+
+
+def is_model_repository(path: str | os.PathLike) -> bool:
+    """``path`` holds an exported graph: ``<name>/1/model.onnx``, or it is such a model folder."""
+    path = Path(path)
+    return any(path.glob(f"*/1/{MODEL_FILE}")) or (path / "1" / MODEL_FILE).exists()
 
 
 def model_dirs(repo: str | os.PathLike) -> list[Path]:

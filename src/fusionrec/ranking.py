@@ -98,6 +98,20 @@ def left_pad(sequences: list[list[int]] | list[np.ndarray], length: int) -> np.n
     return out
 
 
+def pad_histories(histories: np.ndarray, length: int) -> np.ndarray:
+    """int64 [B, length] histories for a ranker of history length ``length``.
+
+    Rows of another length keep their most recent non-padding items (left-padded with 0);
+    rows already ``length`` long are passed through.
+    """
+    h = np.asarray(histories, dtype=np.int64)
+    if h.ndim != 2:
+        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
+    if h.shape[1] != length:
+        h = left_pad([row[row > 0] for row in h], length)
+    return np.ascontiguousarray(h)
+
+
 def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank",
                exclude: np.ndarray | None = None) -> np.ndarray:
     """Top-``k`` item_idx [n_cases, k] for every history, in batches, leaving out ``exclude`` (-1 padded) items

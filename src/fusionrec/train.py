@@ -42,8 +42,7 @@ from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.device import pick_device
 from fusionrec.evaluate import evaluate
 from fusionrec.models.align import load_aligned
-from fusionrec.models.fusion import FUSIONS
-from fusionrec.models.recommender import ModelSpec, PopularityRanker, Recommender, save_model
+from fusionrec.models.recommender import Architecture, ModelSpec, PopularityRanker, Recommender, save_model
 from fusionrec.progress import get_logger, progress
 from fusionrec.ranking import left_pad
 
@@ -52,17 +51,14 @@ log = get_logger(__name__)
 NEG = -1.0e9
 
 
-class TrainConfig(StepConfig):
-    """Settings of the train step (config section ``train``). Defaults train the demo catalog in about a minute on 2 cores."""
+class TrainConfig(StepConfig, Architecture):
+    """Settings of the train step (config section ``train``). Defaults train the demo catalog in about a minute on 2 cores.
+
+    The model's hyperparameters (fusion, use_id_embedding, dim, layers, heads, max_len, dropout,
+    adapter, whiten, unknown_history) come from ``Architecture``, the fields ``ModelSpec`` records.
+    """
 
     model: str = "fused"
-    fusion: str = "attention"
-    use_id_embedding: bool = True
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
     modality_dropout: float = 0.1
     id_dropout: float = 0.3
     epochs: int = 30
@@ -84,9 +80,6 @@ class TrainConfig(StepConfig):
     window_stride: Optional[int] = Field(None, ge=1, description="targets per window (default max_len: no overlap); "
                                          "smaller strides give a window's first targets more context at more compute")
     content_align: float = Field(0.0, ge=0.0, description="weight of the content-alignment term (0 = off)")
-    adapter: Literal["linear", "mlp"] = "linear"
-    whiten: bool = False
-    unknown_history: Literal["drop", "zero"] = "drop"
 
     @field_validator("model")
     @classmethod
@@ -94,13 +87,6 @@ class TrainConfig(StepConfig):
         if v in ("fused", "id", "popularity") or (v.startswith("single:") and len(v) > 7):
             return v
         raise ValueError(f"model must be fused, id, single:<modality> or popularity, got '{v}'")
-
-    @field_validator("fusion")
-    @classmethod
-    def _fusion(cls, v: str) -> str:
-        if v not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got '{v}'")
-        return v
 
 
 def seed_everything(seed: int) -> None:
@@ -139,11 +125,9 @@ def training_arrays(sequences: list[np.ndarray], max_len: int, windows: str = "a
 
 
 def build_spec(cfg: TrainConfig, n_items: int, available: list[str], aligned_dim: int) -> ModelSpec:
-    base = dict(n_items=n_items, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads, max_len=cfg.max_len,
-                dropout=cfg.dropout, fusion=cfg.fusion)
+    base = {"n_items": n_items, **cfg.model_dump(include=set(Architecture.model_fields) - {"use_id_embedding"})}
     if cfg.model == "popularity":
         return ModelSpec(kind="popularity", **base)
-    base["unknown_history"] = cfg.unknown_history
     if cfg.model == "id":
         return ModelSpec(modalities=[], aligned_dim=0, use_id_embedding=True, **base)
     if cfg.model == "fused":
@@ -154,8 +138,7 @@ def build_spec(cfg: TrainConfig, n_items: int, available: list[str], aligned_dim
             raise ValueError(f"model '{cfg.model}': the aligned artifact has no modality '{mods[0]}' (it has {available})")
     if not mods:
         raise ValueError(f"model '{cfg.model}' needs an aligned artifact (--aligned) with at least one modality")
-    return ModelSpec(modalities=mods, aligned_dim=aligned_dim, use_id_embedding=cfg.use_id_embedding, adapter=cfg.adapter,
-                     whiten=cfg.whiten, **base)
+    return ModelSpec(modalities=mods, aligned_dim=aligned_dim, use_id_embedding=cfg.use_id_embedding, **base)
 
 
 def _rows(parts: tuple, idx: torch.Tensor) -> tuple:

@@ -167,7 +167,7 @@ def compare_per_case(per_case: pd.DataFrame, cfg: ABConfig) -> list[PairedCompar
     return out
 
 
-def case_history_len(cfg: ABConfig, *rankers: TopKRanker, default: int = 50) -> int:
+def case_max_len(cfg: ABConfig, *rankers: TopKRanker, default: int = 50) -> int:
     """``cfg.max_len``, else the longest L any arm takes (each arm then keeps its own most recent L)."""
     if cfg.max_len is not None:
         return cfg.max_len
@@ -177,7 +177,7 @@ def case_history_len(cfg: ABConfig, *rankers: TopKRanker, default: int = 50) -> 
 
 def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: DatasetArtifact, cfg: ABConfig) -> OfflineResult:
     """Rank the held-out cases with both arms and compare them per user."""
-    cases, hist = dataset.eval_cases(cfg.split, max_len=case_history_len(cfg, control, treatment))
+    cases, hist = dataset.eval_cases(cfg.split, max_len=case_max_len(cfg, control, treatment))
     if len(cases) == 0:
         raise ValueError(f"{dataset.path}: the {cfg.split} split has no cases to evaluate")
     log.info("offline A/B: %d %s cases of %d users", len(cases), cfg.split, cases["user_idx"].nunique())

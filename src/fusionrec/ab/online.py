@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ import pandas as pd
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.interleaving import InterleavingResult, interleave_evaluate
 from fusionrec.ab.stats import ratio_delta_ztest, two_proportion_ztest, wilson_ci
+from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger, progress
 from fusionrec.ranking import TopKRanker, rank_cases
 
@@ -97,6 +99,17 @@ class OnlineResult:
             "z_clustered": self.z_clustered, "p_clustered": self.p_clustered,
             "interleaving": self.interleaving.to_dict() if self.interleaving else None,
         }
+
+
+class OnlineReplay(Protocol):
+    """Serves both model repositories somewhere, replays the held-out cases, returns the result.
+
+    ``fusionrec.ab.run(..., online=...)`` calls it after the offline comparison; the serving
+    package supplies the Triton one (``fusionrec.serving.ab_online.replay_on_triton``), which
+    builds its clients and calls :func:`replay`.
+    """
+
+    def __call__(self, control: Path, treatment: Path, dataset: DatasetArtifact, cfg: ABConfig) -> OnlineResult: ...
 
 
 def _arm(name: str, users: np.ndarray, hits: np.ndarray, lat: np.ndarray, confidence: float) -> ArmOnline:

@@ -1,4 +1,4 @@
-"""The ``ab`` step: run the comparison, decide, and write the ``ab_report`` artifact.
+"""The ``ab_report`` artifact: decide, plot and write the report of an A/B comparison (``fusionrec.ab.run``).
 
 ``ab_report/`` holds ``decision.json`` (promote + the rule that decided + every number),
 ``metrics.json`` (flat name -> number, for KFP ``Metrics``), ``offline.json``/``online.json``
@@ -6,7 +6,7 @@
 (plots embedded as base64 PNGs; the PNGs also lie beside it), and ``manifest.json``.
 
 Example:
-    >>> run("repo_id", "repo_fused", "artifacts/dataset", "artifacts/ab", ABConfig())  # doctest: +SKIP
+    >>> write_report("artifacts/ab", offline, online, ABConfig(), names, inputs)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ import numpy as np
 
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.decision import decide
-from fusionrec.ab.offline import OfflineResult, load_ranker, offline_compare
+from fusionrec.ab.offline import OfflineResult
 from fusionrec.ab.online import OnlineResult
 from fusionrec.artifacts import artifact_dir, atomic_write_json, atomic_write_text, save_parquet, write_manifest
-from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
-from fusionrec.ranking import TopKRanker
 
 log = get_logger(__name__)
 
@@ -334,31 +332,3 @@ def write_report(out: str | os.PathLike, offline: OfflineResult, online: OnlineR
     log.info("A/B decision: %s (%s)", "promote" if decision["promote"] else "reject", decision["decided_by"])
     return Path(out)
 
-
-def run(
-    control: str | os.PathLike | TopKRanker,
-    treatment: str | os.PathLike | TopKRanker,
-    dataset: str | os.PathLike,
-    out: str | os.PathLike,
-    cfg: ABConfig | None = None,
-    online: OnlineResult | None = None,
-) -> Path:
-    """The ``ab`` step: offline comparison in-process, optional online result, decision, report.
-
-    ``control``/``treatment`` are model repositories (``fusionrec export``), model artifacts, or
-    TopKRanker objects (already in the dataset's item_idx space). ``online`` is the replay result
-    from ``fusionrec.serving.ab_online`` (None: the report says the online part was not run).
-    """
-    cfg = cfg or ABConfig()
-    ds = DatasetArtifact(dataset)
-    rankers, names, inputs = {}, {}, {"dataset": dataset}
-    for role, arm in (("control", control), ("treatment", treatment)):
-        if isinstance(arm, (str, os.PathLike)):
-            rankers[role] = load_ranker(arm, ds)
-            names[role] = Path(arm).name
-            inputs[role] = arm
-        else:
-            rankers[role] = arm
-            names[role] = type(arm).__name__
-    offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg)
-    return write_report(out, offline, online, cfg, names, inputs)

@@ -1,4 +1,4 @@
-"""The ``fusionrec`` command line: one typer app, one module per group of subcommands.
+"""The ``fusionrec`` command line: one typer app, one module per command (or command group), named after it.
 
 Each module in this package defines ``register(app)`` adding its commands; a module is
 imported only to register, and heavy libraries (torch, transformers, pytriton) are imported
@@ -15,7 +15,8 @@ import typer
 from fusionrec import __version__
 
 # Order is the order of the pipeline, which is also the order --help lists them in.
-COMMAND_MODULES = ("demo", "demodata", "data", "datasets", "encode", "model", "serve", "ab", "pipeline")
+COMMAND_MODULES = ("demo", "demo_data", "ingest", "datasets", "encode", "align", "train", "evaluate", "export", "serve",
+                   "recommend", "ab", "pipeline")
 
 app = typer.Typer(
     name="fusionrec",

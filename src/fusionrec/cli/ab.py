@@ -37,14 +37,14 @@ def register(app: typer.Typer) -> None:
             for p in (control, treatment, dataset):
                 if not p.exists():
                     raise FileNotFoundError(f"not found: {p}")
-            if no_online:
-                from fusionrec.ab import run
+            from fusionrec.ab import run
 
+            if no_online:
                 path = run(control, treatment, dataset, out, cfg)
             else:
-                from fusionrec.serving.ab_online import run_with_triton
+                from fusionrec.serving.ab_online import replay_on_triton
 
-                path = run_with_triton(control, treatment, dataset, out, cfg)
+                path = run(control, treatment, dataset, out, cfg, online=replay_on_triton)
             d = read_json(path / "decision.json")
             m = read_json(path / "metrics.json")
             prim = d["rules"][0]

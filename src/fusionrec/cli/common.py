@@ -38,3 +38,10 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         raise typer.Exit(code=130) from None
+
+
+def print_summary(name: str, summary: dict, ks=(10, 20)) -> None:
+    """Print an evaluation summary (``fusionrec.evaluate``) as a Markdown table."""
+    from fusionrec.evaluate import summary_table
+
+    typer.echo(summary_table({name: summary}, ks=ks))

@@ -41,15 +41,26 @@ def register(app: typer.Typer) -> None:
 
     @group.command("compile")
     def compile_cmd(
-        out: Path = typer.Argument(Path("pipelines/fusionrec_pipeline.yaml"), help="Where to write the compiled YAML."),
+        out: Optional[Path] = typer.Argument(None, help="Where to write the compiled pipeline YAML "
+                                             "(default: pipelines/fusionrec_pipeline.yaml, plus the component specs)."),
+        components: Optional[Path] = typer.Option(None, "--components", help="Also write each step's component spec to "
+                                                  "DIR/<step>/component.yaml (default without OUT: components/)."),
         gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Request a GPU for encode/align/train/export."),
     ) -> None:
-        """Compile the pipeline to KFP v2 YAML (identical bytes for identical code)."""
-        with user_errors(PipelineError):
-            from fusionrec.pipelines.fusionrec_pipeline import compile_pipeline
+        """Compile the pipeline to KFP v2 YAML and the steps to reusable component specs (identical bytes for identical code).
 
+        With no argument it rewrites both checked-in copies: pipelines/fusionrec_pipeline.yaml and components/*/component.yaml.
+        """
+        with user_errors(PipelineError):
+            from fusionrec.pipelines.fusionrec_pipeline import compile_components, compile_pipeline
+
+            if out is None:
+                out, components = Path("pipelines/fusionrec_pipeline.yaml"), components or Path("components")
             path = compile_pipeline(out, gpu=gpu)
             typer.echo(f"compiled pipeline -> {path}")
+            if components is not None:
+                specs = compile_components(components)
+                typer.echo(f"compiled {len(specs)} component specs -> {components}/<step>/component.yaml")
 
     @group.command("submit")
     def submit_cmd(

@@ -31,14 +31,14 @@ def ab_evaluate(
     import shutil
     from pathlib import Path
 
-    from fusionrec.ab.config import ABConfig
+    from fusionrec.ab import ABConfig, run
     from fusionrec.artifacts import read_json
     from fusionrec.components._util import config as make_config, log_metrics
-    from fusionrec.serving.ab_online import run_with_triton
+    from fusionrec.serving.ab_online import replay_on_triton
 
     cfg = make_config(ABConfig, config, alpha=float(alpha))
     out = Path(ab_report.path)
-    run_with_triton(Path(control.path), Path(treatment.path), Path(dataset.path), out, cfg, online=bool(online))
+    run(Path(control.path), Path(treatment.path), Path(dataset.path), out, cfg, online=replay_on_triton if online else None)
     shutil.copyfile(out / "report.html", report.path)
     shutil.copyfile(out / "report.md", summary.path)
     log_metrics(metrics, out / "metrics.json")

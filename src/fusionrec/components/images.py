@@ -46,10 +46,6 @@ STEP_IMAGES: dict[str, str] = {
     "promote": "base",
 }
 
-#: steps that request a GPU on a cluster.
-GPU_STEPS = ("encode", "align", "train_fusion", "train_baseline", "export_onnx")
-
-
 def registry() -> str:
     return os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY).rstrip("/")
 

@@ -6,11 +6,6 @@ from kfp.dsl import Dataset, Metrics, Output
 
 from fusionrec.components.images import step_image
 
-#: ``dataset_uri`` scheme that generates the built-in demo catalog instead of reading a folder;
-#: query keys are ``DemoConfig`` fields, e.g. ``demo://?n_items=60&n_users=40&seed=7``.
-DEMO_SCHEME = "demo://"
-
-
 @dsl.component(base_image=step_image("ingest"), install_kfp_package=False)
 def ingest(
     dataset_uri: str,

@@ -7,9 +7,12 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,18 @@ from fusionrec.artifacts import read_json, read_manifest
 from fusionrec.ranking import exclusion_lists, left_pad
 
 SPLITS = ("train", "valid", "test")
+
+
+def is_missing(v: Any) -> bool:
+    """A missing cell of an items/interactions table: None, NaN, ``pd.NA``/``NaT`` (not an empty string)."""
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    try:
+        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
+    except (TypeError, ValueError):
+        return False
 
 
 class DatasetArtifact:
@@ -32,6 +47,16 @@ class DatasetArtifact:
     def items(self) -> pd.DataFrame:
         """One row per item, sorted by ``item_idx`` (1..n_items)."""
         return pd.read_parquet(self.path / "items.parquet").sort_values("item_idx").reset_index(drop=True)
+
+    def with_items(self, items: pd.DataFrame) -> "DatasetArtifact":
+        """This dataset seen with another item table, in memory (nothing is written).
+
+        Used to encode items appended to the catalog (``fusionrec.export.new_items``): media paths
+        in ``items`` are relative to this artifact, or absolute.
+        """
+        view = copy.copy(self)
+        view.__dict__["items"] = items.sort_values("item_idx").reset_index(drop=True)  # the cached_property's slot
+        return view
 
     @cached_property
     def users(self) -> pd.DataFrame:
@@ -89,10 +114,6 @@ class DatasetArtifact:
         """Per user (in user_idx order, users without train events skipped) the train item_idx sequence."""
         tr = self.events[self.events["split"] == "train"]
         return [g["item_idx"].to_numpy(np.int64) for _, g in tr.groupby("user_idx", sort=True)]
-
-    def train_sequences_by_user(self) -> dict[int, np.ndarray]:
-        tr = self.events[self.events["split"] == "train"]
-        return {int(u): g["item_idx"].to_numpy(np.int64) for u, g in tr.groupby("user_idx", sort=True)}
 
     def eval_cases(self, split: str = "test", max_len: int = 50) -> tuple[pd.DataFrame, np.ndarray]:
         """The evaluation cases of ``split`` and their histories.

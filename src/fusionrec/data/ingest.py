@@ -57,6 +57,7 @@ from fusionrec.artifacts import (
     write_manifest,
 )
 from fusionrec.config import StepConfig
+from fusionrec.data.dataset import is_missing
 from fusionrec.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -157,7 +158,7 @@ def _as_ids(s: pd.Series) -> pd.Series:
         if len(nn) and np.isfinite(nn).all() and (nn == np.round(nn)).all():
             s = s.astype("Int64")
     obj = s.astype(object)
-    out = [None if (v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))) else str(v) for v in obj]
+    out = [None if is_missing(v) else str(v) for v in obj]
     out = [None if (v is None or v.strip() == "") else v for v in out]
     return pd.Series(out, index=s.index, dtype=object)
 
@@ -166,7 +167,7 @@ def _as_text(s: pd.Series) -> pd.Series:
     """Text/path values as ``str`` or ``None`` (blank strings are ``None``)."""
     out = []
     for v in s.astype(object):
-        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        if is_missing(v):
             out.append(None)
         else:
             v = str(v)
@@ -364,6 +365,28 @@ def _clean_items(raw: pd.DataFrame, name: str) -> tuple[pd.DataFrame, _Rejects]:
     return items, rej
 
 
+def read_items(path: Path) -> pd.DataFrame:
+    """An items table (CSV or Parquet, or a folder holding one) cleaned by ingest's rules, for items added later.
+
+    ``fusionrec export --add-items`` reads new items here: ids as strings, text and media paths as
+    text or None, further scalar columns as tabular ones (numeric when every CSV value parses), as
+    ingest would. The columns ingest computes (``item_idx``, ``cold``, ``*_status``) are dropped;
+    a row ingest would reject (blank or repeated ``item_id``) is an error, since no new item may be lost.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _find_table(path, "items")
+    raw = read_table(path)
+    raw = raw.drop(columns=[c for c in RESERVED_ITEM_COLUMNS if c in raw.columns])
+    items, rej = _clean_items(raw, path.name)
+    if rej.rows:
+        details = [d for *_, d in sorted(rej.rows)]
+        raise DataContractError(f"{path.name}: {len(details)} new item row(s) rejected: {'; '.join(details[:5])}")
+    tab, _, _ = _tabular(raw, rej.alive, path.suffix == ".csv")
+    items = items.drop(columns=["item_idx", "_row"]).reset_index(drop=True)
+    return pd.concat([items, tab.reset_index(drop=True)], axis=1)
+
+
 def _tabular(raw: pd.DataFrame, alive: np.ndarray, csv: bool) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The further scalar columns of the items file (tabular modality) for kept rows."""
     skip = set(ITEM_REQUIRED) | set(TEXT_COLUMNS) | set(MEDIA_COLUMNS)
@@ -427,11 +450,8 @@ def _place_media(src: Path, dst: Path, link: bool) -> None:
     shutil.copy2(src, dst)
 
 
-def _media(items: pd.DataFrame, source: Path, tmp: Path | None, link: bool) -> pd.DataFrame:
-    """Resolve media columns in place (paths -> artifact-relative, status columns); return the issues.
-
-    With ``tmp`` None nothing is copied (used to validate before writing).
-    """
+def _media(items: pd.DataFrame, source: Path, tmp: Path, link: bool) -> pd.DataFrame:
+    """Resolve media columns in place (paths -> artifact-relative, status columns), copy the files into ``tmp``; return the issues."""
     issues = []
     root = source.resolve()
     placed: dict[Path, str] = {}
@@ -449,8 +469,7 @@ def _media(items: pd.DataFrame, source: Path, tmp: Path | None, link: bool) -> p
             rel = placed.get(resolved)
             if rel is None:
                 rel = _artifact_media_path(resolved.relative_to(root), used)
-                if tmp is not None:
-                    _place_media(resolved, tmp / rel, link)
+                _place_media(resolved, tmp / rel, link)
                 placed[resolved] = rel
                 used.add(rel)
             paths[c][i] = rel

@@ -38,7 +38,7 @@ tracks lose "guitar". Not verified: bit-level parity with TF, and librosa's resa
 vs torchaudio's sinc resampler (small spectral differences near 8 kHz).
 
 Example:
-    >>> enc = get_encoder("audio")                                          # doctest: +SKIP
+    >>> enc = build("audio")                                          # doctest: +SKIP
     >>> vecs, reasons = enc.encode_batch([Path("media/a.ogg"), Path("bad.wav")])  # doctest: +SKIP
     >>> vecs.shape, reasons[1]                                              # doctest: +SKIP
     ((2, 200), 'undecodable audio: ...')
@@ -54,6 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusionrec.artifacts import hash_file, package_version
 from fusionrec.device import pick_device
 from fusionrec.encoders.registry import register
 
@@ -242,12 +243,6 @@ class _AudioBase:
 # musicnn
 # --------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @lru_cache(maxsize=4)
 def _cached_musicnn(model: str):
     from fusionrec.encoders.musicnn_port import load_musicnn  # torch: loaded when a musicnn encoder is built
@@ -285,13 +280,11 @@ class MusicnnEncoder(_AudioBase):
         self.labels: list[str] = list(labels)
 
     def describe(self) -> dict[str, Any]:
-        from importlib.metadata import version
-
         from fusionrec.encoders.musicnn_port import musicnn_dir  # torch: only for this encoder
 
         return {"modality": self.modality, "encoder": self.name, "dim": self.dim,
-                "weights": {"package": "musicnn", "version": version("musicnn"), "checkpoint": self.model,
-                            "sha256": _sha256(musicnn_dir() / self.model / ".data-00000-of-00001"), "licence": "ISC",
+                "weights": {"package": "musicnn", "version": package_version("musicnn"), "checkpoint": self.model,
+                            "sha256": hash_file(musicnn_dir() / self.model / ".data-00000-of-00001"), "licence": "ISC",
                             "format": "TensorFlow V2 bundle, read without TensorFlow"},
                 "output": "penultimate layer (batch-normalised dense 200), mean over 3 s patches",
                 "labels": self.labels, "preprocessing": self._preprocessing()}

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -32,17 +31,17 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, load_npy, read_manifest, save_npy, save_parquet, write_manifest
+from fusionrec.artifacts import ArtifactError, artifact_dir, artifact_hash, atomic_write_json, hash_file, load_npy, read_manifest, save_npy, save_parquet, write_manifest
 from fusionrec.config import StepConfig
-from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.data.dataset import DatasetArtifact, is_missing
 from fusionrec.encoders.image import cache_root
-from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, default_encoder, get_encoder
+from fusionrec.encoders.registry import MODALITIES, Encoder, FittableEncoder, Modality, build, default_encoder
 from fusionrec.progress import get_logger, progress
 
 log = get_logger("fusionrec.encoders.encode")
@@ -53,7 +52,7 @@ MEDIA = ("image", "audio")
 class EncodeConfig(StepConfig):
     """Settings of the encode step (config file section ``encode``)."""
 
-    modality: Literal["text", "image", "audio", "tabular"] = Field(description="which modality to encode")
+    modality: Modality = Field(description="which modality to encode")
     encoder: Optional[str] = Field(None, description="registered encoder name (default: the modality's default)")
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the encoder factory, e.g. {model: <folder>}")
     batch_size: int = Field(32, ge=1, description="items per inference batch")
@@ -77,17 +76,6 @@ class EncodeConfig(StepConfig):
 
 
 # ----------------------------------------------------------------------------- inputs
-def _missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    try:
-        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
-    except (TypeError, ValueError):
-        return False
-
-
 def _sentence(part: str) -> str:
     part = part.strip()
     return part if not part or part[-1] in ".!?:;" else part + "."
@@ -101,7 +89,7 @@ def build_texts(items: pd.DataFrame, meta: dict, template: str | None = None) ->
         cols = [c for c in (meta.get("text_columns") or ["title", "description"]) if c in items.columns]
         out = []
         for r in records:
-            parts = [_sentence(str(r[c])) for c in cols if not _missing(r[c]) and str(r[c]).strip()]
+            parts = [_sentence(str(r[c])) for c in cols if not is_missing(r[c]) and str(r[c]).strip()]
             out.append(" ".join(p for p in parts if p))
         return out
     try:
@@ -113,7 +101,7 @@ def build_texts(items: pd.DataFrame, meta: dict, template: str | None = None) ->
         raise ValueError(f"text_template refers to unknown item column(s) {unknown}; columns are {list(items.columns)}")
     out = []
     for r in records:
-        vals = {k: ("" if _missing(v) else v) for k, v in r.items()}
+        vals = {k: ("" if is_missing(v) else v) for k, v in r.items()}
         if not any(str(vals[f.split(".")[0].split("[")[0]]).strip() for f in fields):
             out.append("")
             continue
@@ -130,7 +118,7 @@ def _tabular_columns(ds, cfg: EncodeConfig) -> list[str]:
 
 
 def _tabular_rows(items: pd.DataFrame, cols: list[str]) -> list[dict[str, Any]]:
-    return [{c: (None if _missing(v) else v) for c, v in r.items()} for r in items[cols].to_dict("records")]
+    return [{c: (None if is_missing(v) else v) for c, v in r.items()} for r in items[cols].to_dict("records")]
 
 
 def _json_value(v: Any) -> Any:
@@ -147,37 +135,19 @@ def _json_value(v: Any) -> Any:
 
 
 def _file_digest(path: Path) -> bytes | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
+        return bytes.fromhex(hash_file(path))
     except OSError:
         return None
-    return h.digest()
 
 
 # ----------------------------------------------------------------------------- encoder
 def build_encoder(cfg: EncodeConfig) -> Encoder:
     """The registered encoder named by ``cfg`` (device and text max_length passed when it takes them)."""
-    from fusionrec.encoders.registry import _REGISTRY, _load_builtin
-
     name = cfg.encoder or default_encoder(cfg.modality)
-    _load_builtin()
-    factory = _REGISTRY[cfg.modality].get(name)
-    kwargs = dict(cfg.encoder_kwargs)
-    if factory is not None:
-        try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            params = {}
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if ("device" in params or takes_any) and "device" not in kwargs:
-            kwargs["device"] = cfg.device
-        if cfg.modality == "text" and ("max_length" in params or takes_any) and "max_length" not in kwargs:
-            kwargs["max_length"] = cfg.max_length
+    options = {"device": cfg.device, **({"max_length": cfg.max_length} if cfg.modality == "text" else {})}
     try:
-        return get_encoder(cfg.modality, name, **kwargs)
+        return build(cfg.modality, name, options=options, **cfg.encoder_kwargs)
     except TypeError as exc:
         raise ValueError(f"bad encoder_kwargs for {cfg.modality} encoder '{name}': {exc}") from None
 
@@ -186,7 +156,7 @@ _SHARED: dict[str, Encoder] = {}
 
 
 def shared_encoder(modality: str, name: str | None = None, **kwargs: Any) -> Encoder:
-    """``get_encoder`` memoised per process (tests, benchmarks and notebooks load weights once).
+    """``registry.build`` memoised per process (tests, benchmarks and notebooks load weights once).
 
     Example:
         >>> enc = shared_encoder("text")           # doctest: +SKIP
@@ -195,7 +165,7 @@ def shared_encoder(modality: str, name: str | None = None, **kwargs: Any) -> Enc
     """
     key = json.dumps([modality, name, kwargs], sort_keys=True, default=str)
     if key not in _SHARED:
-        _SHARED[key] = get_encoder(modality, name, **kwargs)
+        _SHARED[key] = build(modality, name, **kwargs)
     return _SHARED[key]
 
 
@@ -328,9 +298,9 @@ def _prepare(ds, cfg: EncodeConfig, enc: Encoder) -> tuple[list[Any], list[str |
         paths = items[col] if col in items.columns else pd.Series([None] * n)
         status = items[status_col] if status_col in items.columns else pd.Series([None] * n)
         for i, (p, s) in enumerate(zip(paths, status)):
-            if _missing(p):
-                pre[i] = "absent" if _missing(s) or s == "ok" else str(s)
-            elif not _missing(s) and s != "ok":
+            if is_missing(p):
+                pre[i] = "absent" if is_missing(s) or s == "ok" else str(s)
+            elif not is_missing(s) and s != "ok":
                 pre[i] = str(s)
             else:
                 inputs[i] = ds.path / str(p)
@@ -419,14 +389,14 @@ def shard_positions(n_items: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, n_items, num_shards))
 
 
-def run(dataset: Path, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None) -> Path:
-    """Encode ``cfg.modality`` of the dataset artifact ``dataset`` into ``out``.
+def run(dataset: Path | DatasetArtifact, out: Path, cfg: EncodeConfig, encoder: Encoder | None = None) -> Path:
+    """Encode ``cfg.modality`` of the dataset artifact ``dataset`` (a path, or an open ``DatasetArtifact``) into ``out``.
 
     ``encoder`` lets a caller reuse an already loaded encoder (it must be the one ``cfg`` names).
     With ``cfg.num_shards > 1`` the output is an ``embeddings_shard`` artifact for ``merge``.
     """
-    dataset, out = Path(dataset), Path(out)
-    ds = DatasetArtifact(dataset)
+    ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
+    dataset, out = ds.path, Path(out)
     items = ds.items
     n = len(items)
     if not np.array_equal(items["item_idx"].to_numpy(np.int64), np.arange(1, n + 1)):
@@ -561,10 +531,4 @@ def merge(shards: Sequence[Path], out: Path) -> Path:
     return out
 
 
-def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(embeddings [n_items+1, d], mask [n_items+1], manifest) of an embeddings artifact."""
-    m = read_manifest(path, kind="embeddings")
-    return load_npy(Path(path) / "embeddings.npy"), load_npy(Path(path) / "mask.npy"), m
-
-
-__all__ = ["EncodeConfig", "run", "merge", "build_encoder", "shared_encoder", "build_texts", "EmbeddingCache", "read_embeddings", "shard_positions", "MODALITIES"]
+__all__ = ["EncodeConfig", "run", "merge", "build_encoder", "shared_encoder", "build_texts", "EmbeddingCache", "shard_positions", "MODALITIES"]

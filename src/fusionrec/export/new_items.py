@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
-from fusionrec.artifacts import atomic_write_json, load_npy, read_manifest, save_parquet, write_manifest
+from fusionrec.artifacts import load_npy, read_manifest
 from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.data.ingest import MEDIA_COLUMNS, RESERVED_ITEM_COLUMNS, read_items
 from fusionrec.encoders.encode import EncodeConfig
 from fusionrec.encoders.encode import run as encode
 from fusionrec.export import ExportConfig, export_module
@@ -27,42 +26,30 @@ from fusionrec.progress import get_logger
 log = get_logger("fusionrec.export")
 
 
-def _read_new_items(source: Path) -> tuple[Any, Path]:
-    """New items as a DataFrame plus the folder their media paths are relative to."""
+def _read_new_items(source: Path) -> tuple[pd.DataFrame, Path]:
+    """New items (cleaned as ingest cleans items) plus the folder their relative media paths start from."""
     source = Path(source)
     if source.is_dir() and (source / "manifest.json").exists():
-        return DatasetArtifact(source).items.copy(), source
+        items = DatasetArtifact(source).items
+        return items.drop(columns=[c for c in RESERVED_ITEM_COLUMNS if c in items.columns]), source
     if source.is_dir():
-        for name in ("items.parquet", "items.csv"):
-            if (source / name).exists():
-                return _read_new_items(source / name)
-        raise FileNotFoundError(f"{source}: no items.csv / items.parquet (or dataset artifact) with the new items")
+        return read_items(source), source
     if not source.exists():
         raise FileNotFoundError(f"new items file not found: {source}")
-    if source.suffix == ".parquet":
-        return pd.read_parquet(source), source.parent
-    if source.suffix == ".csv":
-        return pd.read_csv(source, dtype={"item_id": str}), source.parent
-    raise ValueError(f"{source}: new items must be a .csv or .parquet file, a raw dataset folder or a dataset artifact")
+    if source.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{source}: new items must be a .csv or .parquet file, a raw dataset folder or a dataset artifact")
+    return read_items(source), source.parent
 
 
-def _combined_dataset(ds, new, base: Path, out: Path) -> tuple[list[str], int]:
-    """Write a dataset artifact of the old items followed by the new ones (item_idx n+1..); media paths absolute."""
-    if "item_id" not in new.columns:
-        raise ValueError(f"new items have no 'item_id' column (columns: {list(new.columns)})")
-    new = new.drop(columns=[c for c in ("item_idx", "cold") if c in new.columns]).copy()
-    new["item_id"] = new["item_id"].astype(str)
-    dup = new["item_id"][new["item_id"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"new items repeat item_id(s) {dup[:10]}")
+def _extended_catalog(ds: DatasetArtifact, new: pd.DataFrame, base: Path) -> tuple[DatasetArtifact, list[str], int]:
+    """The dataset seen with the new items appended (item_idx n+1..), their media paths made absolute."""
+    new = new.copy()
     clash = sorted(set(new["item_id"]) & set(ds.items["item_id"].astype(str)))
     if clash:
         raise ValueError(f"new item id(s) already in the catalog: {clash[:10]} (re-exporting an existing item needs retraining)")
-    old = ds.items.copy()
+    old = ds.items
     n = len(old)
-    for col in ("image", "audio"):
-        if col in old.columns:
-            old[col] = [str(ds.path / p) if isinstance(p, str) and p else None for p in old[col]]
+    for col in MEDIA_COLUMNS:
         if col in new.columns:
             paths, status = [], []
             for p in new[col]:
@@ -78,13 +65,7 @@ def _combined_dataset(ds, new, base: Path, out: Path) -> tuple[list[str], int]:
     new["cold"] = True
     both = pd.concat([old, new[[c for c in new.columns if c in old.columns or c in ("item_idx", "item_id")]]],
                      ignore_index=True)
-    out.mkdir(parents=True, exist_ok=True)
-    save_parquet(both, out / "items.parquet")
-    save_parquet(ds.users, out / "users.parquet")
-    atomic_write_json(out / "meta.json", ds.meta)
-    atomic_write_json(out / "stats.json", {"n_items": len(both), "note": "items only: for encoding new items"})
-    write_manifest(out, step="export", kind="dataset", inputs={"dataset": ds.path}, purpose="encode new items")
-    return new["item_id"].tolist(), n
+    return ds.with_items(both), new["item_id"].tolist(), n
 
 
 def encode_new_items(model, dataset: Path, aligned: Path, new_items: Path, work: Path) -> tuple[list[str], dict, dict, dict]:
@@ -97,8 +78,7 @@ def encode_new_items(model, dataset: Path, aligned: Path, new_items: Path, work:
     """
     ds = DatasetArtifact(dataset)
     new_df, base = _read_new_items(Path(new_items))
-    comb = work / "combined_dataset"
-    new_ids, n = _combined_dataset(ds, new_df, base, comb)
+    catalog, new_ids, n = _extended_catalog(ds, new_df, base)
     m = len(new_ids)
     amanifest = read_manifest(aligned, kind="aligned")
     sources = {}
@@ -116,7 +96,7 @@ def encode_new_items(model, dataset: Path, aligned: Path, new_items: Path, work:
         path, em = sources[mod]
         params = {k: v for k, v in em["params"].items() if k in EncodeConfig.model_fields}
         params.update(shard=0, num_shards=1)
-        out = encode(comb, work / f"emb_{mod}", EncodeConfig(**params))
+        out = encode(catalog, work / f"emb_{mod}", EncodeConfig(**params))
         emb, mask = load_npy(out / "embeddings.npy"), load_npy(out / "mask.npy").astype(bool)
         raw, mk = emb[n + 1: n + 1 + m], mask[n + 1: n + 1 + m]
         features[mod] = project(aligned, mod, raw) * mk[:, None]

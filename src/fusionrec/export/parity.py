@@ -80,13 +80,13 @@ def compare_topk(ref_idx: np.ndarray, ref_score: np.ndarray, idx: np.ndarray, sc
 def check_parity(module, onnx_path: Path, histories: np.ndarray, n_items: int, cfg: ParitySettings) -> dict[str, Any]:
     """Run PyTorch and onnxruntime on every history; return the parity report (raises nothing)."""
     sess = ort_session(onnx_path)
-    L = histories.shape[1]
+    max_len = histories.shape[1]
     ref_i, ref_s, ort_i, ort_s = [], [], [], []
     t_torch = t_ort = 0.0
     batches = range(0, len(histories), cfg.parity_batch)
     with torch.no_grad():
         for s in progress(batches, desc="parity", unit="batch"):
-            feed = feeds(histories[s: s + cfg.parity_batch], L)
+            feed = feeds(histories[s: s + cfg.parity_batch], max_len)
             t0 = time.perf_counter()
             i, sc = module(*(torch.from_numpy(v) for v in feed.values()))
             t_torch += time.perf_counter() - t0
@@ -103,12 +103,12 @@ def check_parity(module, onnx_path: Path, histories: np.ndarray, n_items: int, c
                   provider=sess.get_providers()[0], score_tolerance=cfg.score_tolerance, tie_tolerance=cfg.tie_tolerance)
 
     # The guard: an out-of-range row gets the -1/NaN status, its neighbours are untouched.
-    probe = np.zeros((3, L), dtype=np.int64)
+    probe = np.zeros((3, max_len), dtype=np.int64)
     probe[0, -1] = 1
     probe[1, -1] = n_items + 1
     probe[2, -1] = -5
-    gi, gs = sess.run(OUTPUT_NAMES, feeds(probe, L))
-    good_i, _ = sess.run(OUTPUT_NAMES, feeds(probe[:1], L))
+    gi, gs = sess.run(OUTPUT_NAMES, feeds(probe, max_len))
+    good_i, _ = sess.run(OUTPUT_NAMES, feeds(probe[:1], max_len))
     guard_ok = bool(np.all(gi[1:] == INVALID_IDX) and np.all(np.isnan(gs[1:])) and np.array_equal(gi[0], good_i[0]))
     report["invalid_row_guard_ok"] = guard_ok
     if not guard_ok:

@@ -22,38 +22,54 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from fusionrec.artifacts import atomic_write_json, read_json
 from fusionrec.device import pick_device
-from fusionrec.models.fusion import UserGate, make_fusion
+from fusionrec.models.fusion import FUSIONS, UserGate, make_fusion
 from fusionrec.models.transformer import SequenceEncoder
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import pad_histories
 
 EXCLUDED = -1.0e9  # score given to padding and history items (finite: exporters and ORT stay NaN-free)
 UNSCORABLE = -1.0e8  # score of items with no channel at all (e.g. cold items in an ID-only model)
 
 
-class ModelSpec(BaseModel):
-    """Everything needed to rebuild a model's modules (saved as ``config.json["spec"]``)."""
+class Architecture(BaseModel):
+    """The model's hyperparameters, declared once: ``TrainConfig`` sets them, ``ModelSpec`` records them."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    fusion: str = "attention"
+    use_id_embedding: bool = True
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    """History length L: the model reads the most recent L items of a history."""
+    dropout: float = 0.2
+    adapter: Literal["linear", "mlp"] = "linear"
+    """Modality vector -> model size: one Linear, or Linear-GELU-Linear."""
+    whiten: bool = False
+    """PCA-whiten each frozen modality (over the items that have it) before its adapter (UniSRec-style)."""
+    unknown_history: Literal["drop", "zero"] = "drop"
+    """History items with no channel (cold items in an ID-only model): left out of the history it reads, or read as zero vectors."""
+
+    @field_validator("fusion")
+    @classmethod
+    def _fusion(cls, v: str) -> str:
+        if v not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got '{v}'")
+        return v
+
+
+class ModelSpec(Architecture):
+    """Everything needed to rebuild a model's modules (saved as ``config.json["spec"]``)."""
 
     kind: Literal["sequential", "popularity"] = "sequential"
     n_items: int
     modalities: list[str] = []
     aligned_dim: int = 0
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
-    fusion: str = "attention"
-    use_id_embedding: bool = True
-    adapter: Literal["linear", "mlp"] = "linear"  # modality vector -> model size: one Linear, or Linear-GELU-Linear
-    whiten: bool = False  # PCA-whiten each frozen modality (over the items that have it) before its adapter
-    unknown_history: Literal["drop", "zero"] = "drop"  # history items with no channel: left out, or read as zero vectors
 
     @property
     def channels(self) -> int:
@@ -111,12 +127,7 @@ def whitening(x: np.ndarray | torch.Tensor, eps: float = 1e-5) -> tuple[torch.Te
 
 
 def _prepare_histories(histories: np.ndarray, max_len: int) -> torch.Tensor:
-    h = np.asarray(histories, dtype=np.int64)
-    if h.ndim != 2:
-        raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
-    if h.shape[1] != max_len:  # keep the most recent max_len items, left-pad shorter ones
-        h = left_pad([row[row > 0] for row in h], max_len) if h.shape[1] < max_len else h[:, -max_len:]
-    return torch.from_numpy(np.ascontiguousarray(h))
+    return torch.from_numpy(pad_histories(histories, max_len))
 
 
 class Recommender(nn.Module):
@@ -410,10 +421,6 @@ class PopularityRanker(nn.Module):
 
 # -- persistence --------------------------------------------------------------------------
 AnyModel = Recommender | PopularityRanker
-
-
-def build_model(spec: ModelSpec) -> AnyModel:
-    return PopularityRanker(spec) if spec.kind == "popularity" else Recommender(spec)
 
 
 def save_model(model: AnyModel, folder: str | os.PathLike, extra_config: dict | None = None) -> None:

@@ -163,6 +163,12 @@ def make_pipeline(gpu: bool = True, retries: bool = True) -> Callable:
 
 fusionrec_pipeline = make_pipeline(gpu=True)
 
+#: Each step as a reusable KFP component spec, checked in as ``components/<name>/component.yaml``
+#: (as KFP's own component library ships them): load one with ``kfp.components.load_component_from_file``.
+COMPONENTS = {"ingest": ingest, "encode_plan": encode_plan, "encode": encode, "merge_embeddings": merge_embeddings,
+              "align": align, "train_fusion": train_fusion, "train_baseline": train_baseline, "export_onnx": export_onnx,
+              "ab_evaluate": ab_evaluate, "promote": promote}
+
 
 def compile_pipeline(path, gpu: bool = True):
     """Compile the pipeline to ``path`` (YAML IR); compiling twice gives identical bytes."""
@@ -174,3 +180,18 @@ def compile_pipeline(path, gpu: bool = True):
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(fusionrec_pipeline if gpu else make_pipeline(gpu=False), str(path))
     return path
+
+
+def compile_components(folder) -> list:
+    """Compile every step to ``<folder>/<name>/component.yaml``; compiling twice gives identical bytes."""
+    from pathlib import Path
+
+    from kfp import compiler
+
+    paths = []
+    for name, component in COMPONENTS.items():
+        path = Path(folder) / name / "component.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(component, str(path))
+        paths.append(path)
+    return paths

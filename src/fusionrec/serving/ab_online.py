@@ -1,48 +1,35 @@
 """Online A/B on a real Triton server: both arms served side by side, held-out events replayed over gRPC.
 
-``run_with_triton`` is what the ``fusionrec ab`` command and the KFP ``ab_evaluate`` component
-call: it scores both arms offline in-process (onnxruntime on the exported graphs), starts ONE
+:func:`replay_on_triton` is the online replay ``fusionrec.ab.run(..., online=replay_on_triton)``
+takes (the ``fusionrec ab`` command and the KFP ``ab_evaluate`` component pass it): it starts ONE
 local Triton server (pytriton's tritonserver, 127.0.0.1) serving the control and the treatment,
 replays every held-out case as a gRPC request to the arm its user is hashed to (plus team-draft
-interleaving of both arms' served lists), stops the server and writes the ``ab_report`` artifact.
+interleaving of both arms' served lists) and stops the server.
 
 The statistics and the replay loop live in the library (``fusionrec.ab``); this module only
 starts the server and builds the two gRPC ``TopKRanker`` clients.
 
 Example:
-    >>> from fusionrec.serving.ab_online import run_with_triton
-    >>> run_with_triton("artifacts/repo_id", "artifacts/repo_fused", "artifacts/dataset", "artifacts/ab", ABConfig())  # doctest: +SKIP
+    >>> from fusionrec.ab import run
+    >>> from fusionrec.serving.ab_online import replay_on_triton
+    >>> run("artifacts/repo_id", "artifacts/repo_fused", "artifacts/dataset", "artifacts/ab", online=replay_on_triton)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
-from fusionrec.ab.offline import IdMap, MappedRanker, case_history_len, load_ranker, offline_compare
+from fusionrec.ab.offline import IdMap, MappedRanker, case_max_len
 from fusionrec.ab.online import OnlineResult, replay
-from fusionrec.ab.report import write_report
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
 
 from .client import RecommendClient
-from .server import start_server
+from .server import free_ports, start_server
 
 log = get_logger("fusionrec.serving.ab")
-
-
-def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports free on ``host`` right now (held together while the OS picks them)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _client(url: str, name: str, repo: str | os.PathLike, ds: DatasetArtifact):
@@ -63,7 +50,7 @@ def replay_on_triton(
     ports: tuple[int, int, int] | None = None,
     **server_kw,
 ) -> OnlineResult:
-    """Start one Triton server with both models, replay the held-out cases, stop the server."""
+    """Start one Triton server with both models, replay the held-out cases, stop the server (an ``OnlineReplay``)."""
     ds = dataset if isinstance(dataset, DatasetArtifact) else DatasetArtifact(dataset)
     grpc_port, http_port, metrics_port = ports or free_ports(3, host)
     models = {"control": Path(control_repo), "treatment": Path(treatment_repo)}
@@ -72,7 +59,7 @@ def replay_on_triton(
         control = _client(srv.grpc_url, "control", control_repo, ds)
         treatment = _client(srv.grpc_url, "treatment", treatment_repo, ds)
         try:
-            cases, hist = ds.eval_cases(cfg.split, max_len=case_history_len(cfg, control, treatment))
+            cases, hist = ds.eval_cases(cfg.split, max_len=case_max_len(cfg, control, treatment))
             users = ds.users.set_index("user_idx")["user_id"].astype(str)
             user_ids = users.reindex(cases["user_idx"].to_numpy()).fillna("").to_numpy()
             if (user_ids == "").any():
@@ -82,31 +69,3 @@ def replay_on_triton(
             for c in (control, treatment):
                 getattr(getattr(c, "inner", c), "close", lambda: None)()
 
-
-def run_with_triton(
-    control_repo: str | os.PathLike,
-    treatment_repo: str | os.PathLike,
-    dataset: str | os.PathLike,
-    out: str | os.PathLike,
-    cfg: ABConfig | None = None,
-    online: bool = True,
-    **server_kw,
-) -> Path:
-    """Offline (in-process) + online replay and interleaving (Triton) + decision -> ``ab_report`` at ``out``.
-
-    ``online=False`` skips the server (the report says the online part was not run).
-    """
-    cfg = cfg or ABConfig()
-    ds = DatasetArtifact(dataset)
-    if online:
-        for role, path in (("control", control_repo), ("treatment", treatment_repo)):
-            if not any(Path(path).glob("*/1/model.onnx")) and not (Path(path) / "1" / "model.onnx").exists():
-                raise ValueError(f"{role} {path} is not a model repository (no <name>/1/model.onnx): the online replay serves "
-                                 "exported models; run `fusionrec export` first, or evaluate offline only (--no-online)")
-    control = load_ranker(control_repo, ds)
-    treatment = load_ranker(treatment_repo, ds)
-    offline = offline_compare(control, treatment, ds, cfg)
-    online_res = replay_on_triton(control_repo, treatment_repo, ds, cfg, **server_kw) if online else None
-    names = {"control": Path(control_repo).name, "treatment": Path(treatment_repo).name}
-    inputs = {"control": control_repo, "treatment": treatment_repo, "dataset": dataset}
-    return write_report(out, offline, online_res, cfg, names, inputs)

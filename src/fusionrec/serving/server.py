@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sysconfig
 import threading
 import time
@@ -38,6 +39,18 @@ from fusionrec.progress import get_logger
 from .config import read_model_config
 
 log = get_logger("fusionrec.serving")
+
+
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` right now (held together while the OS picks them)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def ensure_libpython_on_path() -> str | None:
@@ -91,12 +104,19 @@ class _OrtCallable:
                 SCORE: np.full((n, self.k), np.nan, dtype=np.float32)}
 
     def _ok(self, req: dict[str, Any]) -> bool:
-        """Every graph input (``INPUTS``) is an int64 [n, length] array, all with the same n."""
+        """Every graph input (``INPUTS``) is an [n, length] array of its type, all with the same n."""
         arrays = [req.get(t.name) for t in INPUTS]
         if not all(isinstance(a, np.ndarray) and a.dtype == np.dtype(t.dtype) and a.ndim == 2
                    and a.shape[1] == t.dims(self.max_len, self.k) for a, t in zip(arrays, INPUTS)):
             return False
         return len({a.shape[0] for a in arrays}) == 1
+
+    def _complete(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Fill the optional inputs a request left out with their ``fill`` value."""
+        h = req.get(HISTORY)
+        n = int(h.shape[0]) if isinstance(h, np.ndarray) and h.ndim >= 1 else 0
+        return {t.name: (np.full((n, t.dims(self.max_len, self.k)), t.fill, dtype=t.dtype)
+                         if t.optional and req.get(t.name) is None else req.get(t.name)) for t in INPUTS}
 
     def _run(self, req: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         idx, score = self.session.run([ITEM_IDX, SCORE], {t.name: np.ascontiguousarray(req[t.name]) for t in INPUTS})
@@ -104,7 +124,7 @@ class _OrtCallable:
         return np.asarray(idx).view(np.int64), np.asarray(score, dtype=np.float32)
 
     def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
-        reqs = [{t.name: r.data.get(t.name) for t in INPUTS} for r in requests]
+        reqs = [self._complete({t.name: r.data.get(t.name) for t in INPUTS}) for r in requests]
         good = [i for i, req in enumerate(reqs) if self._ok(req)]
         out: list[dict[str, np.ndarray] | None] = [None] * len(requests)
         for i, req in enumerate(reqs):
@@ -238,7 +258,8 @@ def start_server(
             triton.bind(
                 model_name=name,
                 infer_func=callables if len(callables) > 1 else callables[0],
-                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=(t.dims(max_len, k),)) for t in INPUTS],
+                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=(t.dims(max_len, k),), optional=t.optional)
+                        for t in INPUTS],
                 outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype).type, shape=(t.dims(max_len, k),)) for t in OUTPUTS],
                 config=ModelConfig(batching=True, max_batch_size=int(mc.max_batch_size) if dynamic_batching else 1,
                                    batcher=batcher),

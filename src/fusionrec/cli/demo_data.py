@@ -1,4 +1,4 @@
-"""CLI command ``fusionrec demo-data``: write the built-in demo catalog (real media, ground truth)."""
+"""CLI commands: ``fusionrec demo-data`` (write the built-in demo catalog: real media, ground truth) and ``demo-oracle``."""
 
 from __future__ import annotations
 
