@@ -37,7 +37,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-FUSIONS = ("concat", "weighted", "attention", "user_gate")
+from fusionrec.models.fusion import FUSIONS  # noqa: E402  (the library's list, not a copy)
 SEGMENTS = ("overall", "warm", "cold")
 TABLE_METRICS = ("ndcg@10", "recall@20", "mrr")
 KS = (10, 20, 50)
@@ -158,6 +158,7 @@ def run_quality(
     oracle: Callable[[Path, Path], dict] | None = None,
     threads: int | None = None,
     reuse: bool = False,
+    scope_note: str = "",
 ) -> dict:
     """Run the whole protocol; returns the result dict (also written to benchmarks/results/<name>.json and .md)."""
     import torch
@@ -234,6 +235,69 @@ def run_quality(
         with clock.step("oracles"):
             ceilings = oracle(raw, ds_path)
 
+    aligned_by_seed: dict[int, Path] = {}
+    align_metrics: dict[int, dict] = {}
+    selection: dict = {}
+    candidates_single = [f"single:{m}" for m in modalities] if singles else []
+    effect: dict = {}
+
+    def _finish(complete: bool) -> dict:
+        rows = {k: {"seeds": [r["seed"] for r in records.get(k, [])] or None, "summary": _row(v), "training": records.get(k)}
+                for k, v in frames.items()}
+        for k, f in ceilings.items():
+            rows[k] = {"seeds": None, "summary": _row([f]), "training": None}
+        users = frames["random"][0]["user_idx"].to_numpy()
+        seg_of = frames["random"][0]["segment"].to_numpy()
+
+        def compare(a: str, b: str, seg: str, metric: str = "ndcg@10", seed: int = 0) -> dict:
+            m = np.ones(len(users), bool) if seg == "overall" else seg_of == seg
+            fa = frames.get(a) or [ceilings[a]]
+            fb = frames.get(b) or [ceilings[b]]
+            A = np.stack([f[metric].to_numpy()[m] for f in fa])
+            B = np.stack([f[metric].to_numpy()[m] for f in fb])
+            return {"a": a, "b": b, "segment": seg, "metric": metric, **paired_difference(A, B, users[m], seed=seed)}
+
+        chosen = [selection[g]["chosen"] for g in ("single", "fused") if selection.get(g)]
+        pairs = []
+        for t in [x for x in ["id", *chosen] if x in frames]:
+            pairs += [(t, "random", "warm"), (t, "popularity", "warm")]
+        for t in chosen:
+            pairs += [(t, "random", "cold"), (t, "content-kNN", "cold")]
+        fused, single = selection.get("fused", {}).get("chosen"), selection.get("single", {}).get("chosen")
+        if fused and "id" in frames:
+            pairs += [(fused, "id", "warm"), (fused, "id", "overall")]
+        if fused and single:
+            pairs += [(fused, single, seg) for seg in SEGMENTS]
+        pairs += [("content-kNN", "random", "cold"), ("popularity", "random", "warm")]
+        comparisons = [compare(*p) for p in pairs]
+        checks = {}
+        for c in comparisons:
+            if c["b"] in ("random", "content-kNN", "popularity") or (c["b"] == "id" and c["segment"] == "warm"):
+                checks[f"{c['a']} beats {c['b']} on {c['segment']} (NDCG@10, paired)"] = c["verdict"] == "beats"
+        result = {
+            "name": name, "complete": complete, "provenance": prov, "stats": stats, "seeds": seeds,
+            "config": {"ingest": icfg.model_dump(mode="json"), "encode": encode_cfg, "align": align_cfg, "train": train_cfg,
+                       "fusion_candidates": list(fusions), "single_candidates": candidates_single, "max_len": max_len,
+                       "ks": list(KS), "k_max": K_MAX, "threads": threads or torch.get_num_threads(), "scope_note": scope_note},
+            "selection": selection, "rows": rows, "comparisons": comparisons, "checks": checks,
+            "alignment": {str(s): {"held_out": m["retrieval"], "fit": m.get("retrieval_fit")} for s, m in align_metrics.items()},
+            "protocol_effect": effect, "timings": clock.steps, "cache": cache,
+            "total": {"wall_s": round(sum(v["wall_s"] for v in clock.steps.values()), 1),
+                      "cpu_s": round(sum(v["cpu_s"] for v in clock.steps.values()), 1)},
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if complete else None,
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+        (RESULTS / f"{name}.md").write_text(markdown(result) + "\n")
+        if complete:
+            print(markdown(result))
+            print(f"\nwritten {RESULTS / (name + '.json')} and .md")
+        return result
+
+    with clock.step("old vs new protocol (floors)"):
+        effect.update(protocol_effect(ds, ds_old, embs, max_len))
+    _finish(False)
+
     # 3. trained models ----------------------------------------------------------------------------
     def train_model(label: str, seed: int, aligned: Path | None, spec: dict, dataset=ds_path) -> tuple[pd.DataFrame, dict]:
         cfg = TrainConfig(**{**train_cfg, **spec, "seed": seed})
@@ -248,10 +312,6 @@ def run_quality(
         pc = pd.read_parquet(out / "per_case.parquet").sort_values("case_id").reset_index(drop=True)
         return pc, rec
 
-    aligned_by_seed: dict[int, Path] = {}
-    align_metrics: dict[int, dict] = {}
-    selection: dict = {}
-    candidates_single = [f"single:{m}" for m in modalities] if singles else []
     candidates_fused = [f"fused:{f}" for f in fusions]
     specs = {"id": {"model": "id"}, **{c: {"model": c} for c in candidates_single},
              **{c: {"model": "fused", "fusion": c.split(":")[1]} for c in candidates_fused}}
@@ -270,6 +330,7 @@ def run_quality(
             pc, rec = train_model(label, seed, aligned, specs[label])
             frames.setdefault(label, []).append(pc)
             records.setdefault(label, []).append(rec)
+            _finish(False)
         if i == 0:
             for group, cands in (("single", candidates_single), ("fused", candidates_fused)):
                 if cands:
@@ -277,77 +338,23 @@ def run_quality(
                     selection[group] = {"chosen": max(valid, key=valid.get), "by": "best validation NDCG@10 at the first seed",
                                         "validation_ndcg10": valid}
             print(f"selected on validation: {json.dumps({g: s['chosen'] for g, s in selection.items()})}", flush=True)
+        # 5. old vs new protocol on ID-only, right after the first seed (floors: see above) -----------------------------------------------------------------------
+        if old_protocol_id and i == 0:
+            with clock.step("old vs new protocol (id)"):
+                from fusionrec.models.recommender import load_model
 
-    # 4. rows and paired comparisons --------------------------------------------------------------
-    rows = {k: {"seeds": [r["seed"] for r in records.get(k, [])] or None, "summary": _row(v), "training": records.get(k)}
-            for k, v in frames.items()}
-    for k, f in ceilings.items():
-        rows[k] = {"seeds": None, "summary": _row([f]), "training": None}
-    users = frames["random"][0]["user_idx"].to_numpy()
-    seg_of = frames["random"][0]["segment"].to_numpy()
+                pc_new = frames["id"][0]
+                pc_old, rec_old = train_model("id_row_ties", seeds[0], None, {"model": "id"}, dataset=ds_old_path)
+                model_old = load_model(work / "models" / f"id_row_ties_s{seeds[0]}")
+                pc_old_window, _ = evaluate_frame(model_old, ds_old, max_len, exclude_history=False)
+                pc_old_window["segment"] = old_segments(ds_old)
+                effect["id (seed %d)" % seeds[0]] = {
+                    "old": summarize(pc_old_window), "new": summarize(pc_new), "training_old": rec_old,
+                }
+            _finish(False)
 
-    def compare(a: str, b: str, seg: str, metric: str = "ndcg@10", seed: int = 0) -> dict:
-        m = np.ones(len(users), bool) if seg == "overall" else seg_of == seg
-        fa = frames.get(a) or [ceilings[a]]
-        fb = frames.get(b) or [ceilings[b]]
-        A = np.stack([f[metric].to_numpy()[m] for f in fa])
-        B = np.stack([f[metric].to_numpy()[m] for f in fb])
-        return {"a": a, "b": b, "segment": seg, "metric": metric, **paired_difference(A, B, users[m], seed=seed)}
-
-    chosen = [selection[g]["chosen"] for g in ("single", "fused") if selection.get(g)]
-    trained = ["id", *chosen]
-    comparisons = []
-    for t in trained:
-        comparisons += [compare(t, "random", "warm"), compare(t, "popularity", "warm")]
-    content = chosen
-    for t in content:
-        comparisons += [compare(t, "random", "cold"), compare(t, "content-kNN", "cold")]
-    fused = selection.get("fused", {}).get("chosen")
-    single = selection.get("single", {}).get("chosen")
-    if fused:
-        comparisons += [compare(fused, "id", "warm"), compare(fused, "id", "overall")]
-        if single:
-            comparisons += [compare(fused, single, seg) for seg in SEGMENTS]
-    comparisons += [compare("content-kNN", "random", "cold"), compare("popularity", "random", "warm")]
-    checks = {}
-    for c in comparisons:
-        if c["b"] in ("random", "content-kNN", "popularity") or (c["b"] == "id" and c["segment"] == "warm"):
-            checks[f"{c['a']} beats {c['b']} on {c['segment']} (NDCG@10, paired)"] = c["verdict"] == "beats"
-
-    # 5. old vs new protocol -----------------------------------------------------------------------
-    with clock.step("old vs new protocol"):
-        effect = protocol_effect(ds, ds_old, embs, max_len)
-        if old_protocol_id:
-            pc_new = frames["id"][0]
-            pc_old, rec_old = train_model("id_row_ties", seeds[0], None, {"model": "id"}, dataset=ds_old_path)
-            from fusionrec.models.recommender import load_model
-
-            model_old = load_model(work / "models" / f"id_row_ties_s{seeds[0]}")
-            pc_old_window, _ = evaluate_frame(model_old, ds_old, max_len, exclude_history=False)
-            pc_old_window["segment"] = old_segments(ds_old)
-            effect["id (seed %d)" % seeds[0]] = {
-                "old": summarize(pc_old_window), "new": summarize(pc_new), "training_old": rec_old,
-            }
-
-    # 6. write -------------------------------------------------------------------------------------
-    result = {
-        "name": name, "provenance": prov, "stats": stats, "seeds": seeds,
-        "config": {"ingest": icfg.model_dump(mode="json"), "encode": encode_cfg, "align": align_cfg, "train": train_cfg,
-                   "fusion_candidates": list(fusions), "single_candidates": candidates_single, "max_len": max_len,
-                   "ks": list(KS), "k_max": K_MAX, "threads": threads or torch.get_num_threads()},
-        "selection": selection, "rows": rows, "comparisons": comparisons, "checks": checks,
-        "alignment": {str(s): {"held_out": m["retrieval"], "fit": m.get("retrieval_fit")} for s, m in align_metrics.items()},
-        "protocol_effect": effect, "timings": clock.steps, "cache": cache,
-        "total": {"wall_s": round(sum(v["wall_s"] for v in clock.steps.values()), 1),
-                  "cpu_s": round(sum(v["cpu_s"] for v in clock.steps.values()), 1)},
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(result) + "\n")
-    print(markdown(result))
-    print(f"\nwritten {RESULTS / (name + '.json')} and .md")
-    return result
+    # 4-6 are assembled after every model too, so an interrupted run leaves a record (marked incomplete)
+    return _finish(True)
 
 
 def _json_default(o):
@@ -397,7 +404,8 @@ def _fmt(s: dict | None, digits: int = 4) -> str:
 def markdown(r: dict) -> str:
     st = r["stats"]
     tc = st["test_cases"]
-    lines = [f"Test cases: {tc['warm']:,} warm (target has training events), {tc['cold']:,} cold "
+    lines = [] if r.get("complete", True) else ["**Incomplete run** (interrupted; rows so far).", ""]
+    lines += [f"Test cases: {tc['warm']:,} warm (target has training events), {tc['cold']:,} cold "
              f"({tc.get('cold_held_out', '?')} held-out items, {tc.get('cold_unseen', '?')} items unseen in training). "
              f"{st['n_items']:,} items, {st['n_users']:,} users. Seeds {r['seeds']}; mean [95% t-interval over seeds]. "
              "Full ranking, the user's whole history excluded.", "",
@@ -411,6 +419,8 @@ def markdown(r: dict) -> str:
         label = f"**{k}** (chosen on validation)" if k in sel else k
         lines.append(f"| {label} | {len(row['seeds']) if row['seeds'] else '-'} | {_fmt(s['warm']['ndcg@10'])} | {_fmt(s['cold']['ndcg@10'])} | "
                      f"{_fmt(s['warm']['recall@20'])} | {_fmt(s['cold']['recall@20'])} | {_fmt(s['overall']['ndcg@10'])} | {ep} |")
+    if r["config"].get("scope_note"):
+        lines += ["", "Scope: " + r["config"]["scope_note"]]
     lines += ["", "Selection (validation only): " + "; ".join(
         f"{g}: {s['chosen']} (validation NDCG@10 " + ", ".join(f"{c} {v:.4f}" for c, v in s["validation_ndcg10"].items()) + ")"
         for g, s in r["selection"].items()), "",

@@ -40,6 +40,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_quality_movielens"))
     ap.add_argument("--reuse", action="store_true", help="reuse data/embedding/alignment artifacts in --work (recorded in the JSON)")
     ap.add_argument("--name", default="movielens")
+    ap.add_argument("--scope-note", default="", help="recorded in the JSON: why the scope is what it is")
     args = ap.parse_args()
 
     from fusionrec.config import read_config_file
@@ -59,6 +60,7 @@ def main() -> int:
         modalities=["text", "tabular"], encode_cfg=dict(conf.get("encode") or {}), ingest_cfg=dict(conf.get("ingest") or {}),
         align_cfg=dict(conf.get("align") or {}), train_cfg=train_cfg, seeds=[int(s) for s in args.seeds.split(",")],
         fusions=[f for f in args.fusions.split(",") if f], old_protocol_id=not args.no_old_id, threads=args.threads, reuse=args.reuse,
+        scope_note=args.scope_note,
     )
     return 0
 

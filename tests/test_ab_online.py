@@ -59,8 +59,11 @@ def repos(tiny_dataset, tmp_path_factory) -> tuple[Path, Path]:
     n = ds.n_items + 1
     emb = torch.randn(n, 8, generator=torch.Generator().manual_seed(1))
     control = LastItemScorer(emb @ emb.T, K)
+    # transition counts over EVERY event, held-out ones included: a treatment known in advance to be better
+    # (it has seen the test transitions), so the decision this test expects is "promote"
     trans = torch.zeros(n, n)
-    for seq in ds.train_sequences():
+    for _, g in ds.events.groupby("user_idx"):
+        seq = g["item_idx"].to_numpy()
         for a, b in zip(seq[:-1], seq[1:]):
             trans[int(a), int(b)] += 1.0
     treatment = LastItemScorer(trans, K)
@@ -69,7 +72,7 @@ def repos(tiny_dataset, tmp_path_factory) -> tuple[Path, Path]:
 
 
 CFG = dict(k_max=K, metrics=["ndcg@10", "recall@20", "mrr"], cold_recall_metric="recall@20", max_len=MAX_LEN,
-           bootstrap_resamples=300, online_k=10, interleaving_k=10, online_warmup=2, latency_p99_budget_ms=5000.0)
+           bootstrap_resamples=300, online_k=10, interleaving_k=10, online_warmup=2)  # latency: the default relative rule
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +91,13 @@ def test_report_artifact_from_triton_replay(ab_report):
               "online_requests.parquet", "per_case.parquet", "lift.png", "user_diffs.png", "latency.png", "interleaving.png"):
         assert (ab_report / f).is_file(), f
     decision = read_json(ab_report / "decision.json")
-    assert isinstance(decision["promote"], bool) and decision["online_run"]
-    assert decision["decided_by"] in {"all_rules_passed"} | {r["rule"] for r in decision["rules"]}
+    assert decision["online_run"]
     assert {r["rule"] for r in decision["rules"]} == {"primary_metric", "latency_p99", "coverage", "cold_start_recall", "online_hit_rate"}
+    # the transition-count scorer that saw the test transitions beats random embeddings; same graph cost, so the
+    # relative latency rule (same replay) passes however loaded the machine is
+    assert decision["promote"] is True and decision["decided_by"] == "all_rules_passed", decision["reason"]
     lat = next(r for r in decision["rules"] if r["rule"] == "latency_p99")
-    assert lat["evaluated"] and 0 < lat["treatment_p99_ms"] < 5000
+    assert lat["evaluated"] and lat["treatment_p99_ms"] > 0 and lat["p99_ratio_ci"][0] <= lat["max_ratio"]
     metrics = read_json(ab_report / "metrics.json")
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["promote"] == float(decision["promote"])

@@ -284,11 +284,15 @@ def _lists(cases, hit_share, rng, k=100, filler=None):
     return top
 
 
-def _online(p99_t=5.0, hit_c=0.2, hit_t=0.2, p_clustered=0.5):
+def _online(p99_t=5.0, hit_c=0.2, hit_t=0.2, p_clustered=0.5, p99_c=4.0):
     def arm(name, rate, p99):
-        return ArmOnline(name, 100, 1000, int(rate * 1000), rate, rate - 0.02, rate + 0.02, 1.0, p99, 1.5, np.full(10, 1.0))
+        # 1,000 request latencies whose 99th percentile is ~p99 (lognormal body, as replay latencies look)
+        lat = np.random.default_rng(len(name)).lognormal(0.0, 0.4, 1000)
+        lat = lat / np.percentile(lat, 99) * p99
+        return ArmOnline(name, 100, 1000, int(rate * 1000), rate, rate - 0.02, rate + 0.02, float(np.median(lat)), p99,
+                         float(lat.mean()), lat)
 
-    return OnlineResult(10, 0.5, "s", arm("control", hit_c, 4.0), arm("treatment", hit_t, p99_t),
+    return OnlineResult(10, 0.5, "s", arm("control", hit_c, p99_c), arm("treatment", hit_t, p99_t),
                         hit_t / hit_c - 1, 0.0, p_clustered, 0.0, p_clustered)
 
 
@@ -315,10 +319,19 @@ def test_decision_rules_each_can_block():
     d = decide(offline_from_topk(cases, better, top_c, n_items=3000, cfg=cfg), None, cfg)
     assert not d["promote"] and d["decided_by"] == "primary_metric" and d["rules"][0]["pvalue"] < 0.05
 
-    # latency budget
+    # latency, relative to the control in the same replay: a treatment 60x slower is blocked ...
     d = decide(good, _online(p99_t=250.0), cfg)
     assert not d["promote"] and d["decided_by"] == "latency_p99"
-    assert decide(good, _online(p99_t=250.0), cfg.model_copy(update={"latency_p99_budget_ms": None}))["promote"]
+    lat = d["rules"][1]
+    assert lat["p99_ratio"] == pytest.approx(62.5, rel=1e-6) and lat["p99_ratio_ci"][0] > lat["max_ratio"] == 1.25
+    assert decide(good, _online(p99_t=250.0), cfg.model_copy(update={"latency_p99_max_increase": None}))["promote"]
+    # ... a loaded machine that slows BOTH arms is not (the old absolute 100 ms rule rejected this better model) ...
+    loaded = _online(p99_t=150.0, p99_c=148.0)
+    assert decide(good, loaded, cfg)["promote"]
+    # ... and the absolute ceiling is its own, opt-in SLO rule
+    d = decide(good, loaded, cfg.model_copy(update={"latency_p99_slo_ms": 100.0}))
+    assert not d["promote"] and d["decided_by"] == "latency_p99_slo"
+    assert ABConfig(latency_p99_budget_ms=80).latency_p99_slo_ms == 80  # the old key still configures the SLO
 
     # coverage: the treatment shows far fewer distinct items
     narrow = better.copy()

@@ -71,4 +71,8 @@ def test_real_slice_runs_through_the_steps(tmp_path):
     assert model.scorable()[d.cold_items].all()
     cases, hist = d.eval_cases("test", cfg.max_len)
     top, _ = model.topk(hist[:64], 100)
-    assert np.isin(top, d.cold_items).any()
+    # cold items are not pushed down the list: their share of the top-100 lists is at least half their share of the
+    # catalog's scorable items (a model that penalised missing ID channels would show ~0)
+    share_in_lists = float(np.isin(top, d.cold_items).mean())
+    share_in_catalog = len(d.cold_items) / int(model.scorable().sum())
+    assert share_in_lists >= 0.5 * share_in_catalog, (share_in_lists, share_in_catalog)

@@ -293,11 +293,14 @@ TINY_DEMO = "demo://?n_items=60&n_users=40&events_per_user=12&seed=7"
 TINY_ARGS = {
     "dataset_uri": TINY_DEMO,
     "epochs": 1,
-    "alpha": 0.5,
     "align_config": {"epochs": 2},
-    # 60 items: the exported graph returns top-60, so the A/B compares top-50; the latency guardrail
-    # is loosened because p99 on a shared 2-core CI box measures the neighbours, not the model.
-    "ab_config": {"bootstrap_resamples": 200, "online_max_requests": 200, "k_max": 50, "latency_p99_budget_ms": 100000.0},
+    # 60 items: the exported graph returns top-60, so the A/B compares top-50. The decision is known in advance:
+    # it is taken on the cold segment, where the ID-only control scores 0 on every case (it cannot rank an item
+    # it never saw) and the content model ranks some cold targets, so the default alpha (0.05) promotes; the
+    # coverage guardrail is off because a 1-epoch model's list diversity is not what this test is about.
+    # Latency: the default relative rule (same replay, both arms), no absolute SLO.
+    "ab_config": {"bootstrap_resamples": 200, "online_max_requests": 200, "k_max": 50, "primary_segment": "cold",
+                  "coverage_drop_max": None},
 }
 
 
@@ -338,7 +341,7 @@ def test_run_local_end_to_end(tmp_path):
     assert Path(read_manifest(treatment, kind="model_repository")["inputs"]["model"]["path"]) == fused
     assert (treatment / "fusionrec" / "1" / "model.onnx").stat().st_size > 0
     baseline = out("train-baseline", "model")
-    assert read_json(baseline / "config.json").get("model", "id") == "id" or read_manifest(baseline, kind="model")
+    assert read_json(baseline / "config.json")["model"] == "id" and read_manifest(baseline, kind="model")["model"] == "id"
     control = out("export-onnx-2", "repository")
     assert Path(read_manifest(control, kind="model_repository")["inputs"]["model"]["path"]) == baseline
 
@@ -350,12 +353,13 @@ def test_run_local_end_to_end(tmp_path):
     decision = read_json(report / "decision.json")
     assert steps["ab-evaluate-2"]["params"]["Output"] is decision["promote"]
 
-    # promotion happened exactly when the A/B step said so, from the treatment's repository
+    primary = decision["rules"][0]
+    assert primary["segment"] == "cold" and primary["mean_control"] == 0.0 and primary["mean_treatment"] > 0
+    assert decision["promote"] is True, decision["reason"]
+
+    # promotion happened because the A/B step said so, from the treatment's repository
     serving = tmp_path / "work" / "serving"
-    assert summary["promoted"] is decision["promote"] is ("promote-2" in steps)
-    if decision["promote"]:
-        promoted = read_json(serving / "PROMOTED")
-        assert Path(promoted["source"]) == treatment
-        assert (serving / "fusionrec" / "1" / "model.onnx").read_bytes() == (treatment / "fusionrec" / "1" / "model.onnx").read_bytes()
-    else:
-        assert not serving.exists()
+    assert summary["promoted"] is True and "promote-2" in steps
+    promoted = read_json(serving / "PROMOTED")
+    assert Path(promoted["source"]) == treatment
+    assert (serving / "fusionrec" / "1" / "model.onnx").read_bytes() == (treatment / "fusionrec" / "1" / "model.onnx").read_bytes()

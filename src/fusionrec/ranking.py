@@ -114,8 +114,11 @@ def pad_histories(histories: np.ndarray, length: int) -> np.ndarray:
 
 def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank",
                exclude: np.ndarray | None = None) -> np.ndarray:
-    """Top-``k`` item_idx [n_cases, k] for every history, in batches, leaving out ``exclude`` (-1 padded) items
-    (evaluation and A/B both rank here)."""
+    """Top-``k`` item_idx [n_cases, k] for every history, in batches (evaluation and A/B both rank here).
+
+    ``exclude`` (int64 [n_cases, E], -1 padded): items each case must not get back, e.g. the user's whole
+    consumed set (:meth:`fusionrec.data.dataset.DatasetArtifact.consumed_before`); see :func:`topk_excluding`.
+    """
     n = len(histories)
     out = np.zeros((n, k), dtype=np.int64)
     for start in progress(range(0, n, batch_size), desc=desc, unit="batch", leave=False):

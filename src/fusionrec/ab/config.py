@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from fusionrec.config import StepConfig
 
@@ -35,7 +35,13 @@ class ABConfig(StepConfig):
     coverage_k: int = Field(10, ge=1, description="coverage = share of the catalog in at least one top-coverage_k list")
     split: Literal["test", "valid"] = "test"
     # --- guardrails --------------------------------------------------------------------------
-    latency_p99_budget_ms: Optional[float] = Field(100.0, gt=0, description="treatment p99 latency must stay within this (online only; null = off)")
+    latency_p99_max_increase: Optional[float] = Field(
+        0.25, ge=0, description="relative rule (online only; null = off): block when the treatment's p99 latency is, with 95% "
+                                "confidence, more than this much higher than the control's p99 measured in the same replay")
+    latency_p99_slo_ms: Optional[float] = Field(
+        None, gt=0, validation_alias=AliasChoices("latency_p99_slo_ms", "latency_p99_budget_ms"),
+        description="absolute SLO (online only; null = off, the default): treatment p99 must stay within it. Absolute "
+                    "latencies measure the machine's load as much as the model, hence off unless the serving machine is known")
     coverage_drop_max: Optional[float] = Field(0.10, ge=0, description="max relative drop of item coverage vs control (null = off)")
     cold_recall_drop_max: Optional[float] = Field(0.05, ge=0, description="max relative drop of cold-start recall@20 vs control (null = off)")
     cold_recall_metric: str = "recall@20"

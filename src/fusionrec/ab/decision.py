@@ -4,7 +4,10 @@ Rules, checked in this order (``decided_by`` names the first that fails, else ``
 
 1. ``primary_metric`` — the primary metric's (default NDCG@10 overall) paired test is
    significant (two-sided p < alpha) **and** its lift is > 0.
-2. ``latency_p99`` — the treatment's replay p99 latency is within the budget (online only).
+2. ``latency_p99`` — relative: the treatment's replay p99 latency is not, with 95% confidence,
+   more than ``latency_p99_max_increase`` above the control's p99 measured in the same replay
+   (both arms are interleaved in time, so load on the machine hits both; online only).
+   ``latency_p99_slo`` — the absolute SLO ``latency_p99_slo_ms``, a separate rule, off by default.
 3. ``coverage`` — the treatment's item coverage dropped by at most ``coverage_drop_max`` (relative).
 4. ``cold_start_recall`` — cold-start recall@20 dropped by at most ``cold_recall_drop_max`` (relative).
 5. ``online_hit_rate`` — the online hit rate is not significantly lower (user-clustered z-test).
@@ -36,6 +39,21 @@ def primary_rule(pvalue, lift, alpha: float = 0.05):
     return out if out.ndim else bool(out)
 
 
+def p99_ratio(treatment_ms: np.ndarray, control_ms: np.ndarray, n_resamples: int = 2000, seed: int = 0,
+              confidence: float = 0.95) -> tuple[float, float, float]:
+    """(p99_t / p99_c, CI low, CI high): a percentile bootstrap resampling each arm's requests independently."""
+    t = np.asarray(treatment_ms, dtype=np.float64)
+    c = np.asarray(control_ms, dtype=np.float64)
+    if len(t) == 0 or len(c) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    bt = np.percentile(t[rng.integers(0, len(t), (n_resamples, len(t)))], 99, axis=1)
+    bc = np.percentile(c[rng.integers(0, len(c), (n_resamples, len(c)))], 99, axis=1)
+    ratios = bt / np.maximum(bc, 1e-9)
+    lo, hi = np.percentile(ratios, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return float(np.percentile(t, 99) / max(np.percentile(c, 99), 1e-9)), float(lo), float(hi)
+
+
 def _rel_drop(control: float, treatment: float) -> float:
     """Relative drop of treatment below control (negative = it improved); 0 when control is 0."""
     if control == 0 or control is None or math.isnan(control):
@@ -59,16 +77,31 @@ def decide(offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig) -
         "why": f"{cfg.primary_test} p={p:.4g} {'<' if p < cfg.alpha else '>='} alpha={cfg.alpha}, lift={prim.lift:+.2%}",
     })
 
-    if cfg.latency_p99_budget_ms is not None:
+    if cfg.latency_p99_max_increase is not None:
         if online is None:
             rules.append({"rule": "latency_p99", "evaluated": False, "passed": True, "why": "online replay not run"})
         else:
+            ratio, lo, hi = p99_ratio(online.treatment.latency_ms, online.control.latency_ms, cfg.bootstrap_resamples,
+                                      cfg.seed, cfg.confidence)
+            limit = 1.0 + cfg.latency_p99_max_increase
+            rules.append({
+                "rule": "latency_p99", "evaluated": True, "kind": "relative to control, same replay",
+                "treatment_p99_ms": online.treatment.latency_p99_ms, "control_p99_ms": online.control.latency_p99_ms,
+                "p99_ratio": ratio, "p99_ratio_ci": [lo, hi], "max_ratio": limit,
+                "passed": bool(not (lo > limit)),
+                "why": f"p99 treatment/control {ratio:.2f} [{lo:.2f}, {hi:.2f}] vs max {limit:.2f} "
+                       f"({online.treatment.latency_p99_ms:.2f} vs {online.control.latency_p99_ms:.2f} ms)",
+            })
+    if cfg.latency_p99_slo_ms is not None:
+        if online is None:
+            rules.append({"rule": "latency_p99_slo", "evaluated": False, "passed": True, "why": "online replay not run"})
+        else:
             p99 = online.treatment.latency_p99_ms
             rules.append({
-                "rule": "latency_p99", "evaluated": True, "budget_ms": cfg.latency_p99_budget_ms,
+                "rule": "latency_p99_slo", "evaluated": True, "slo_ms": cfg.latency_p99_slo_ms,
                 "treatment_p99_ms": p99, "control_p99_ms": online.control.latency_p99_ms,
-                "passed": bool(p99 <= cfg.latency_p99_budget_ms),
-                "why": f"treatment p99 {p99:.2f} ms vs budget {cfg.latency_p99_budget_ms} ms",
+                "passed": bool(p99 <= cfg.latency_p99_slo_ms),
+                "why": f"treatment p99 {p99:.2f} ms vs SLO {cfg.latency_p99_slo_ms} ms",
             })
 
     if cfg.coverage_drop_max is not None:
