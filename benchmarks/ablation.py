@@ -20,6 +20,7 @@ configs, seeds, package versions, wall/CPU seconds and sequences/s of every run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -230,6 +231,8 @@ def main() -> int:
     ap.add_argument("--test", default="", help="comma list of variants whose TEST figures to read (once, after the choices)")
     ap.add_argument("--tag", default="demo")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--save", action="store_true", help="save every trained model under --work/models/ (for a later --from-saved test read)")
+    ap.add_argument("--from-saved", action="store_true", help="load the models a --save run wrote instead of training (the --test read)")
     ap.add_argument("--combine", nargs="+", type=Path, default=None,
                     help="merge ablation JSONs of the same dataset and seeds (run in parallel) into ablation_<tag>.json, comparisons recomputed")
     args = ap.parse_args()
@@ -284,7 +287,21 @@ def main() -> int:
         for seed in seeds:
             key = (json.dumps(cfg_over, sort_keys=True), seed)
             if key not in trained:  # "id" and "id:zero" share one trained model per seed
-                trained[key] = train_one(ds, aligned, cfg_over, seed)
+                saved = args.work / "models" / f"{hashlib.sha1(key[0].encode()).hexdigest()[:12]}_s{seed}"
+                if args.from_saved:  # a model this script trained and saved earlier (same config and seed): no retraining
+                    from fusionrec.models.recommender import load_model
+                    from fusionrec.train import TrainConfig
+
+                    meta = json.loads((saved / "ablation.json").read_text())
+                    trained[key] = (load_model(saved), meta["record"], TrainConfig(**meta["config"]))
+                else:
+                    trained[key] = train_one(ds, aligned, cfg_over, seed)
+                    if args.save:
+                        from fusionrec.models.recommender import save_model
+
+                        save_model(trained[key][0], saved)
+                        (saved / "ablation.json").write_text(json.dumps({"record": {k: v for k, v in trained[key][1].items() if not isinstance(v, list)},
+                                                                         "config": trained[key][2].model_dump(mode="json")}, default=str))
             model, record, cfg = trained[key]
             ranker = with_spec(model, eval_spec)
             res = evaluate(ranker, ds, "valid", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=valid_cases, exclude=valid_exclude)
