@@ -241,6 +241,8 @@ def main() -> int:
 
     import torch
 
+    import fusionrec.ab.stats  # noqa: F401 - imported now, not lazily at the end (a long run must not depend on later source edits)
+    import fusionrec.data.demo  # noqa: F401
     from fusionrec.config import parse_overrides
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.evaluate import evaluate
