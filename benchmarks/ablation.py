@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent
 # name -> (TrainConfig overrides, evaluation-only ModelSpec overrides). The reference of each
 # comparison is given in REFERENCE. Defaults are TrainConfig's (so "fused" is whatever the defaults are).
 VARIANTS: dict[str, tuple[dict, dict]] = {
+    "content_knn": (dict(model="content_knn"), {}),  # the no-training floor of docs/evaluation.md (raw embeddings, cosine)
     "popularity": (dict(model="popularity"), {}),
     "id": (dict(model="id", unknown_history="drop"), {}),
     "id:zero": (dict(model="id", unknown_history="drop"), {"unknown_history": "zero"}),  # same model, old input
@@ -99,6 +100,14 @@ def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"
     from fusionrec.models.recommender import PopularityRanker, Recommender
     from fusionrec.train import TrainConfig, build_spec, fit, seed_everything
 
+    if overrides.get("model") == "content_knn":
+        from fusionrec.models.baselines import ContentKNNRanker
+
+        embs = sorted(p.parent for p in Path(ds.path).parent.glob("emb*/**/manifest.json")
+                      if json.loads(p.read_text()).get("kind") == "embeddings")
+        knn = ContentKNNRanker.from_embeddings(embs, ds.n_items)
+        knn.max_len = None
+        return knn, {"embeddings": [str(e) for e in embs]}, TrainConfig(**{k: v for k, v in overrides.items() if k != "model"}, seed=seed)
     cfg = TrainConfig(**{**overrides, "seed": seed, "device": device})
     seed_everything(seed)
     tr = ds.events[ds.events["split"] == "train"]
@@ -288,6 +297,8 @@ def main() -> int:
         seg_rows, stacks, tstacks, cstacks = [], [], [], []
         for seed in seeds:
             key = (json.dumps(cfg_over, sort_keys=True), seed)
+            if key not in trained and cfg_over.get("model") == "content_knn":
+                trained[key] = train_one(ds, aligned, cfg_over, seed)
             if key not in trained:  # "id" and "id:zero" share one trained model per seed
                 saved = args.work / "models" / f"{hashlib.sha1(key[0].encode()).hexdigest()[:12]}_s{seed}"
                 if args.from_saved:  # a model this script trained and saved earlier (same config and seed): no retraining
@@ -323,7 +334,10 @@ def main() -> int:
                 tres.summary["cold_rest"] = {m: float(tres.per_case.loc[rest, m].mean()) for m in ("ndcg@10", "recall@10")}
                 tres.summary["cold_rest"].update(n=int(rest.sum()), **{"coverage@10": float("nan")})
                 row["test"] = tres.summary
-                tstacks.append(tres.per_case)
+                pc = tres.per_case.copy()
+                pc.loc[rest, "segment"] = "cold_rest"  # test comparisons on cold items use only the items no choice looked at
+                pc.loc[(pc["segment"] == "cold") & ~rest, "segment"] = "cold_valid"
+                tstacks.append(pc)
             seg_rows.append(row)
             v = res.summary
             print(f"{name:<18} seed {seed}: valid NDCG@10 overall {v['overall']['ndcg@10']:.4f} warm {v['warm']['ndcg@10']:.4f} "
@@ -370,8 +384,23 @@ def main() -> int:
     for a in test_names:
         for b in test_names:
             if a != b and a in per_case_test and b in per_case_test:
-                test_comparisons[f"{a} vs {b}"] = {seg: paired(per_case_test, a, b, seg) for seg in ("overall", "warm", "cold")}
+                test_comparisons[f"{a} vs {b}"] = {seg: paired(per_case_test, a, b, seg) for seg in ("warm", "cold_rest")}
 
+    from fusionrec.models.baselines import n_candidates, random_expected_metrics
+
+    def random_floor(cases, exclude) -> dict:
+        exp = random_expected_metrics(n_candidates(ds.n_items, cases[1], exclude), ks=(10,), k_max=10)["ndcg@10"]
+        seg = cases[0]["segment"].astype(str).to_numpy()
+        return {g: float(exp[seg == g].mean()) if (seg == g).any() else None for g in ("warm", "cold")}
+
+    floors = {"random_ndcg@10": {"valid": random_floor(valid_cases, valid_exclude)}}
+    if coldval_exclude is not None:
+        floors["random_ndcg@10"]["cold_valid"] = random_floor(coldval_cases, coldval_exclude)["cold"]
+    if test_names:
+        rest = cold_case & ~in_cv
+        floors["random_ndcg@10"]["test"] = random_floor(test_all, ds.consumed_before(test_all[0]))
+        floors["random_ndcg@10"]["test_cold_rest"] = random_floor((test_all[0][rest].reset_index(drop=True), test_all[1][rest]),
+                                                                  ds.consumed_before(test_all[0][rest]))["cold"]
     oracle = {}
     if (args.work / "raw" / "truth").exists():
         from fusionrec.data.demo import oracle_metrics
@@ -410,6 +439,7 @@ def main() -> int:
             parts = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
                      for seg, c in segs.items() if c and c.get("ratio") is not None]
             lines.append(f"- {k}: " + "; ".join(parts))
+    lines += ["", f"Random-ranking floor (expected NDCG@10): {json.dumps(floors['random_ndcg@10'])}"]
     text = "\n".join(lines)
     print(text)
     out = {"tag": args.tag, "work": str(args.work), "dataset": ds.meta if hasattr(ds, "meta") else None, "seeds": seeds,
@@ -418,7 +448,7 @@ def main() -> int:
            "per_case_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_valid.items()},
            "per_case_cold_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_coldval.items()},
            "cold_valid_items": coldval_items.tolist(),
-           "valid_case_ids": valid_cases[0]["case_id"].astype(int).tolist(), "comparisons_test": test_comparisons, "oracle": oracle, "runs": runs,
+           "valid_case_ids": valid_cases[0]["case_id"].astype(int).tolist(), "comparisons_test": test_comparisons, "oracle": oracle, "floors": floors, "runs": runs,
            "cached": False, "git_commit": _commit(), "versions": _versions(),
            "wall_seconds": round(time.perf_counter() - t_all, 1), "cpu_seconds": round(time.process_time() - c_all, 1),
            "torch_threads": torch.get_num_threads(),
