@@ -55,6 +55,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused:iddrop0.5+align1": (dict(model="fused", id_dropout=0.5, content_align=1.0), {}),
     "fused:iddrop0.5+align3": (dict(model="fused", id_dropout=0.5, content_align=3.0), {}),
     "fused:iddrop0.7": (dict(model="fused", id_dropout=0.7), {}),
+    "fused:align10": (dict(model="fused", content_align=10.0), {}),
     "single:text": (dict(model="single:text"), {}),
     "single:image": (dict(model="single:image"), {}),
     "single:audio": (dict(model="single:audio"), {}),
@@ -63,7 +64,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:align0": "fused", "fused:align1": "fused",
              "fused:align3": "fused", "fused:mlp": "fused", "fused:linear": "fused", "fused:whiten": "fused",
              "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused",
-             "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:moddrop0.3": "fused", "fused": "id"}
+             "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id"}
 
 
 def _versions() -> dict:
