@@ -74,6 +74,8 @@ def _versions() -> dict:
 
 
 def _commit() -> str:
+    if os.environ.get("FUSIONREC_GIT_COMMIT"):  # a run from a copied tree (no .git) says which commit it copied
+        return os.environ["FUSIONREC_GIT_COMMIT"] + " (copied tree)"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
