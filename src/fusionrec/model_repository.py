@@ -90,8 +90,9 @@ OUTPUT_NAMES = [o.name for o in OUTPUTS]
 def feeds(histories: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
     """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``).
 
-    Every caller of the graph (``OnnxRanker``, the gRPC client, the server's parity probe) builds
-    its request here, so an additional graph input is filled in one place.
+    Every caller of the graph (``OnnxRanker``, the gRPC client, the exporter's parity check) builds
+    its request here, so an additional graph input is filled in one place (onnxruntime needs every
+    input; over gRPC an optional one may be left out and the server feeds its ``fill``).
     """
     return {HISTORY: pad_histories(histories, max_len)}
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrec.model_repository import INPUTS, INVALID_IDX, ITEM_IDX, OUTPUT_NAMES, SCORE, ModelRepository, feeds
+from fusionrec.model_repository import HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUT_NAMES, SCORE, ModelRepository, feeds
 from fusionrec.ranking import left_pad
 
 from .config import read_model_config
@@ -79,20 +79,20 @@ class _Base:
 
     def _set_meta(self, cfg) -> None:
         """Take what the repository did not give from the served model's configuration (``ModelConfig``)."""
-        self.max_len = self.max_len or int(cfg.input[0].dims[0])
-        self.k = self.k or int(cfg.output[0].dims[0])
+        self.max_len = self.max_len or int(next(i for i in cfg.input if i.name == HISTORY).dims[0])
+        self.k = self.k or int(next(o for o in cfg.output if o.name == ITEM_IDX).dims[0])
         self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
 
     def _start(self, histories: np.ndarray, k: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """The graph inputs (histories re-padded to ``max_len``), output arrays with empty histories
         already filled by the fallback, and the rows that still need the model."""
-        if self.k is not None and k > self.k:
-            raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k}")
         h = np.asarray(histories, dtype=np.int64)
         if h.ndim != 2:
             raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
+        if self.k is not None and k > self.k:
+            raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k}")
         feed = feeds(h, self.max_len if self.max_len is not None else h.shape[1])
-        empty = ~(feed[INPUTS[0].name] > 0).any(axis=1)
+        empty = ~(feed[HISTORY] > 0).any(axis=1)
         idx = np.zeros((len(empty), k), np.int64)
         score = np.zeros((len(empty), k), np.float32)
         if empty.any():
@@ -118,9 +118,12 @@ class _Base:
 
     @staticmethod
     def _inputs(feed: dict[str, np.ndarray], rows: np.ndarray, grpc):
-        """The request tensors for ``rows`` of the graph inputs (one ``InferInput`` per ``INPUTS`` entry)."""
+        """The request tensors for ``rows`` of the graph inputs (one ``InferInput`` per ``INPUTS`` entry in ``feed``;
+        an optional input left out of ``feed`` is filled by the server)."""
         inputs = []
         for spec in INPUTS:
+            if spec.name not in feed and spec.optional:
+                continue
             data = np.ascontiguousarray(feed[spec.name][rows])
             inp = grpc.InferInput(spec.name, list(data.shape), spec.triton_datatype)
             inp.set_data_from_numpy(data)
