@@ -7,7 +7,11 @@ replay on one local Triton server, team-draft interleaving) three times:
 1. fused (treatment) vs ID-only (control): should be PROMOTED with p < 0.05;
 2. a deliberately broken treatment (the fused repository with its item table shuffled, so
    ITEM_IDX points at the wrong items) vs ID-only: must be REJECTED;
-3. A/A (ID-only vs itself, offline): must be REJECTED (no lift, p = 1).
+The decision is taken on the segment ``--segment`` names (default ``warm``: the ID-only control scores 0
+on every cold case by construction, so an overall or cold lift against it says nothing about ranking
+skill); warm and cold lifts are reported separately. The A/A question (how often the rule promotes a
+model that is not better) is ``benchmarks/aa.py``: comparing a repository with itself gives p = 1 by
+construction and was dropped.
 
     .venv/bin/python benchmarks/ab.py [--items 300 --users 300 --events 20 --epochs 8] [--work artifacts/bench_ab] [--no-online]
 
@@ -61,7 +65,17 @@ def summarize(path: Path) -> dict:
     out = {"promote": d["promote"], "decided_by": d["decided_by"], "reason": d["reason"], "primary_metric": prim["metric"],
            "control": prim["mean_control"], "treatment": prim["mean_treatment"], "lift": prim["lift"], "lift_ci": prim["lift_ci"],
            "p": prim["pvalue"], "cohens_dz": prim["cohens_dz"], "n_users": prim["n_users"], "n_cases": prim["n_cases"],
-           "rules": {r["rule"]: r["passed"] for r in d["rules"]}}
+           "rules": {r["rule"]: r["passed"] for r in d["rules"]}, "segment": prim["segment"],
+           "events": d.get("events")}
+    # warm and cold lifts side by side, whatever segment decided
+    for c in d.get("secondary", []) + [{"metric": prim["metric"], "segment": prim["segment"], "lift": prim["lift"],
+                                         "lift_ci_low": prim["lift_ci"][0], "lift_ci_high": prim["lift_ci"][1],
+                                         "diff": prim["diff"], "mean_control": prim["mean_control"], "mean_treatment": prim["mean_treatment"]}]:
+        if c.get("metric") == prim["metric"] and c.get("segment") in ("warm", "cold", "overall"):
+            out[f"{c['segment']}.lift"] = c.get("lift")
+            out[f"{c['segment']}.diff"] = c.get("diff")
+            out[f"{c['segment']}.control"] = c.get("mean_control")
+            out[f"{c['segment']}.treatment"] = c.get("mean_treatment")
     for key in ("online.control.hit_rate", "online.treatment.hit_rate", "online.p_clustered", "online.control.latency_p99_ms",
                 "online.treatment.latency_p99_ms", "interleaving.treatment_share", "interleaving.pvalue",
                 "cold.recall@20.control", "cold.recall@20.treatment", "coverage.control", "coverage.treatment"):
@@ -79,9 +93,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_ab"))
     ap.add_argument("--no-online", action="store_true", help="offline A/B only (no Triton)")
-    ap.add_argument("--latency-budget-ms", type=float, default=500.0,
-                    help="p99 guardrail for this run (the production default is 100 ms; a CPU-only local Triton on a "
-                         "shared 2-core machine measured p99 ~70-110 ms for BOTH arms, so the default here is looser)")
+    ap.add_argument("--segment", default="warm", choices=["warm", "overall", "cold"], help="primary segment of the decision")
+    ap.add_argument("--latency-slo-ms", type=float, default=None,
+                    help="optional absolute p99 SLO (off by default: the relative rule compares both arms in the same replay)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "ab.json")
     args = ap.parse_args()
 
@@ -111,7 +125,7 @@ def main() -> int:
     repo_i = step("export id", w / "repo_id", lambda: export(idm, ds, w / "repo_id", ExportConfig(name="id_only", **ecfg)), timings)
     repo_b = shuffled_repo(repo_f, w / "repo_broken", seed=args.seed)
 
-    cfg = ABConfig(seed=args.seed, latency_p99_budget_ms=args.latency_budget_ms)
+    cfg = ABConfig(seed=args.seed, primary_segment=args.segment, latency_p99_slo_ms=args.latency_slo_ms)
     results = {}
     runs = {"fused_vs_id": (repo_i, repo_f), "broken_vs_id": (repo_i, repo_b)}
     for name, (ctrl, treat) in runs.items():
@@ -124,15 +138,11 @@ def main() -> int:
 
             ab_run(ctrl, treat, ds, out, cfg, online=replay_on_triton)
         results[name] = summarize(out) | {"seconds": round(time.perf_counter() - t0, 1), "report": str(out / "report.html")}
-    t0 = time.perf_counter()
-    ab_run(repo_i, repo_i, ds, w / "ab_aa", cfg)
-    results["aa_id_vs_id_offline"] = summarize(w / "ab_aa") | {"seconds": round(time.perf_counter() - t0, 1)}
 
     checks = {
         "fused_primary_significant_p_below_0.05": bool(results["fused_vs_id"]["rules"]["primary_metric"] and results["fused_vs_id"]["p"] < 0.05),
         "fused_promoted": bool(results["fused_vs_id"]["promote"]),
         "broken_rejected": not results["broken_vs_id"]["promote"],
-        "aa_rejected": not results["aa_id_vs_id_offline"]["promote"],
     }
     print()
     print(f"{'run':<22} {'decision':<9} {'decided by':<18} {'ndcg@10 C':>10} {'ndcg@10 T':>10} {'lift':>9} {'p':>10} {'online hit C/T':>16} {'interl. share':>14}")

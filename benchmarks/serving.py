@@ -29,7 +29,7 @@ import torch
 
 from fusionrec.export import ExportConfig, export_module
 from fusionrec.export.graph import guarded
-from fusionrec.model_repository import ort_session
+from fusionrec.model_repository import feeds, ort_session
 from fusionrec.models.recommender import ModelSpec, Recommender
 from fusionrec.serving.server import free_ports
 
@@ -127,8 +127,8 @@ def main() -> None:
     for b in (1, 64):
         h = hist[:b]
         with torch.no_grad():
-            te = time_fn(lambda: g(torch.from_numpy(h)), 30)
-        to = time_fn(lambda: sess.run(None, {"HISTORY": h}), 30)
+            te = time_fn(lambda: g(*(torch.from_numpy(v) for v in feeds(h, h.shape[1]).values())), 30)
+        to = time_fn(lambda: sess.run(None, feeds(h, h.shape[1])), 30)
         eager_vs_ort[f"batch_{b}"] = {"torch_eager_ms": te["p50_ms"], "onnxruntime_ms": to["p50_ms"],
                                       "speedup": te["p50_ms"] / to["p50_ms"]}
 

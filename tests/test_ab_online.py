@@ -19,9 +19,10 @@ from torch import nn
 
 from fusionrec.ab.config import ABConfig
 from fusionrec.model_repository import OnnxRanker
-from fusionrec.ab.online import assign_arms
+from fusionrec.ab.online import assign_arms, replay_part
 from fusionrec.artifacts import read_json, read_manifest
 from fusionrec.data.dataset import DatasetArtifact
+from fusionrec.models.recommender import exclude_items
 
 MAX_LEN, K = 12, 20
 
@@ -38,9 +39,9 @@ class LastItemScorer(nn.Module):
         self.register_buffer("S", S)
         self.k = k
 
-    def forward(self, history: torch.Tensor):
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None):
         scores = self.S[history[:, -1]]
-        scores = scores.scatter(1, history, torch.full(history.shape, -1e9, dtype=scores.dtype))
+        scores = exclude_items(scores, history, exclude)
         score, idx = torch.topk(scores, self.k, dim=1)
         return idx, score
 
@@ -115,7 +116,12 @@ def test_served_lists_match_the_onnx_graph_in_process(ab_report, repos, tiny_dat
     ds = DatasetArtifact(tiny_dataset)
     req = pd.read_parquet(ab_report / "online_requests.parquet")
     cases, hist = ds.eval_cases("test", MAX_LEN)
-    assert len(req) == len(cases) and set(req["case_id"]) == set(cases["case_id"])
+    consumed = ds.consumed_before(cases)
+    user_id = ds.users.set_index("user_idx")["user_id"].astype(str).reindex(cases["user_idx"]).to_numpy()
+    part = replay_part(user_id, cfg)
+    assert 0 < part.sum() < len(cases)
+    # the replay used exactly its part of the users' events (the offline comparison used the others)
+    assert len(req) == part.sum() and set(req["case_id"]) == set(cases.loc[part, "case_id"])
     assert (req["latency_ms"] > 0).all()
     by_case = cases.set_index("case_id")
     row = {c: i for i, c in enumerate(cases["case_id"])}
@@ -126,7 +132,7 @@ def test_served_lists_match_the_onnx_graph_in_process(ab_report, repos, tiny_dat
         if sub.empty:
             continue
         rows = [row[c] for c in sub["case_id"]]
-        idx, _ = OnnxRanker(repo).topk(hist[rows], cfg.online_k)
+        idx, _ = OnnxRanker(repo).topk(hist[rows], cfg.online_k, exclude=consumed[rows])  # whole history excluded
         expected = (idx == by_case.loc[sub["case_id"], "item_idx"].to_numpy()[:, None]).any(1)
         assert np.array_equal(sub["hit"].to_numpy(), expected), arm
     online = read_json(ab_report / "online.json")
@@ -140,14 +146,25 @@ def test_served_lists_match_the_onnx_graph_in_process(ab_report, repos, tiny_dat
 
 def test_offline_part_matches_per_case_metrics(ab_report, repos, tiny_dataset):
     ds = DatasetArtifact(tiny_dataset)
+    cfg = ABConfig(**CFG)
     cases, hist = ds.eval_cases("test", MAX_LEN)
+    user_id = ds.users.set_index("user_idx")["user_id"].astype(str).reindex(cases["user_idx"]).to_numpy()
+    off = ~replay_part(user_id, cfg)
+    cases, hist = cases[off].reset_index(drop=True), hist[off]
     per_case = pd.read_parquet(ab_report / "per_case.parquet")
-    idx, _ = OnnxRanker(repos[1]).topk(hist, K)
+    idx, _ = OnnxRanker(repos[1]).topk(hist, K, exclude=ds.consumed_before(cases))
     hit20 = (idx == cases["item_idx"].to_numpy()[:, None]).any(1).astype(float)
+    assert np.array_equal(per_case.sort_values("case_id")["case_id"].to_numpy(), cases["case_id"].to_numpy())
     assert np.allclose(per_case.sort_values("case_id")["recall@20_treatment"].to_numpy(), hit20)
     offline = read_json(ab_report / "offline.json")
     prim = next(c for c in offline["comparisons"] if c["metric"] == "ndcg@10" and c["segment"] == "overall")
     assert prim["n_cases"] == len(cases) and prim["n_users"] == cases["user_idx"].nunique()
+    # independent evidence: no user's events are in both parts, and the decision says which part used what
+    req = pd.read_parquet(ab_report / "online_requests.parquet")
+    assert not set(req["user_id"]) & set(user_id[off])
+    events = read_json(ab_report / "decision.json")["events"]
+    assert events["offline"]["n_cases"] == len(cases) and events["online"]["n_cases"] == len(req)
+    assert events["online"]["whole_history_excluded"] is True
 
 
 def test_aa_same_model_is_not_promoted_and_cli(repos, tiny_dataset, tmp_path):

@@ -478,3 +478,17 @@ def test_run_offline_report(tiny_dataset, tmp_path):
     direct = per_case_metrics(ranks_from_topk(idx, cases["item_idx"].to_numpy()), (10,))["ndcg@10"].mean()
     assert metrics["overall.ndcg@10.treatment"] == pytest.approx(direct)
     assert metrics["promote"] == float(d["promote"])
+
+
+def test_replay_part_splits_users_stably_and_apart_from_the_arm_split():
+    """Issue 13 item 11: the replay's users are a stable-hash share, independent of the treatment split."""
+    from fusionrec.ab.online import assign_arms, replay_part
+
+    users = [f"user{i}" for i in range(4000)]
+    cfg = ABConfig(online_user_share=0.3)
+    part = replay_part(users, cfg)
+    assert abs(part.mean() - 0.3) < 0.03
+    assert np.array_equal(part, replay_part(list(reversed(users)), cfg)[::-1])  # per user, not per position
+    arms = assign_arms(users, cfg.online_share, cfg.online_salt)
+    # a different salt: replay membership says nothing about the arm (both halves ~50% treatment)
+    assert abs(arms[part].mean() - 0.5) < 0.05 and abs(arms[~part].mean() - 0.5) < 0.05

@@ -13,7 +13,8 @@ from torch import nn
 from fusionrec.artifacts import read_manifest
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.export import ExportConfig, ExportError, export_module
-from fusionrec.model_repository import ort_session
+from fusionrec.model_repository import feeds, ort_session
+from fusionrec.models.recommender import exclude_items
 
 MAX_LEN = 12
 K = 10
@@ -44,7 +45,7 @@ class StandInServing(nn.Module):
         self.register_buffer("penalty", penalty)
         self.k = k
 
-    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = nn.functional.embedding(history, self.table)
         q, kk, v = self.qkv(x).chunk(3, dim=-1)
         L = history.shape[1]
@@ -55,7 +56,7 @@ class StandInServing(nn.Module):
         att = torch.matmul(q, kk.transpose(1, 2)) / q.shape[-1] ** 0.5 + (~allowed).float() * -1e4
         h = self.out(torch.matmul(att.softmax(-1), v))[:, -1] + x[:, -1]
         scores = torch.matmul(h, self.table.t()) + self.penalty.unsqueeze(0)
-        scores = scores.scatter(1, history, torch.full(history.shape, -1e9, dtype=scores.dtype))
+        scores = exclude_items(scores, history, exclude)  # the history and the EXCLUDE list (-1 padded)
         score, idx = torch.topk(scores, self.k, dim=1)
         return idx, score
 
@@ -83,7 +84,7 @@ def test_repository_layout_and_config_parses(standin_repo, tiny_dataset):
         assert (mdir / f).is_file(), f
     cfg = read_model_config(mdir / "config.pbtxt")
     assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 64
-    assert [tuple(i.dims) for i in cfg.input] == [(MAX_LEN,)]
+    assert [(i.name, tuple(i.dims), i.optional) for i in cfg.input] == [("HISTORY", (MAX_LEN,), False), ("EXCLUDE", (-1,), True)]
     assert {o.name: tuple(o.dims) for o in cfg.output} == {"ITEM_IDX": (K,), "SCORE": (K,)}
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
     assert list(cfg.dynamic_batching.preferred_batch_size) == [16, 32, 64]
@@ -121,7 +122,7 @@ def test_parity_on_every_test_case(standin_repo, tiny_dataset):
     assert report["export"]["exporter"] in ("dynamo", "legacy")
     # independently: ORT on the written file vs the module, history items never recommended
     sess = ort_session(mdir / "1" / "model.onnx")
-    idx, score = sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": hist})
+    idx, score = sess.run(["ITEM_IDX", "SCORE"], feeds(hist, MAX_LEN))
     ref_i, ref_s = StandInServing(DatasetArtifact(tiny_dataset).n_items, K)(torch.from_numpy(hist))
     assert np.array_equal(np.sort(idx, 1), np.sort(ref_i.numpy(), 1))
     np.testing.assert_allclose(score, ref_s.detach().numpy(), atol=1e-4)
@@ -129,9 +130,9 @@ def test_parity_on_every_test_case(standin_repo, tiny_dataset):
         assert not set(row_h[row_h > 0].tolist()) & set(row_i.tolist())
         assert 0 not in row_i
     # a dynamic batch axis: batch 1 and batch 70 both run
-    assert sess.run(["ITEM_IDX"], {"HISTORY": hist[:1]})[0].shape == (1, K)
+    assert sess.run(["ITEM_IDX"], feeds(hist[:1], MAX_LEN))[0].shape == (1, K)
     big = np.repeat(hist, 2, axis=0)[:70]
-    assert sess.run(["ITEM_IDX"], {"HISTORY": big})[0].shape == (70, K)
+    assert sess.run(["ITEM_IDX"], feeds(big, MAX_LEN))[0].shape == (70, K)
 
 
 class Perturbed(nn.Module):
@@ -143,8 +144,8 @@ class Perturbed(nn.Module):
         self.inner = inner
         self.eager_noise = True
 
-    def forward(self, history):
-        idx, score = self.inner(history)
+    def forward(self, history, exclude=None):
+        idx, score = self.inner(history, exclude)
         if not torch.compiler.is_compiling() and not torch.jit.is_tracing() and self.eager_noise:
             score = score + 1e-2 * torch.arange(score.shape[1], dtype=score.dtype)
         return idx, score
@@ -214,7 +215,7 @@ def test_export_real_model_and_add_items_without_retraining(trained_text_model, 
     # the graph scores a new item like the item whose content it copies, so it is recommended where that one is
     sess = ort_session(repo2 / "real" / "1" / "model.onnx")
     _, hist = ds.eval_cases("test", MAX_LEN)
-    idx, score = sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": hist})
+    idx, score = sess.run(["ITEM_IDX", "SCORE"], feeds(hist, MAX_LEN))
     seen = 0
     for row_i, row_s, row_h in zip(idx, score, hist):
         for orig, new in zip(src_idx, (n + 1, n + 2)):
@@ -265,5 +266,35 @@ def test_an_optional_graph_input_is_declared_once(monkeypatch):
     monkeypatch.setattr(mr, "INPUTS", (*mr.INPUTS, extra))
     cfg = parse_model_config(mr.config_pbtxt(ExportConfig(name="m"), 7, 5))
     ins = {i.name: i for i in cfg.input}
-    assert list(ins) == ["HISTORY", "EXTRA"] and ins["EXTRA"].optional and not ins["HISTORY"].optional
+    assert list(ins) == ["HISTORY", "EXCLUDE", "EXTRA"] and ins["EXTRA"].optional and not ins["HISTORY"].optional
     assert list(ins["EXTRA"].dims) == [7] and [list(o.dims) for o in cfg.output] == [[5], [5]]
+
+
+def test_exclude_input_removes_the_whole_consumed_set_and_parity_covers_it(standin_repo, tiny_dataset):
+    """Issue 13 item 1. Old behaviour: the graph excluded only the max_len items of HISTORY, so an item the user
+    consumed earlier could come back. Now EXCLUDE (-1 padded) carries the whole consumed set, onnxruntime agrees
+    with PyTorch on it (the export's parity ran with every test case's consumed set), and nothing in it returns."""
+    from fusionrec.model_repository import EXCLUDE, OnnxRanker, pad_exclude
+
+    ds = DatasetArtifact(tiny_dataset)
+    report = json.loads((standin_repo / "standin" / "export_report.json").read_text())
+    cases, hist = ds.eval_cases("test", MAX_LEN)
+    consumed = ds.consumed_before(cases)
+    assert report["parity"]["exclude_ids_checked"] == int((consumed >= 0).sum()) > 0
+    ranker = OnnxRanker(standin_repo)
+    assert EXCLUDE in {i.name for i in ranker.session.get_inputs()}
+    # a short window: the graph reads the last 3 items, the consumed set is longer
+    short = np.zeros_like(hist)
+    short[:, -3:] = hist[:, -3:]
+    plain, _ = ranker.topk(short, K)
+    leaked = sum(bool(set(r.tolist()) & set(e[e > 0].tolist())) for r, e in zip(plain, consumed))
+    assert leaked > 0, "without EXCLUDE earlier-consumed items come back (the old behaviour)"
+    idx, score = ranker.topk(short, K, exclude=consumed)
+    for row, ex, h in zip(idx, consumed, short):
+        assert not set(row.tolist()) & (set(ex[ex > 0].tolist()) | set(h[h > 0].tolist()))
+    ref_i, ref_s = StandInServing(ds.n_items, K)(torch.from_numpy(short), torch.from_numpy(pad_exclude(consumed, len(short))))
+    assert np.array_equal(idx, ref_i.numpy())  # score gaps in this stand-in are far above float error
+    np.testing.assert_allclose(score, ref_s.detach().numpy(), atol=1e-4)  # float32 matmul order differs: 1e-4
+    # widths are bucketed so requests share shapes; -1 padding anywhere is accepted
+    assert pad_exclude(np.array([[3, -1, 5]]), 1).tolist() == [[3, 5, -1, -1, -1, -1, -1, -1]]
+    assert pad_exclude(np.full((2, 20), 4), 2).shape == (2, 32)

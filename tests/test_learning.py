@@ -33,8 +33,8 @@ def trained(tmp_path_factory):
     from fusionrec.models.align import run as align
     from fusionrec.models.baselines import ContentKNNRanker, n_candidates, random_expected_metrics
     from fusionrec.models.recommender import ModelSpec, PopularityRanker
-    from fusionrec.models.train import TrainConfig
-    from fusionrec.models.train import run as train
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
 
     w = tmp_path_factory.mktemp("learning")
     generate(w / "raw", DemoConfig(n_items=200, n_users=200, events_per_user=20, seed=1))

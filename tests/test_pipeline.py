@@ -297,10 +297,11 @@ TINY_ARGS = {
     # 60 items: the exported graph returns top-60, so the A/B compares top-50. The decision is known in advance:
     # it is taken on the cold segment, where the ID-only control scores 0 on every case (it cannot rank an item
     # it never saw) and the content model ranks some cold targets, so the default alpha (0.05) promotes; the
-    # coverage guardrail is off because a 1-epoch model's list diversity is not what this test is about.
+    # coverage guardrail allows any drop (1.0; KFP parameters cannot carry null) because a 1-epoch model's list
+    # diversity is not what this test is about.
     # Latency: the default relative rule (same replay, both arms), no absolute SLO.
     "ab_config": {"bootstrap_resamples": 200, "online_max_requests": 200, "k_max": 50, "primary_segment": "cold",
-                  "coverage_drop_max": None},
+                  "coverage_drop_max": 1.0},
 }
 
 

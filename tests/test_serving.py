@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.model_repository import ort_session
+from fusionrec.model_repository import feeds, ort_session
 from fusionrec.serving.server import free_ports
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,7 +50,7 @@ def histories(tiny_dataset) -> np.ndarray:
 @pytest.fixture(scope="session")
 def reference(serving_repo):
     sess = ort_session(serving_repo / MODEL / "1" / "model.onnx")
-    return lambda h: sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": np.ascontiguousarray(h, dtype=np.int64)})
+    return lambda h: sess.run(["ITEM_IDX", "SCORE"], feeds(np.ascontiguousarray(h, dtype=np.int64), MAX_LEN))
 
 
 def _input(h: np.ndarray, dtype: str = "INT64"):
@@ -199,6 +199,31 @@ def test_recommend_client_sync_and_async(server, serving_repo, histories, refere
     arecs, aidx = asyncio.run(run_async())
     assert [r[0] for r in arecs] == [r[0] for r in recs]
     np.testing.assert_array_equal(aidx, idx)
+
+
+def test_client_excludes_the_whole_history_over_grpc(server, serving_repo, tiny_dataset, reference):
+    """Issue 13 item 1, served: a history longer than max_len is read as its last max_len items, but none of its
+    items comes back (the client sends them all as EXCLUDE); old behaviour: only the window was excluded."""
+    from fusionrec.serving.client import RecommendClient
+
+    ds = DatasetArtifact(tiny_dataset)
+    ids = json.loads((serving_repo / MODEL / "item_ids.json").read_text())
+    long_users = [g["item_idx"].to_numpy() for _, g in ds.events.groupby("user_idx") if len(g) > MAX_LEN]
+    assert long_users, "the fixture needs users with more events than max_len"
+    leaked_before = 0
+    with RecommendClient(server.grpc_url, model=MODEL, repo=serving_repo) as client:
+        for seq in long_users:
+            ext = [ids[i] for i in seq]
+            window = np.zeros((1, MAX_LEN), np.int64)
+            window[0] = seq[-MAX_LEN:]
+            plain = set(reference(window)[0][0].tolist())  # the graph with EXCLUDE left at its fill: window only
+            leaked_before += bool(plain & set(seq[:-MAX_LEN].tolist()))
+            recs = client.recommend(ext, k=K)
+            assert not {r[0] for r in recs} & set(ext)
+            # extra consumed ids (not in the history) are excluded too
+            extra = [r[0] for r in recs[:2]]
+            assert not {r[0] for r in client.recommend(ext, k=K, consumed=extra)} & set(extra)
+    assert leaked_before > 0, "without EXCLUDE an earlier-consumed item would have come back"
 
 
 def test_client_retries_unavailable_then_fails(serving_repo, histories):

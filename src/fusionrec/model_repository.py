@@ -8,7 +8,8 @@ from here, and never re-reads them its own way.
 Layout (one model folder per served model; ``manifest.json`` at the repository root)::
 
     <repo>/<name>/config.pbtxt          Triton model configuration (onnxruntime backend)
-    <repo>/<name>/1/model.onnx          HISTORY int64 [batch, max_len] -> ITEM_IDX int64 [batch, K], SCORE float32 [batch, K]
+    <repo>/<name>/1/model.onnx          HISTORY int64 [batch, max_len] (+ optional EXCLUDE int64 [batch, E], -1 padded)
+                                        -> ITEM_IDX int64 [batch, K], SCORE float32 [batch, K]
     <repo>/<name>/item_ids.json         external item id of every item_idx (0 = padding "")
     <repo>/<name>/popular.json          the cold-user fallback {"item_idx", "item_id", "count"}
     <repo>/<name>/export_report.json    exporter, parity, and the record of n_items / max_len / k
@@ -49,6 +50,14 @@ ITEM_IDX = "ITEM_IDX"
 """Output: the top-K item_idx, int64 [batch, K], best first."""
 SCORE = "SCORE"
 """Output: their scores, float32 [batch, K]."""
+EXCLUDE = "EXCLUDE"
+"""Optional input: item_idx the caller says the user already consumed, int64 [batch, E], padded with -1.
+
+The sequence model reads only the last ``max_len`` items (HISTORY, excluded anyway); a user's whole
+consumed set can be longer, and none of it may come back. E is free (``dims: [ -1 ]``); callers pad
+it to a power of two (:func:`exclude_width`) so Triton's dynamic batcher can batch requests together.
+Left out, it is one column of -1 (nothing more excluded)."""
+EXCLUDE_FILL = -1
 INVALID_IDX = -1
 """ITEM_IDX of a row whose history holds an id outside [0, n_items] (its SCORE is NaN)."""
 
@@ -63,7 +72,7 @@ class TensorSpec:
     dtype: str
     """numpy dtype name: ``int64`` or ``float32``."""
     length: str
-    """``max_len`` or ``k``: the per-row length (after the batch axis) is that repository field."""
+    """``max_len`` or ``k``: the per-row length (after the batch axis) is that repository field; ``free``: any (-1)."""
     optional: bool = False
     """An input a request may leave out (``optional: true`` in config.pbtxt); the server then feeds ``fill``."""
     fill: int = 0
@@ -79,22 +88,44 @@ class TensorSpec:
         return {"int64": "INT64", "float32": "FP32"}[self.dtype]
 
     def dims(self, max_len: int, k: int) -> int:
-        return {"max_len": max_len, "k": k}[self.length]
+        return {"max_len": max_len, "k": k, "free": -1}[self.length]
 
 
-INPUTS: tuple[TensorSpec, ...] = (TensorSpec(HISTORY, "int64", "max_len"),)
+INPUTS: tuple[TensorSpec, ...] = (TensorSpec(HISTORY, "int64", "max_len"),
+                                  TensorSpec(EXCLUDE, "int64", "free", optional=True, fill=EXCLUDE_FILL))
 OUTPUTS: tuple[TensorSpec, ...] = (TensorSpec(ITEM_IDX, "int64", "k"), TensorSpec(SCORE, "float32", "k"))
 OUTPUT_NAMES = [o.name for o in OUTPUTS]
 
 
-def feeds(histories: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
-    """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``).
+def exclude_width(n: int) -> int:
+    """The EXCLUDE width for ``n`` ids: the next power of two >= max(n, 8), so requests share a few shapes."""
+    return max(8, 1 << max(0, int(n) - 1).bit_length())
+
+
+def pad_exclude(exclude: np.ndarray | None, batch: int) -> np.ndarray:
+    """EXCLUDE as int64 [batch, exclude_width(E)], -1 padded (``None``: nothing excluded)."""
+    if exclude is None:
+        return np.full((batch, exclude_width(0)), EXCLUDE_FILL, dtype=np.int64)
+    e = np.asarray(exclude, dtype=np.int64)
+    if e.ndim != 2 or e.shape[0] != batch:
+        raise ValueError(f"exclude must be int64 [batch={batch}, E] padded with -1, got shape {e.shape}")
+    used = int((e >= 0).sum(1).max()) if e.size else 0
+    out = np.full((batch, exclude_width(used)), EXCLUDE_FILL, dtype=np.int64)
+    for r in range(batch):  # compact each row's ids to the left (callers may pad anywhere)
+        ids = e[r][e[r] >= 0]
+        out[r, : len(ids)] = ids
+    return out
+
+
+def feeds(histories: np.ndarray, max_len: int, exclude: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``) and exclusion lists.
 
     Every caller of the graph (``OnnxRanker``, the gRPC client, the exporter's parity check) builds
     its request here, so an additional graph input is filled in one place (onnxruntime needs every
     input; over gRPC an optional one may be left out and the server feeds its ``fill``).
     """
-    return {HISTORY: pad_histories(histories, max_len)}
+    h = pad_histories(histories, max_len)
+    return {HISTORY: h, EXCLUDE: pad_exclude(exclude, len(h))}
 
 
 # -- config.pbtxt ------------------------------------------------------------------------------
@@ -325,10 +356,16 @@ class OnnxRanker:
         self.item_ids = self.repository.item_ids
         self.session = self.repository.session(providers=providers, threads=threads)
 
-    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self.k is not None and k > self.k:
             raise ValueError(f"{self.name}: asked for top-{k} but the exported graph returns top-{self.k}")
-        idx, score = self.session.run(OUTPUT_NAMES, feeds(histories, self.max_len))
+        inputs = {i.name for i in self.session.get_inputs()}
+        feed = feeds(histories, self.max_len, exclude)
+        if EXCLUDE not in inputs:  # a repository exported before the EXCLUDE input existed
+            if exclude is not None and (np.asarray(exclude) >= 0).any():
+                raise ValueError(f"{self.name}: this graph has no {EXCLUDE} input; re-export it with 'fusionrec export'")
+            feed.pop(EXCLUDE)
+        idx, score = self.session.run(OUTPUT_NAMES, feed)
         if idx.shape[1] < k:
             raise ValueError(f"{self.name}: asked for top-{k} but the graph returned {idx.shape[1]} items")
         return np.asarray(idx[:, :k], dtype=np.int64), np.asarray(score[:, :k], dtype=np.float32)

@@ -61,6 +61,6 @@ def run(
         else:
             rankers[role] = arm
             names[role] = type(arm).__name__
-    offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg)
+    offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg, leave_replay_part=online is not None)
     online_res = online(Path(control), Path(treatment), ds, cfg) if online is not None else None
     return write_report(out, offline, online_res, cfg, names, inputs)

@@ -48,6 +48,9 @@ class ABConfig(StepConfig):
     online_hit_rate_guardrail: bool = Field(True, description="block if the online hit rate is significantly lower (cluster z-test)")
     # --- online replay (Triton) and interleaving --------------------------------------------
     online_share: float = Field(0.5, gt=0, lt=1, description="share of users routed to the treatment")
+    online_user_share: float = Field(
+        0.5, gt=0, lt=1, description="when the online replay runs: share of users (stable hash) whose held-out events it replays; "
+                                     "the offline comparison uses the other users' events, so the two parts are independent evidence")
     online_salt: str = "fusionrec-ab"
     online_k: int = Field(10, ge=1, description="list length served in the replay; a hit = next item in it")
     online_max_requests: Optional[int] = Field(5000, ge=1, description="cap on replayed requests (null = all test cases)")

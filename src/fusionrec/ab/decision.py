@@ -157,4 +157,5 @@ def decide(offline: OfflineResult, online: OnlineResult | None, cfg: ABConfig) -
         "online_run": online is not None,
         "secondary": [c.to_dict() for c in offline.comparisons if c is not prim],
         "multiple_testing": "Holm over the secondary (metric, segment) comparisons; the primary metric alone decides",
+        "events": {"offline": offline.events, "online": online.events if online is not None else None},
     }

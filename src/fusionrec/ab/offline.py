@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fusionrec.ab.config import ABConfig
+from fusionrec.ab.online import replay_part
 from fusionrec.ab.stats import PairedComparison, holm, paired_compare
 from fusionrec.artifacts import read_manifest
 from fusionrec.data.dataset import DatasetArtifact
@@ -31,7 +32,7 @@ from fusionrec.metrics import item_coverage, topk_metrics
 from fusionrec.model_repository import OnnxRanker
 from fusionrec.models import load_model
 from fusionrec.progress import get_logger
-from fusionrec.ranking import TopKRanker, left_pad, rank_cases
+from fusionrec.ranking import TopKRanker, left_pad, rank_cases, topk_excluding
 
 log = get_logger(__name__)
 
@@ -85,8 +86,14 @@ class MappedRanker:
         self.max_len = inner.max_len
         self.k = inner.k
 
-    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        idx, score = self.inner.topk(self.idmap.histories_to_model(np.asarray(histories, dtype=np.int64)), k)
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        h = self.idmap.histories_to_model(np.asarray(histories, dtype=np.int64))
+        mapped = None
+        if exclude is not None:
+            ex = np.asarray(exclude, dtype=np.int64)
+            mapped = np.where(ex > 0, self.idmap.to_model[np.maximum(ex, 0)], -1)
+            mapped = np.where(mapped > 0, mapped, -1)  # items this model does not know cannot be returned anyway
+        idx, score = topk_excluding(self.inner, h, k, mapped)
         return self.idmap.items_from_model(idx), score
 
 
@@ -126,6 +133,7 @@ class OfflineResult:
     topk_control: np.ndarray = field(repr=False)
     topk_treatment: np.ndarray = field(repr=False)
     primary: PairedComparison | None = None
+    events: dict = field(default_factory=dict)  # which held-out events this part used (see ab.online.replay_part)
 
     def get(self, metric: str, segment: str) -> PairedComparison | None:
         for c in self.comparisons:
@@ -175,17 +183,33 @@ def case_max_len(cfg: ABConfig, *rankers: TopKRanker, default: int = 50) -> int:
     return max(lens) if lens else default
 
 
-def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: DatasetArtifact, cfg: ABConfig) -> OfflineResult:
-    """Rank the held-out cases with both arms and compare them per user."""
+def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: DatasetArtifact, cfg: ABConfig,
+                    leave_replay_part: bool = False) -> OfflineResult:
+    """Rank the held-out cases with both arms and compare them per user.
+
+    ``leave_replay_part``: when an online replay runs too, compare only the users it does not replay
+    (``fusionrec.ab.online.replay_part``), so the two parts rest on different events.
+    """
     cases, hist = dataset.eval_cases(cfg.split, max_len=case_max_len(cfg, control, treatment))
+    events = {"split": cfg.split, "users": "all"}
+    if leave_replay_part:
+        users = dataset.users.set_index("user_idx")["user_id"].astype(str).reindex(cases["user_idx"].to_numpy()).fillna("")
+        keep = ~replay_part(users.to_numpy(), cfg)
+        cases, hist = cases[keep].reset_index(drop=True), hist[keep]
+        events["users"] = f"those outside the online replay's {cfg.online_user_share:.0%} (stable hash of user_id)"
+    events.update(n_cases=int(len(cases)), n_users=int(cases["user_idx"].nunique()))
     if len(cases) == 0:
         raise ValueError(f"{dataset.path}: the {cfg.split} split has no cases to evaluate")
     log.info("offline A/B: %d %s cases of %d users", len(cases), cfg.split, cases["user_idx"].nunique())
     # A catalog smaller than k_max is exported with K = n_items (its whole catalog): rank that deep.
-    k = min([cfg.k_max] + [r.k for r in (control, treatment) if r.k is not None])
-    top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control")
-    top_t = rank_cases(treatment, hist, k, cfg.batch_size, desc="treatment")
-    return offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg)
+    k = min([cfg.k_max, dataset.n_items] + [r.k for r in (control, treatment) if r.k is not None])
+    # every item the user consumed before the case is excluded, not only the last max_len the graphs read
+    exclude = dataset.consumed_before(cases)
+    top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control", exclude=exclude)
+    top_t = rank_cases(treatment, hist, k, cfg.batch_size, desc="treatment", exclude=exclude)
+    res = offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg)
+    res.events = events
+    return res
 
 
 def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray, n_items: int, cfg: ABConfig) -> OfflineResult:

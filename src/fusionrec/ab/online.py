@@ -30,7 +30,7 @@ from fusionrec.ab.interleaving import InterleavingResult, interleave_evaluate
 from fusionrec.ab.stats import ratio_delta_ztest, two_proportion_ztest, wilson_ci
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger, progress
-from fusionrec.ranking import TopKRanker, rank_cases
+from fusionrec.ranking import TopKRanker, rank_cases, topk_excluding
 
 log = get_logger(__name__)
 
@@ -90,6 +90,7 @@ class OnlineResult:
     interleaving: InterleavingResult | None = None
     source: str = "in-process"  # "triton ..." when replayed over gRPC
     requests: pd.DataFrame | None = field(default=None, repr=False)  # one row per replayed request
+    events: dict = field(default_factory=dict)  # which held-out events the replay used
 
     def to_dict(self) -> dict:
         return {
@@ -97,7 +98,7 @@ class OnlineResult:
             "control": self.control.to_dict(), "treatment": self.treatment.to_dict(),
             "lift": self.lift, "z_pooled": self.z_pooled, "p_pooled": self.p_pooled,
             "z_clustered": self.z_clustered, "p_clustered": self.p_clustered,
-            "interleaving": self.interleaving.to_dict() if self.interleaving else None,
+            "interleaving": self.interleaving.to_dict() if self.interleaving else None, "events": self.events,
         }
 
 
@@ -125,6 +126,19 @@ def _arm(name: str, users: np.ndarray, hits: np.ndarray, lat: np.ndarray, confid
     )
 
 
+REPLAY_PART_SALT = ":replay-part"
+
+
+def replay_part(user_ids: Sequence[str], cfg: ABConfig) -> np.ndarray:
+    """True where a user's held-out events belong to the online replay, False: to the offline comparison.
+
+    When both parts run, they use disjoint users (a stable hash, ``online_user_share`` of them to the
+    replay), so the replay's p-values are evidence independent of the offline test's, not a second
+    look at the same events.
+    """
+    return np.array([hash_unit(str(u), cfg.online_salt + REPLAY_PART_SALT) < cfg.online_user_share for u in user_ids], dtype=bool)
+
+
 def replay(
     cases: pd.DataFrame,
     histories: np.ndarray,
@@ -134,11 +148,13 @@ def replay(
     cfg: ABConfig,
     clock: Callable[[], float] = time.perf_counter,
     source: str = "in-process",
+    exclude: np.ndarray | None = None,
 ) -> OnlineResult:
     """Replay each case as one request to its user's arm; then interleave both arms on every case.
 
     ``cases`` (from ``DatasetArtifact.eval_cases``) needs ``user_idx``, ``item_idx`` and
-    ``timestamp``; ``user_ids`` are the external ids the hash split uses (one per case).
+    ``timestamp``; ``user_ids`` are the external ids the hash split uses (one per case);
+    ``exclude`` (int64 [n, E], -1 padded) is sent with each request: the user's whole consumed set.
     """
     n = len(cases)
     if len(histories) != n or len(user_ids) != n:
@@ -166,16 +182,19 @@ def replay(
     k = cfg.online_k
 
     # warm-up (connections, first-call allocations): not timed, not counted
+    def ex(rows):
+        return None if exclude is None else exclude[rows]
+
     for arm in arms:
         for i in order[: cfg.online_warmup]:
-            arm.topk(histories[i : i + 1], k)
+            topk_excluding(arm, histories[i : i + 1], k, ex(slice(i, i + 1)))
 
     hits = np.zeros(n, dtype=bool)
     lat = np.zeros(n, dtype=np.float64)
     for i in progress(order, desc="replay", unit="req"):
         arm = arms[int(treat[i])]
         t0 = clock()
-        idx, _ = arm.topk(histories[i : i + 1], k)
+        idx, _ = topk_excluding(arm, histories[i : i + 1], k, ex(slice(i, i + 1)))
         lat[i] = (clock() - t0) * 1000.0
         hits[i] = bool(np.any(np.asarray(idx)[0, :k] == targets[i]))
 
@@ -189,8 +208,8 @@ def replay(
     lift = arm_t.hit_rate / arm_c.hit_rate - 1.0 if arm_c.hit_rate else (0.0 if arm_t.hit_rate == 0 else float("inf"))
 
     # interleaving: both arms' lists for every replayed request (batched; not timed)
-    top_c = rank_cases(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control")
-    top_t = rank_cases(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment")
+    top_c = rank_cases(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control", exclude=ex(order))
+    top_t = rank_cases(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment", exclude=ex(order))
     inter = interleave_evaluate(top_c, top_t, targets[order], uids[order], k=cfg.interleaving_k, seed=cfg.seed, unit=cfg.interleaving_unit)
 
     requests = pd.DataFrame({
@@ -204,6 +223,8 @@ def replay(
         z_pooled=float(zp.statistic) if zp else float("nan"), p_pooled=float(zp.pvalue) if zp else float("nan"),
         z_clustered=float(zc.statistic) if zc else float("nan"), p_clustered=float(zc.pvalue) if zc else float("nan"),
         interleaving=inter, source=source, requests=requests,
+        events={"split": "as the cases given", "n_cases": int(len(order)), "n_users": int(len(np.unique(uids[order]))),
+                "whole_history_excluded": exclude is not None},
     )
 
 

@@ -82,12 +82,14 @@ def popular_items(dataset, n: int) -> dict[str, Any]:
 
 def export_module(module, n_items: int, max_len: int, item_ids: list[str], dataset: Path | None, out: Path,
                   cfg: ExportConfig, inputs: dict[str, Path] | None = None, extra_manifest: dict | None = None,
-                  k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None) -> Path:
+                  k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None,
+                  exclude: np.ndarray | None = None) -> Path:
     """Export any ``history -> (item_idx, score)`` module into a Triton model repository at ``out``.
 
     ``module`` must already compute top-``k`` (``k`` defaults to ``cfg.k`` clamped to ``n_items``);
     ``item_ids[i]`` is the external id of item_idx ``i`` (index 0 = padding ``""``). Parity runs
-    on every test case of ``dataset`` (or on ``histories`` when no dataset is given, e.g. benchmarks).
+    on every test case of ``dataset`` (or on ``histories`` when no dataset is given, e.g. benchmarks),
+    each with its user's whole consumed set as the EXCLUDE input (``exclude``, or the dataset's).
     """
     if len(item_ids) != n_items + 1:
         raise ValueError(f"item_ids has {len(item_ids)} entries, expected n_items + 1 = {n_items + 1}")
@@ -96,7 +98,9 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
     if histories is None:
         if ds is None:
             raise ValueError("export_module needs a dataset or parity histories")
-        _, histories = ds.eval_cases("test", max_len)
+        cases, histories = ds.eval_cases("test", max_len)
+        if exclude is None:
+            exclude = ds.consumed_before(cases)
     if popular is None:
         if ds is None:
             raise ValueError("export_module needs a dataset or a popular list")
@@ -109,7 +113,7 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
         log.info("exporting %s (L=%d, K=%d, %d items) to ONNX", cfg.name, max_len, k, n_items)
         info = export_onnx(g, max_len, onnx_path, cfg.opset, cfg.dynamo, cfg.allow_legacy_fallback)
         log.info("parity check on %d test cases", len(histories))
-        parity = check_parity(g, onnx_path, histories, n_items, cfg)
+        parity = check_parity(g, onnx_path, histories, n_items, cfg, exclude)
         report = {"export": info, "parity": parity, **report_shapes(n_items, max_len, k)}
         if not parity["passed"]:
             raise ExportError(

@@ -44,10 +44,12 @@ class GuardedServing(nn.Module):
         self.inner = inner
         self.n_items = int(n)
 
-    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bad = ((history < 0) | (history > self.n_items)).any(dim=1, keepdim=True)
+        bad = bad | ((exclude < -1) | (exclude > self.n_items)).any(dim=1, keepdim=True)
         safe = torch.where(bad, torch.zeros_like(history), history)
-        idx, score = self.inner(safe)
+        safe_ex = torch.where(bad, torch.full_like(exclude, -1), exclude)
+        idx, score = self.inner(safe, safe_ex)
         idx = torch.where(bad, torch.full_like(idx, INVALID_IDX), idx)
         score = torch.where(bad, torch.full_like(score, float("nan")), score)
         return idx, score
@@ -63,11 +65,20 @@ def guarded(module, n_items: int):
 
 
 def example_inputs(max_len: int) -> tuple[torch.Tensor, ...]:
-    """The example batch the exporter traces, one tensor per graph input (``INPUTS`` order)."""
+    """The example batch the exporter traces, one tensor per graph input (``INPUTS`` order).
+
+    EXCLUDE is 3 wide (not 1: the dynamo exporter would specialise a size-1 axis) and -1 padded.
+    """
     example = torch.zeros(4, max_len, dtype=torch.long)
     example[:, -1] = 1
     example[1:, -2] = 2
-    return (example,)
+    exclude = torch.full((4, 3), -1, dtype=torch.long)
+    exclude[1, 0] = 1
+    return (example, exclude)
+
+
+def _dynamic_axes(spec) -> dict[int, str]:
+    return {0: "batch", 1: f"{spec.name.lower()}_len"} if spec.length == "free" else {0: "batch"}
 
 
 def export_onnx(module, max_len: int, path: Path, opset: int = 18, dynamo: bool = True,
@@ -86,18 +97,21 @@ def export_onnx(module, max_len: int, path: Path, opset: int = 18, dynamo: bool 
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example, str(path), input_names=INPUT_NAMES,
                               output_names=OUTPUT_NAMES, opset_version=min(opset, 20),
-                              dynamic_axes={n: {0: "batch"} for n in INPUT_NAMES + OUTPUT_NAMES},
+                              dynamic_axes={**{s.name: _dynamic_axes(s) for s in INPUTS}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
                               dynamo=False, external_data=False)
 
     with torch.no_grad():
         if dynamo:
             try:
                 batch = torch.export.Dim("batch", min=1, max=1 << 16)
+                free = {s.name: torch.export.Dim(f"{s.name.lower()}_len", min=1, max=1 << 16) for s in INPUTS if s.length == "free"}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     prog = torch.onnx.export(module, example, input_names=INPUT_NAMES,
                                              output_names=OUTPUT_NAMES, opset_version=opset,
-                                             dynamo=True, dynamic_shapes=tuple({0: batch} for _ in INPUT_NAMES),
+                                             dynamo=True,
+                                             dynamic_shapes=tuple({0: batch, 1: free[s.name]} if s.name in free else {0: batch}
+                                                                  for s in INPUTS),
                                              optimize=True, verbose=False)
                 prog.save(str(path), external_data=False)
             except Exception as exc:  # noqa: BLE001 - recorded, then either re-raised or fallen back from

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
 from fusionrec.ab.offline import IdMap, MappedRanker, case_max_len
-from fusionrec.ab.online import OnlineResult, replay
+from fusionrec.ab.online import OnlineResult, replay, replay_part
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
 
@@ -64,7 +64,15 @@ def replay_on_triton(
             user_ids = users.reindex(cases["user_idx"].to_numpy()).fillna("").to_numpy()
             if (user_ids == "").any():
                 raise ValueError(f"{ds.path}: {int((user_ids == '').sum())} {cfg.split} cases have a user_idx missing from users.parquet")
-            return replay(cases, hist, user_ids, control, treatment, cfg, source=f"triton grpc {srv.grpc_url}")
+            # only the replay part's users (the offline comparison used the others), each request with its
+            # user's whole consumed set as the EXCLUDE input
+            part = replay_part(user_ids, cfg)
+            cases, hist, user_ids = cases[part].reset_index(drop=True), hist[part], user_ids[part]
+            res = replay(cases, hist, user_ids, control, treatment, cfg, source=f"triton grpc {srv.grpc_url}",
+                         exclude=ds.consumed_before(cases))
+            res.events.update(split=cfg.split, users=f"the online replay's {cfg.online_user_share:.0%} of users "
+                                                     "(stable hash of user_id); the offline comparison used the others")
+            return res
         finally:
             for c in (control, treatment):
                 getattr(getattr(c, "inner", c), "close", lambda: None)()

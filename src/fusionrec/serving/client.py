@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from fusionrec.model_repository import HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUT_NAMES, SCORE, ModelRepository, feeds
-from fusionrec.ranking import left_pad
+from fusionrec.ranking import exclusion_lists, left_pad
 
 from .config import read_model_config
 
@@ -83,15 +83,21 @@ class _Base:
         self.k = self.k or int(next(o for o in cfg.output if o.name == ITEM_IDX).dims[0])
         self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
 
-    def _start(self, histories: np.ndarray, k: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """The graph inputs (histories re-padded to ``max_len``), output arrays with empty histories
-        already filled by the fallback, and the rows that still need the model."""
+    def _consumed(self, histories: Sequence[Sequence[str]], consumed: Sequence[Sequence[str]] | None) -> np.ndarray:
+        """EXCLUDE for external-id histories: every id of each (whole) history plus ``consumed``, -1 padded."""
+        rows = [self.to_idx(h) + (self.to_idx(consumed[i]) if consumed is not None else []) for i, h in enumerate(histories)]
+        return exclusion_lists(rows)
+
+    def _start(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None
+               ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """The graph inputs (histories re-padded to ``max_len``, ``exclude`` as EXCLUDE), output arrays with
+        empty histories already filled by the fallback, and the rows that still need the model."""
         h = np.asarray(histories, dtype=np.int64)
         if h.ndim != 2:
             raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
         if self.k is not None and k > self.k:
             raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k}")
-        feed = feeds(h, self.max_len if self.max_len is not None else h.shape[1])
+        feed = feeds(h, self.max_len if self.max_len is not None else h.shape[1], exclude)
         empty = ~(feed[HISTORY] > 0).any(axis=1)
         idx = np.zeros((len(empty), k), np.int64)
         score = np.zeros((len(empty), k), np.float32)
@@ -175,23 +181,32 @@ class RecommendClient(_Base):
         res = self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s))
         return res.as_numpy(ITEM_IDX), res.as_numpy(SCORE)
 
-    def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback."""
-        feed, idx, score, rows = self._start(histories, k)
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback.
+
+        ``exclude`` (int64 [B, E], -1 padded): further item_idx per row the server must not return (the
+        user's consumed items older than the last ``max_len``), sent as the graph's EXCLUDE input.
+        """
+        feed, idx, score, rows = self._start(histories, k, exclude)
         for sl in self._chunks(len(rows)):
             i, s = self._infer(feed, rows[sl])
             self._check_rows(i, int(rows[sl][0]) if len(rows[sl]) else 0)
             idx[rows[sl]], score[rows[sl]] = i[:, :k], s[:, :k]
         return idx, score
 
-    def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[Recommendation]:
-        """External-id histories (most recent last) -> per user [(item_id, score), ...] best first."""
+    def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10,
+                       consumed: Sequence[Sequence[str]] | None = None) -> list[Recommendation]:
+        """External-id histories (most recent last) -> per user [(item_id, score), ...] best first.
+
+        The model reads the last ``max_len`` ids; EVERY id of the history (and of ``consumed``, items the
+        user consumed that are not in the history) is excluded from the answer.
+        """
         h = left_pad([self.to_idx(x) for x in histories], self.max_len or max(1, max(map(len, histories), default=1)))
-        idx, score = self.topk(h, k)
+        idx, score = self.topk(h, k, self._consumed(histories, consumed))
         return [self.to_ids(i, s) for i, s in zip(idx, score)]
 
-    def recommend(self, history: Sequence[str], k: int = 10) -> Recommendation:
-        return self.recommend_many([history], k)[0]
+    def recommend(self, history: Sequence[str], k: int = 10, consumed: Sequence[str] | None = None) -> Recommendation:
+        return self.recommend_many([history], k, None if consumed is None else [consumed])[0]
 
     def close(self) -> None:
         self._client.close()
@@ -236,9 +251,9 @@ class AsyncRecommendClient(_Base):
         if self.max_len is None or self.max_batch_size is None:
             self._set_meta((await self._call(lambda: self._client.get_model_config(self.model, client_timeout=self.timeout_s))).config)
 
-    async def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    async def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         await self._ensure_meta()
-        feed, idx, score, rows = self._start(histories, k)
+        feed, idx, score, rows = self._start(histories, k, exclude)
 
         async def one(sl: slice):
             inputs, outputs = self._inputs(feed, rows[sl], self._grpc)
@@ -250,14 +265,15 @@ class AsyncRecommendClient(_Base):
             idx[rows[sl]], score[rows[sl]] = i[:, :k], s[:, :k]
         return idx, score
 
-    async def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[Recommendation]:
+    async def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10,
+                             consumed: Sequence[Sequence[str]] | None = None) -> list[Recommendation]:
         await self._ensure_meta()
         h = left_pad([self.to_idx(x) for x in histories], int(self.max_len))
-        idx, score = await self.topk(h, k)
+        idx, score = await self.topk(h, k, self._consumed(histories, consumed))
         return [self.to_ids(i, s) for i, s in zip(idx, score)]
 
-    async def recommend(self, history: Sequence[str], k: int = 10) -> Recommendation:
-        return (await self.recommend_many([history], k))[0]
+    async def recommend(self, history: Sequence[str], k: int = 10, consumed: Sequence[str] | None = None) -> Recommendation:
+        return (await self.recommend_many([history], k, None if consumed is None else [consumed]))[0]
 
     async def close(self) -> None:
         await self._client.close()

@@ -107,7 +107,8 @@ class _OrtCallable:
         """Every graph input (``INPUTS``) is an [n, length] array of its type, all with the same n."""
         arrays = [req.get(t.name) for t in INPUTS]
         if not all(isinstance(a, np.ndarray) and a.dtype == np.dtype(t.dtype) and a.ndim == 2
-                   and a.shape[1] == t.dims(self.max_len, self.k) for a, t in zip(arrays, INPUTS)):
+                   and (a.shape[1] == t.dims(self.max_len, self.k) or (t.dims(self.max_len, self.k) == -1 and a.shape[1] >= 1))
+                   for a, t in zip(arrays, INPUTS)):
             return False
         return len({a.shape[0] for a in arrays}) == 1
 
@@ -115,8 +116,16 @@ class _OrtCallable:
         """Fill the optional inputs a request left out with their ``fill`` value."""
         h = req.get(HISTORY)
         n = int(h.shape[0]) if isinstance(h, np.ndarray) and h.ndim >= 1 else 0
-        return {t.name: (np.full((n, t.dims(self.max_len, self.k)), t.fill, dtype=t.dtype)
+        return {t.name: (np.full((n, max(1, t.dims(self.max_len, self.k))), t.fill, dtype=t.dtype)
                          if t.optional and req.get(t.name) is None else req.get(t.name)) for t in INPUTS}
+
+    @staticmethod
+    def _stack(arrays: list[np.ndarray], spec) -> np.ndarray:
+        """Concatenate requests' rows; a free-length input (EXCLUDE) is padded with its fill to the widest."""
+        if spec.length != "free":
+            return np.concatenate(arrays)
+        width = max(a.shape[1] for a in arrays)
+        return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=spec.fill) for a in arrays])
 
     def _run(self, req: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         idx, score = self.session.run([ITEM_IDX, SCORE], {t.name: np.ascontiguousarray(req[t.name]) for t in INPUTS})
@@ -134,7 +143,7 @@ class _OrtCallable:
         if good:
             sizes = [reqs[i][HISTORY].shape[0] for i in good]
             try:
-                idx, score = self._run({t.name: np.concatenate([reqs[i][t.name] for i in good]) for t in INPUTS})
+                idx, score = self._run({t.name: self._stack([reqs[i][t.name] for i in good], t) for t in INPUTS})
                 offs = np.cumsum([0, *sizes])
                 for j, i in enumerate(good):
                     out[i] = {ITEM_IDX: idx[offs[j]:offs[j + 1]], SCORE: score[offs[j]:offs[j + 1]]}

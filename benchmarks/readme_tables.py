@@ -1,0 +1,121 @@
+"""Render the README's quality tables from the benchmark JSON (so every figure there has a stored record).
+
+    .venv/bin/python benchmarks/readme_tables.py           # rewrite the marked blocks of README.md
+    .venv/bin/python benchmarks/readme_tables.py --check   # exit 1 if README.md differs from the JSON
+
+A block is the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is a result file
+stem under benchmarks/results/ (quality, movielens, aa).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _fmt(s: dict | None) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    out = f"{s['mean']:.4f}"
+    if s.get("ci"):
+        out += f" [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"
+    return out
+
+
+def quality_block(r: dict) -> str:
+    sel = {s["chosen"] for s in r["selection"].values()}
+    tc = r["stats"]["test_cases"]
+    head = []
+    if not r.get("complete", True):
+        head.append(f"**Incomplete run** (rows so far; scope: {r['config'].get('scope_note') or 'as configured'}).")
+    head.append(f"{tc['warm']:,} warm / {tc['cold']:,} cold test cases ({tc.get('cold_unseen', 0)} of them unseen in training, "
+                f"not held out); seeds {r['seeds']}; mean [95% interval over seeds]; commit {r['provenance']['git_commit'][:10]}; "
+                f"{r['total']['wall_s']:.0f} s wall / {r['total']['cpu_s']:.0f} s CPU; "
+                + ("nothing reused." if not r["cache"]["reused_artifacts"] else f"reused: {len(r['cache']['reused_artifacts'])} prep artifacts (recorded)."))
+    lines = ["| model | seeds | NDCG@10 warm | NDCG@10 cold | Recall@20 warm | Recall@20 cold |", "|---|---|---|---|---|---|"]
+    for k, row in r["rows"].items():
+        s = row["summary"]
+        name = f"**{k}** (chosen on validation)" if k in sel else k
+        lines.append(f"| {name} | {len(row['seeds']) if row['seeds'] else '-'} | {_fmt(s['warm']['ndcg@10'])} | {_fmt(s['cold']['ndcg@10'])} | "
+                     f"{_fmt(s['warm']['recall@20'])} | {_fmt(s['cold']['recall@20'])} |")
+    verdicts = ["", "Paired verdicts (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
+    for c in r["comparisons"]:
+        cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
+        verdicts.append(f"- {c['a']} vs {c['b']} ({c['segment']}): {c['diff']:+.4f}, cases [{c['ci_cases'][0]:+.4f}, "
+                        f"{c['ci_cases'][1]:+.4f}]{cs}: **{c['verdict']}**")
+    return "\n".join(head + [""] + lines + verdicts)
+
+
+def effect_block(r: dict) -> str:
+    lines = ["| model | protocol | NDCG@10 warm | NDCG@10 cold | warm / cold cases |", "|---|---|---|---|---|"]
+    for model, variants in r["protocol_effect"].items():
+        if "old" in variants and "new" in variants:
+            variants = {"old protocol (all three defects)": variants["old"], "new protocol": variants["new"]}
+        for v, s in variants.items():
+            if isinstance(s, dict) and "warm" in s:
+                lines.append(f"| {model} | {v} | {s['warm']['ndcg@10']:.4f} | {s['cold']['ndcg@10']:.4f} | {s['warm']['n']} / {s['cold']['n']} |")
+    return "\n".join(lines)
+
+
+def alignment_block(r: dict) -> str:
+    lines = []
+    for seed, a in r["alignment"].items():
+        ho = a["held_out"]
+        n = ho.get("n_held_out", 0)
+        pairs = ", ".join(f"{p} {ho['before'].get(p, {}).get('recall@10', float('nan')):.3f} -> {v['recall@10']:.3f}"
+                          for p, v in sorted(ho["after"].items()))
+        lines.append(f"- seed {seed}, {n} held-out items (chance {10 / max(n, 1):.3f}): {pairs}")
+    return "\n".join(lines)
+
+
+def aa_block(r: dict) -> str:
+    f = r["false_promote"]
+    s = r["significant_either_direction"]
+    sig = [p for p in r["pairs"] if p["pvalue"] < f["alpha"]]
+    worse = sum(p["lift"] < 0 for p in sig)
+    return (f"{f['count']} of {f['n']} A/A pairs promoted ({f['rate']:.0%}, Wilson 95% [{f['wilson95'][0]:.0%}, {f['wilson95'][1]:.0%}]) "
+            f"against a nominal {f['nominal_alpha_over_2']:.1%} (alpha/2 = {f['alpha']}/2); p < alpha in either direction in "
+            f"{s['count']} of {f['n']} ({s['rate']:.0%} against a nominal {f['alpha']:.0%}), {worse} of them with the treatment "
+            f"worse. Decision segment: {r['config']['ab']['primary_segment']}; {r['config']['users']} users; "
+            f"{r['total']['wall_s']:.0f} s wall / {r['total']['cpu_s']:.0f} s CPU; commit {r['provenance']['git_commit'][:10]}.")
+
+
+RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
+          "movielens": quality_block, "movielens_effect": effect_block, "movielens_alignment": alignment_block, "aa": aa_block}
+
+
+def render(readme: str) -> str:
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        path = RESULTS / f"{name.split('_')[0] if name not in ('aa',) else name}.json"
+        if not path.exists():
+            return m.group(0)
+        body = RENDER[name](json.loads(path.read_text()))
+        return f"<!-- table:{name} -->\n{body}\n<!-- /table:{name} -->"
+
+    return re.sub(r"<!-- table:(\w+) -->.*?<!-- /table:\1 -->", sub, readme, flags=re.S)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    readme = (ROOT / "README.md").read_text()
+    new = render(readme)
+    if args.check:
+        if new != readme:
+            print("README.md tables differ from benchmarks/results/*.json: run benchmarks/readme_tables.py")
+            return 1
+        return 0
+    (ROOT / "README.md").write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
