@@ -209,7 +209,7 @@ def test_exported_id_graph_drops_unknown_history_items_like_pytorch(tiny_dataset
     the history (ranking [a, cold, b] as [a, b]) and agrees with PyTorch on every test case."""
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.export.graph import export_onnx, guarded
-    from fusionrec.model_repository import ort_session
+    from fusionrec.model_repository import feeds, ort_session
 
     ds = DatasetArtifact(tiny_dataset)
     known = np.zeros(ds.n_items + 1, bool)
@@ -224,7 +224,7 @@ def test_exported_id_graph_drops_unknown_history_items_like_pytorch(tiny_dataset
     _, hist = ds.eval_cases("test", 6)
     cold = np.flatnonzero(~known[1:]) + 1
     hist[::3, -2] = cold[np.arange(len(hist[::3])) % len(cold)]  # put a cold item into every third history
-    idx_onnx, score_onnx = sess.run(["ITEM_IDX", "SCORE"], {"HISTORY": hist})
+    idx_onnx, score_onnx = sess.run(["ITEM_IDX", "SCORE"], feeds(hist, 6))
     idx_pt, score_pt = model.topk(hist, 5)
     np.testing.assert_allclose(score_onnx, score_pt, rtol=1e-4, atol=1e-4)  # ORT vs PyTorch float32 kernels
     # a history of cold items only reads as empty: every score ties, so only rows with a known item have one order
