@@ -33,7 +33,9 @@ def quality_block(r: dict) -> str:
     tc = r["stats"]["test_cases"]
     head = []
     if not r.get("complete", True):
-        head.append(f"**Incomplete run** (rows so far; scope: {r['config'].get('scope_note') or 'as configured'}).")
+        head.append("**Incomplete run** (rows written so far; the run was still going when this was committed).")
+    if r["config"].get("scope_note"):
+        head.append(f"Scope: {r['config']['scope_note']}. Command: `{r['provenance']['command']}`.")
     head.append(f"{tc['warm']:,} warm / {tc['cold']:,} cold test cases ({tc.get('cold_unseen', 0)} of them unseen in training, "
                 f"not held out); seeds {r['seeds']}; mean [95% interval over seeds]; commit {r['provenance']['git_commit'][:10]}; "
                 f"{r['total']['wall_s']:.0f} s wall / {r['total']['cpu_s']:.0f} s CPU; "
