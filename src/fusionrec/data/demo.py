@@ -49,8 +49,6 @@ from pydantic import Field
 
 from fusionrec.artifacts import artifact_dir, check_output, write_manifest
 from fusionrec.config import StepConfig
-from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.metrics import per_case_metrics, ranks_from_topk, summarize
 from fusionrec.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -738,6 +736,9 @@ def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: S
     Example:
         >>> oracle_metrics("data/demo", "artifacts/dataset")["overall"]["ndcg@10"]   # doctest: +SKIP
     """
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.metrics import per_case_metrics, ranks_from_topk, summarize
+
     truth = Truth.load(raw_dir)
     ds = DatasetArtifact(dataset)
     if content_only:

@@ -48,6 +48,12 @@ class Architecture(BaseModel):
     max_len: int = Field(50, ge=1)
     """History length L: the model reads the most recent L items of a history."""
     dropout: float = Field(0.2, ge=0, lt=1)
+    adapter: Literal["linear", "mlp"] = "linear"
+    """Modality vector -> model size: one Linear, or Linear-GELU-Linear."""
+    whiten: bool = False
+    """PCA-whiten each frozen modality (over the items that have it) before its adapter (UniSRec-style)."""
+    unknown_history: Literal["drop", "zero"] = "drop"
+    """History items with no channel (cold items in an ID-only model): left out of the history it reads, or read as zero vectors."""
 
     @field_validator("fusion")
     @classmethod
@@ -95,6 +101,31 @@ def exclude_items(scores: torch.Tensor, history: torch.Tensor, exclude: torch.Te
     return scores
 
 
+def drop_unknown(history: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """``history`` [B, L] (left-padded) with the items ``known`` [N+1] marks False left out, the rest shifted right.
+
+    The fair input of a model that has no vector for some items (an ID-only model and the cold items): a
+    history of [a, cold, b] is read as [a, b], not as [a, <zero vector>, b]. Written with cumsum, where and
+    scatter only (no sort), so both ONNX exporters and Triton run it.
+    """
+    keep = known[history]  # padding (0) is never known
+    L = history.shape[1]
+    n_keep = keep.long().sum(1, keepdim=True)
+    pos = torch.cumsum(keep.long(), 1) - 1 + (L - n_keep)  # right-aligned slot of every kept item
+    # a dropped item writes its 0 into column 0, which is padding whenever anything was dropped
+    index = torch.where(keep, pos, torch.zeros_like(pos))
+    return torch.zeros_like(history).scatter(1, index, torch.where(keep, history, torch.zeros_like(history)))
+
+
+def whitening(x: np.ndarray | torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], matrix [D, D]) of the PCA whitening of rows ``x`` [n, D]: ``(x - mean) @ matrix`` has identity covariance."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    mean = x.mean(0)
+    cov = torch.cov((x - mean).t()) if len(x) > 1 else torch.eye(x.shape[1], dtype=torch.float64)
+    vals, vecs = torch.linalg.eigh(cov)
+    return mean.float(), (vecs / torch.sqrt(vals.clamp_min(0) + eps)).float()
+
+
 def _prepare_histories(histories: np.ndarray, max_len: int) -> torch.Tensor:
     return torch.from_numpy(pad_histories(histories, max_len))
 
@@ -118,7 +149,20 @@ class Recommender(nn.Module):
         self.register_buffer("feature_mask", feature_mask.bool().contiguous())
         self.register_buffer("id_mask", id_mask.bool().contiguous())
         d = spec.dim
-        self.proj = nn.ModuleList([nn.Linear(D, d) for _ in spec.modalities])
+        if spec.whiten:  # fitted on the items that have the modality; saved with the model like any buffer
+            mean, mat = torch.zeros(M, D), torch.zeros(M, D, D)
+            for m in range(M):
+                rows = self.features[self.feature_mask[:, m], m]
+                if len(rows) > D:
+                    mean[m], mat[m] = whitening(rows)
+                else:
+                    mat[m] = torch.eye(D)
+            self.register_buffer("white_mean", mean)
+            self.register_buffer("white_matrix", mat)
+        if spec.adapter == "mlp":
+            self.proj = nn.ModuleList([nn.Sequential(nn.Linear(D, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for _ in spec.modalities])
+        else:
+            self.proj = nn.ModuleList([nn.Linear(D, d) for _ in spec.modalities])
         self.id_emb = nn.Embedding(n, d) if spec.use_id_embedding else None
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.1)
@@ -144,7 +188,10 @@ class Recommender(nn.Module):
         """All items' channel vectors [N+1, C, d] and presence mask [N+1, C] (optionally with channel dropout)."""
         vecs, masks = [], []
         for m, proj in enumerate(self.proj):
-            vecs.append(proj(self.features[:, m]))
+            x = self.features[:, m]
+            if self.spec.whiten:
+                x = (x - self.white_mean[m]) @ self.white_matrix[m]
+            vecs.append(proj(x))
             masks.append(self.feature_mask[:, m])
         if self.id_emb is not None:
             vecs.append(self.id_emb.weight)
@@ -168,6 +215,14 @@ class Recommender(nn.Module):
         if self.user_gate is None:
             return fused, (fused,)
         return fused, (vecs, mask.to(vecs.dtype))
+
+    def content_table(self, vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Item vectors [N+1, d] fused from the modality channels alone (ID channel masked): how a cold item is seen."""
+        if self.id_emb is None:
+            return self.fusion(vecs, mask)[0]
+        content_mask = mask.clone()
+        content_mask[:, -1] = False
+        return self.fusion(vecs * content_mask.unsqueeze(-1).to(vecs.dtype), content_mask)[0]
 
     def fusion_weights(self) -> torch.Tensor:
         """Per-item channel weights [N+1, C] of the item-side fusion (0 for missing channels)."""
@@ -267,6 +322,11 @@ class ServingModule(nn.Module):
             penalty[0] = EXCLUDED
         model.train(model_was_training)
         self.k = int(k)
+        known = model.scorable()
+        # static: the graph drops unknown history items only when the model has any (an ID-only model with cold items)
+        self.drop_unknown = model.spec.unknown_history == "drop" and bool((~known[1:]).any())
+        if self.drop_unknown:
+            self.register_buffer("known", known.detach().clone())
         self.register_buffer("input_table", input_table.detach().clone())
         self.register_buffer("penalty", penalty.detach().clone())
         self.encoder = copy.deepcopy(model.encoder).eval()
@@ -279,8 +339,9 @@ class ServingModule(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = nn.functional.embedding(history, self.input_table)
-        h = self.encoder(x, history > 0)[:, -1]
+        read = drop_unknown(history, self.known) if self.drop_unknown else history
+        x = nn.functional.embedding(read, self.input_table)
+        h = self.encoder(x, read > 0)[:, -1]
         if self.user_gate is None:
             scores = torch.matmul(h, self.item_table.t())
         else:

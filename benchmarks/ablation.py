@@ -1,0 +1,472 @@
+"""Ablations of issue 14 on VALIDATION: each training change on/off, several seeds, paired intervals.
+
+Every variant is trained by the train step's own code (``fusionrec.train.fit``, early stopping on
+validation NDCG@10), then scored on *every* validation case with the evaluation protocol of issue 13
+(whole history excluded, segments by what training saw). Test is not read here unless ``--test``
+names the variants to read it for (once, at the end, after the choices were made on validation).
+
+Paired comparison of a variant against its reference: per-case NDCG@10 is averaged over the seeds
+(same cases, same users: one pooled value per user), then ``fusionrec.ab.stats.paired_compare``
+gives the mean difference, its 95% t interval and a user-bootstrap interval of the ratio.
+
+    .venv/bin/python benchmarks/ablation.py --work artifacts/demo1000 --seeds 0,1,2 \
+        --variants fused,fused+align,id,id:zero --tag demo1000
+
+``--work`` is a prepared folder with ``raw/`` (demo generator output), ``dataset/`` and ``aligned/``
+(see ``--prepare``). Writes benchmarks/results/ablation_<tag>.json (+ .md) with the git commit,
+configs, seeds, package versions, wall/CPU seconds and sequences/s of every run. Nothing is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+
+# name -> (TrainConfig overrides, evaluation-only ModelSpec overrides). The reference of each
+# comparison is given in REFERENCE. Defaults are TrainConfig's (so "fused" is whatever the defaults are).
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "content_knn": (dict(model="content_knn"), {}),  # the no-training floor of docs/evaluation.md (raw embeddings, cosine)
+    "popularity": (dict(model="popularity"), {}),
+    "id": (dict(model="id", unknown_history="drop"), {}),
+    "id:zero": (dict(model="id", unknown_history="drop"), {"unknown_history": "zero"}),  # same model, old input
+    "id:last": (dict(model="id", windows="last"), {}),
+    "fused": (dict(model="fused"), {}),
+    "fused:last": (dict(model="fused", windows="last"), {}),
+    "fused:align0": (dict(model="fused", content_align=0.0), {}),
+    "fused:align1": (dict(model="fused", content_align=1.0), {}),
+    "fused:align3": (dict(model="fused", content_align=3.0), {}),
+    "fused:mlp": (dict(model="fused", adapter="mlp"), {}),
+    "fused:linear": (dict(model="fused", adapter="linear"), {}),
+    "fused:whiten": (dict(model="fused", whiten=True), {}),
+    "fused:iddrop0.5": (dict(model="fused", id_dropout=0.5), {}),
+    "fused:iddrop0.1": (dict(model="fused", id_dropout=0.1), {}),
+    "fused:moddrop0.3": (dict(model="fused", modality_dropout=0.3), {}),
+    "fused:iddrop0.5+align1": (dict(model="fused", id_dropout=0.5, content_align=1.0), {}),
+    "fused:iddrop0.5+align3": (dict(model="fused", id_dropout=0.5, content_align=3.0), {}),
+    "fused:iddrop0.7": (dict(model="fused", id_dropout=0.7), {}),
+    "fused:align10": (dict(model="fused", content_align=10.0), {}),
+    "single:text": (dict(model="single:text"), {}),
+    "single:image": (dict(model="single:image"), {}),
+    "single:audio": (dict(model="single:audio"), {}),
+    "single:tabular": (dict(model="single:tabular"), {}),
+}
+REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:align0": "fused", "fused:align1": "fused",
+             "fused:align3": "fused", "fused:mlp": "fused", "fused:linear": "fused", "fused:whiten": "fused",
+             "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused",
+             "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id"}
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("torch", "numpy", "pandas", "scipy")}
+
+
+def _commit() -> str:
+    if os.environ.get("FUSIONREC_GIT_COMMIT"):  # a run from a copied tree (no .git) says which commit it copied
+        return os.environ["FUSIONREC_GIT_COMMIT"] + " (copied tree)"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def prepare(work: Path, items: int, users: int, seed: int) -> None:
+    from fusionrec.data.demo import DemoConfig, generate
+    from fusionrec.data.ingest import IngestConfig
+    from fusionrec.data.ingest import run as ingest
+    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.encode import run as encode
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+
+    generate(work / "raw", DemoConfig(n_items=items, n_users=users, seed=seed))
+    ingest(work / "raw", work / "dataset", IngestConfig(seed=seed))
+    embs = [encode(work / "dataset", work / f"emb_{m}", EncodeConfig(modality=m)) for m in ("text", "image", "audio", "tabular")]
+    align(work / "dataset", embs, work / "aligned", AlignConfig(seed=seed))
+
+
+def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"):
+    """Train one variant at one seed by the train step's code; returns (model, training record)."""
+    import torch
+
+    from fusionrec.models.align import load_aligned
+    from fusionrec.models.recommender import PopularityRanker, Recommender
+    from fusionrec.train import TrainConfig, build_spec, fit, seed_everything
+
+    if overrides.get("model") == "content_knn":
+        from fusionrec.models.baselines import ContentKNNRanker
+
+        embs = sorted(p.parent for p in Path(ds.path).parent.glob("emb*/**/manifest.json")
+                      if json.loads(p.read_text()).get("kind") == "embeddings")
+        knn = ContentKNNRanker.from_embeddings(embs, ds.n_items)
+        knn.max_len = None
+        return knn, {"embeddings": [str(e) for e in embs]}, TrainConfig(**{k: v for k, v in overrides.items() if k != "model"}, seed=seed)
+    cfg = TrainConfig(**{**overrides, "seed": seed, "device": device})
+    seed_everything(seed)
+    tr = ds.events[ds.events["split"] == "train"]
+    counts = np.bincount(tr["item_idx"].to_numpy(np.int64), minlength=ds.n_items + 1)[: ds.n_items + 1]
+    if cfg.model in ("id", "popularity"):
+        mods, feats, fmask = [], np.zeros((ds.n_items + 1, 0, 0), np.float32), np.zeros((ds.n_items + 1, 0), bool)
+    else:
+        mods, feats, fmask = load_aligned(aligned)
+    spec = build_spec(cfg, ds.n_items, mods, feats.shape[2])
+    t0, c0 = time.perf_counter(), time.process_time()
+    if spec.kind == "popularity":
+        return PopularityRanker(spec, torch.from_numpy(counts.astype(np.float32))), {"fit_wall_seconds": 0.0}, cfg
+    keep = [mods.index(m) for m in spec.modalities]
+    model = Recommender(spec, torch.from_numpy(feats[:, keep]), torch.from_numpy(fmask[:, keep]), torch.from_numpy(counts > 0))
+    record = fit(model, ds, cfg, device)
+    record["wall_seconds"] = time.perf_counter() - t0
+    record["cpu_seconds"] = time.process_time() - c0
+    return model, record, cfg
+
+
+def with_spec(model, updates: dict):
+    """The same trained weights under an evaluation-time spec change (e.g. the old zero-vector history input)."""
+    if not updates:
+        return model
+    from fusionrec.models.recommender import Recommender
+
+    new = Recommender(model.spec.model_copy(update=updates), model.features, model.feature_mask, model.id_mask)
+    new.load_state_dict(model.state_dict())
+    return new.eval()
+
+
+def diagnostics(ranker, topk: np.ndarray, ds) -> dict:
+    """Why coverage / cold recommendations look as they do: item-vector norms of warm vs cold items (the scale a
+    cold item is scored on), the share of top-10 slots that go to cold items, and how concentrated the lists are."""
+    import torch
+
+    out: dict = {}
+    trained = np.zeros(ds.n_items + 1, bool)
+    trained[np.unique(ds.split("train")["item_idx"].to_numpy())] = True
+    top10 = topk[:, :10]
+    out["cold_share_of_top10"] = round(float((~trained[top10]).mean()), 4)
+    counts = np.bincount(top10.ravel(), minlength=ds.n_items + 1)[1:]
+    out["top10_share_of_10_most_shown_items"] = round(float(np.sort(counts)[::-1][:10].sum() / max(counts.sum(), 1)), 4)
+    if hasattr(ranker, "item_tables"):
+        with torch.no_grad():
+            table = ranker.serving_module(10).item_table if ranker.user_gate is None else None
+        if table is not None:
+            norms = table.norm(dim=1).numpy()
+            ok = ranker.scorable().numpy()
+            out["item_norm_warm"] = round(float(norms[trained & ok].mean()), 4)
+            out["item_norm_cold"] = round(float(norms[~trained & ok].mean()), 4) if (~trained & ok).any() else None
+    return out
+
+
+def paired(per_case: dict, a: str, b: str, segment: str, metric: str = "ndcg@10") -> dict:
+    """``a`` vs ``b`` on the cases of ``segment``: seed-pooled per-user means, paired t interval, bootstrap ratio interval."""
+    from fusionrec.ab.stats import paired_compare
+
+    ta, tb = per_case[a], per_case[b]
+    mask = ta["segment"] == segment if segment != "overall" else np.ones(len(ta["segment"]), bool)
+    if not mask.any():
+        return {}
+    pa, pb = ta[metric][mask], tb[metric][mask]
+    c = paired_compare(pa, pb, np.ones(len(pa)), metric=metric, segment=segment)
+    return {"n": int(mask.sum()), "a": round(c.mean_treatment, 5), "b": round(c.mean_control, 5), "diff": round(c.diff, 5),
+            "diff_ci95": [round(c.diff_ci_low, 5), round(c.diff_ci_high, 5)],
+            "ratio": round(c.mean_treatment / c.mean_control, 4) if c.mean_control > 0 else None,
+            "ratio_ci95": [round(1 + c.lift_ci_low, 4), round(1 + c.lift_ci_high, 4)] if c.mean_control > 0 else None,
+            "p_ttest": float(c.p_ttest), "verdict": ("beats" if c.diff_ci_low > 0 else "loses" if c.diff_ci_high < 0 else "on par")}
+
+
+def combine(paths: list[Path], tag: str) -> int:
+    parts = [json.loads(p.read_text()) for p in paths]
+    if len({json.dumps(p["valid_case_ids"]) for p in parts}) != 1 or len({json.dumps(p["seeds"]) for p in parts}) != 1:
+        print("the ablation files disagree on the validation cases or the seeds", file=sys.stderr)
+        return 2
+    out = {k: parts[0][k] for k in ("work", "dataset", "seeds", "common_overrides", "git_commit", "versions", "valid_case_ids", "oracle")}
+    out["cold_valid_items"] = parts[0].get("cold_valid_items")
+    for key in ("variants", "table", "runs", "per_case_valid", "per_case_cold_valid"):
+        out[key] = {k: v for p in parts for k, v in p[key].items()}
+    pcv = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in out["per_case_valid"].items()}
+    pcc = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in out["per_case_cold_valid"].items()}
+    comparisons = {}
+    names = list(out["variants"])
+    for name in names:
+        ref = REFERENCE.get(name)
+        if ref in pcv and name in pcv:
+            comparisons[f"{name} vs {ref}"] = {seg: paired(pcv, name, ref, seg) for seg in ("overall", "warm")}
+            if name in pcc and ref in pcc:
+                comparisons[f"{name} vs {ref}"]["cold_valid"] = paired(pcc, name, ref, "cold")
+    for fused in [n for n in names if n.startswith("fused")]:
+        for s in [n for n in names if n.startswith("single:")]:
+            comparisons[f"{fused} vs {s}"] = {seg: paired(pcv, fused, s, seg) for seg in ("overall", "warm")}
+            if fused in pcc and s in pcc:
+                comparisons[f"{fused} vs {s}"]["cold_valid"] = paired(pcc, fused, s, "cold")
+    out.update(tag=tag, comparisons_valid=comparisons, combined_from=[str(p) for p in paths],
+               wall_seconds=sum(p["wall_seconds"] for p in parts), cpu_seconds=sum(p["cpu_seconds"] for p in parts), cached=False)
+    lines = [f"# Ablations ({tag}), validation, seeds {out['seeds']} (combined from {len(paths)} runs)", "",
+             "Cold = cold-valid: the test cases of a seeded half of the cold items (validation holds no cold case).", "",
+             "| variant | overall NDCG@10 | warm NDCG@10 | cold-valid NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
+    f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"  # noqa: E731
+    for name, t in out["table"].items():
+        v = t["valid"]
+        cv = v.get("cold_valid", {}).get("ndcg@10", [float("nan"), None])
+        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(cv)} | "
+                     f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
+    for split, o in (out["oracle"] or {}).items():
+        for kind, m in o.items():
+            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | "
+                         f"{m.get('cold_valid', m['cold'])['ndcg@10']:.4f} | | | |")
+    lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
+    for k, segs in comparisons.items():
+        ps = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
+              for seg, c in segs.items() if c and c.get("ratio") is not None]
+        lines.append(f"- {k}: " + "; ".join(ps))
+    text = "\n".join(lines)
+    print(text)
+    (ROOT / "results" / f"ablation_{tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (ROOT / "results" / f"ablation_{tag}.md").write_text(text + "\n")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--prepare", default=None, help="ITEMSxUSERS: generate + ingest + encode + align the demo catalog into --work first")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--variants", default="id,id:zero,fused,fused:align1")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="TrainConfig override key=value for every variant")
+    ap.add_argument("--test", default="", help="comma list of variants whose TEST figures to read (once, after the choices)")
+    ap.add_argument("--tag", default="demo")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--save", action="store_true", help="save every trained model under --work/models/ (for a later --from-saved test read)")
+    ap.add_argument("--from-saved", action="store_true", help="load the models a --save run wrote instead of training (the --test read)")
+    ap.add_argument("--combine", nargs="+", type=Path, default=None,
+                    help="merge ablation JSONs of the same dataset and seeds (run in parallel) into ablation_<tag>.json, comparisons recomputed")
+    args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, args.tag)
+
+    import torch
+
+    import fusionrec.ab.stats  # noqa: F401 - imported now, not lazily at the end (a long run must not depend on later source edits)
+    import fusionrec.data.demo  # noqa: F401
+    from fusionrec.config import parse_overrides
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.evaluate import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_all, c_all = time.perf_counter(), time.process_time()
+    if args.prepare:
+        items, users = (int(v) for v in args.prepare.lower().split("x"))
+        prepare(args.work, items, users, 0)
+    ds = DatasetArtifact(args.work / "dataset")
+    aligned = args.work / "aligned"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        print(f"unknown variants {unknown}; known: {sorted(VARIANTS)}", file=sys.stderr)
+        return 2
+    common = parse_overrides(args.sets)
+    test_names = [v.strip() for v in args.test.split(",") if v.strip()]
+
+    valid_cases = ds.eval_cases("valid", common.get("max_len", 50))
+    valid_exclude = ds.consumed_before(valid_cases[0])
+    # Validation has no cold case (a held-out item's events all go to test). To choose on cold items without
+    # reading test, a seeded half of the cold target ITEMS is set aside as "cold-valid": their test cases
+    # are scored like validation; test figures on cold items use the other half only ("cold_rest").
+    test_all = ds.eval_cases("test", common.get("max_len", 50))
+    cold_case = test_all[0]["segment"].astype(str).to_numpy() == "cold"
+    cold_targets = np.unique(test_all[0]["item_idx"].to_numpy()[cold_case])
+    coldval_items = np.sort(np.random.default_rng(12345).permutation(cold_targets)[: len(cold_targets) // 2])
+    in_cv = cold_case & np.isin(test_all[0]["item_idx"].to_numpy(), coldval_items)
+    coldval_cases = (test_all[0][in_cv].reset_index(drop=True), test_all[1][in_cv])
+    coldval_exclude = ds.consumed_before(coldval_cases[0]) if in_cv.any() else None
+    per_case_coldval: dict[str, dict] = {}
+    test_cases = test_all if test_names else None
+    runs: dict[str, list[dict]] = {}
+    per_case_valid: dict[str, dict] = {}
+    per_case_test: dict[str, dict] = {}
+    trained: dict[tuple, tuple] = {}
+    for name in names:
+        overrides, eval_spec = VARIANTS[name]
+        cfg_over = {**common, **overrides}
+        seg_rows, stacks, tstacks, cstacks = [], [], [], []
+        for seed in seeds:
+            key = (json.dumps(cfg_over, sort_keys=True), seed)
+            if key not in trained and cfg_over.get("model") == "content_knn":
+                trained[key] = train_one(ds, aligned, cfg_over, seed)
+            if key not in trained:  # "id" and "id:zero" share one trained model per seed
+                saved = args.work / "models" / f"{hashlib.sha1(key[0].encode()).hexdigest()[:12]}_s{seed}"
+                if args.from_saved:  # a model this script trained and saved earlier (same config and seed): no retraining
+                    from fusionrec.models.recommender import load_model
+                    from fusionrec.train import TrainConfig
+
+                    meta = json.loads((saved / "ablation.json").read_text())
+                    trained[key] = (load_model(saved), meta["record"], TrainConfig(**meta["config"]))
+                else:
+                    trained[key] = train_one(ds, aligned, cfg_over, seed)
+                    if args.save:
+                        from fusionrec.models.recommender import save_model
+
+                        save_model(trained[key][0], saved)
+                        (saved / "ablation.json").write_text(json.dumps({"record": {k: v for k, v in trained[key][1].items() if not isinstance(v, list)},
+                                                                         "config": trained[key][2].model_dump(mode="json")}, default=str))
+            model, record, cfg = trained[key]
+            ranker = with_spec(model, eval_spec)
+            res = evaluate(ranker, ds, "valid", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=valid_cases, exclude=valid_exclude)
+            stacks.append(res.per_case)
+            if coldval_exclude is not None:
+                cres = evaluate(ranker, ds, "test", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=coldval_cases, exclude=coldval_exclude)
+                res.summary["cold_valid"] = cres.summary["cold"]
+                cstacks.append(cres.per_case)
+            row = {"seed": seed, "valid": res.summary, "config": cfg.model_dump(mode="json"), "eval_spec": eval_spec,
+                   "training": {k: record.get(k) for k in ("epochs_run", "best_epoch", "best_valid_ndcg10", "train_seconds", "wall_seconds",
+                                                             "cpu_seconds", "wall_seconds_to_best", "sequences_per_second",
+                                                             "n_train_sequences", "n_train_targets")}}
+            row["diagnostics"] = diagnostics(ranker, res.topk, ds)
+            if name in test_names:
+                tres = evaluate(ranker, ds, "test", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=test_cases)
+                rest = (tres.per_case["segment"] == "cold") & ~tres.per_case["item_idx"].isin(coldval_items)
+                tres.summary["cold_rest"] = {m: float(tres.per_case.loc[rest, m].mean()) for m in ("ndcg@10", "recall@10")}
+                tres.summary["cold_rest"].update(n=int(rest.sum()), **{"coverage@10": float("nan")})
+                row["test"] = tres.summary
+                pc = tres.per_case.copy()
+                pc.loc[rest, "segment"] = "cold_rest"  # test comparisons on cold items use only the items no choice looked at
+                pc.loc[(pc["segment"] == "cold") & ~rest, "segment"] = "cold_valid"
+                tstacks.append(pc)
+            seg_rows.append(row)
+            v = res.summary
+            print(f"{name:<18} seed {seed}: valid NDCG@10 overall {v['overall']['ndcg@10']:.4f} warm {v['warm']['ndcg@10']:.4f} "
+                  f"cold {v['cold']['ndcg@10']:.4f} cov@10 {v['overall']['coverage@10']:.3f}  "
+                  f"({row['training'].get('wall_seconds') or 0:.0f}s, best epoch {row['training'].get('best_epoch')}) {row['diagnostics']}", flush=True)
+        runs[name] = seg_rows
+        for store, st in ((per_case_valid, stacks), (per_case_test, tstacks), (per_case_coldval, cstacks)):
+            if st:
+                store[name] = {"segment": st[0]["segment"].to_numpy(),
+                               "ndcg@10": np.mean([p["ndcg@10"].to_numpy() for p in st], axis=0),
+                               "recall@10": np.mean([p["recall@10"].to_numpy() for p in st], axis=0)}
+        trained = {k: v for k, v in trained.items() if any(k[0] == json.dumps({**common, **VARIANTS[n][0]}, sort_keys=True) for n in names[names.index(name) + 1:])}
+
+    def mean_ci(vals):
+        vals = np.asarray(vals, float)
+        if len(vals) < 2:
+            return [float(vals.mean()), None]
+        from scipy import stats
+
+        h = float(stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals)))
+        return [round(float(vals.mean()), 5), round(h, 5)]
+
+    table = {}
+    for name, rows in runs.items():
+        table[name] = {split: {seg: {m: mean_ci([r[split][seg][m] for r in rows]) for m in ("ndcg@10", "recall@10", "coverage@10")}
+                               for seg in ("overall", "warm", "cold", "cold_valid", "cold_rest") if seg in rows[0][split]}
+                       for split in (["valid"] + (["test"] if "test" in rows[0] else []))}
+        table[name]["seconds_to_best"] = mean_ci([r["training"].get("wall_seconds_to_best") or 0 for r in rows])
+        table[name]["sequences_per_second"] = mean_ci([r["training"].get("sequences_per_second") or 0 for r in rows])
+    comparisons = {}
+    for name in names:
+        ref = REFERENCE.get(name)
+        if ref in per_case_valid and name in per_case_valid:
+            comparisons[f"{name} vs {ref}"] = {seg: paired(per_case_valid, name, ref, seg) for seg in ("overall", "warm")}
+            if name in per_case_coldval and ref in per_case_coldval:
+                comparisons[f"{name} vs {ref}"]["cold_valid"] = paired(per_case_coldval, name, ref, "cold")
+    singles = [n for n in names if n.startswith("single:")]
+    for fused in [n for n in names if n.startswith("fused")]:
+        for s in singles:
+            comparisons[f"{fused} vs {s}"] = {seg: paired(per_case_valid, fused, s, seg) for seg in ("overall", "warm")}
+            if fused in per_case_coldval and s in per_case_coldval:
+                comparisons[f"{fused} vs {s}"]["cold_valid"] = paired(per_case_coldval, fused, s, "cold")
+    test_comparisons = {}
+    for a in test_names:
+        for b in test_names:
+            if a != b and a in per_case_test and b in per_case_test:
+                test_comparisons[f"{a} vs {b}"] = {seg: paired(per_case_test, a, b, seg) for seg in ("warm", "cold_rest")}
+
+    from fusionrec.models.baselines import n_candidates, random_expected_metrics
+
+    def random_floor(cases, exclude) -> dict:
+        exp = random_expected_metrics(n_candidates(ds.n_items, cases[1], exclude), ks=(10,), k_max=10)["ndcg@10"]
+        seg = cases[0]["segment"].astype(str).to_numpy()
+        return {g: float(exp[seg == g].mean()) if (seg == g).any() else None for g in ("warm", "cold")}
+
+    floors = {"random_ndcg@10": {"valid": random_floor(valid_cases, valid_exclude)}}
+    if coldval_exclude is not None:
+        floors["random_ndcg@10"]["cold_valid"] = random_floor(coldval_cases, coldval_exclude)["cold"]
+    if test_names:
+        rest = cold_case & ~in_cv
+        floors["random_ndcg@10"]["test"] = random_floor(test_all, ds.consumed_before(test_all[0]))
+        floors["random_ndcg@10"]["test_cold_rest"] = random_floor((test_all[0][rest].reset_index(drop=True), test_all[1][rest]),
+                                                                  ds.consumed_before(test_all[0][rest]))["cold"]
+    oracle = {}
+    if (args.work / "raw" / "truth").exists():
+        from fusionrec.data.demo import oracle_metrics
+
+        for split in ["valid", "test"]:
+            oracle[split] = {}
+            for kind, flag in (("generator", False), ("content", True)):
+                summ, frame = oracle_metrics(args.work / "raw", ds.path, ks=(10, 20), split=split, k_max=20, content_only=flag, per_case=True)
+                if split == "test":  # the cold-valid items (choices) and the rest (read once)
+                    cold = frame["segment"] == "cold"
+                    summ["cold_valid"] = {"ndcg@10": float(frame.loc[cold & frame["item_idx"].isin(coldval_items), "ndcg@10"].mean())}
+                    summ["cold_rest"] = {"ndcg@10": float(frame.loc[cold & ~frame["item_idx"].isin(coldval_items), "ndcg@10"].mean())}
+                oracle[split][kind] = summ
+
+    lines = [f"# Ablations ({args.tag}), validation, seeds {seeds}", "",
+             "Cold = cold-valid: the test cases of a seeded half of the cold items (validation holds no cold case).", "",
+             "| variant | overall NDCG@10 | warm NDCG@10 | cold-valid NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
+    for name, t in table.items():
+        v = t["valid"]
+        f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"  # noqa: E731
+        cv = v.get("cold_valid", {}).get("ndcg@10", [float("nan"), None])
+        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(cv)} | "
+                     f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
+    for split, o in oracle.items():
+        for kind, m in o.items():
+            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | "
+                         f"{m.get('cold_valid', m['cold'])['ndcg@10']:.4f} | | | |")
+    lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
+    for k, segs in comparisons.items():
+        parts = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
+                 for seg, c in segs.items() if c and c.get("ratio") is not None]
+        lines.append(f"- {k}: " + "; ".join(parts))
+    if test_comparisons:
+        lines += ["", "TEST (read once):", ""]
+        for k, segs in test_comparisons.items():
+            parts = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
+                     for seg, c in segs.items() if c and c.get("ratio") is not None]
+            lines.append(f"- {k}: " + "; ".join(parts))
+    lines += ["", f"Random-ranking floor (expected NDCG@10): {json.dumps(floors['random_ndcg@10'])}"]
+    text = "\n".join(lines)
+    print(text)
+    out = {"tag": args.tag, "work": str(args.work), "dataset": ds.meta if hasattr(ds, "meta") else None, "seeds": seeds,
+           "common_overrides": common, "variants": {n: {"train": VARIANTS[n][0], "eval_spec": VARIANTS[n][1]} for n in names},
+           "table": table, "comparisons_valid": comparisons,
+           "per_case_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_valid.items()},
+           "per_case_cold_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_coldval.items()},
+           "cold_valid_items": coldval_items.tolist(),
+           "valid_case_ids": valid_cases[0]["case_id"].astype(int).tolist(), "comparisons_test": test_comparisons, "oracle": oracle, "floors": floors, "runs": runs,
+           "cached": False, "git_commit": _commit(), "versions": _versions(),
+           "wall_seconds": round(time.perf_counter() - t_all, 1), "cpu_seconds": round(time.process_time() - c_all, 1),
+           "torch_threads": torch.get_num_threads(),
+           "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+                       "loadavg_at_end": os.getloadavg()}}
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / f"ablation_{args.tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (ROOT / "results" / f"ablation_{args.tag}.md").write_text(text + "\n")
+    print(f"written to {ROOT / 'results' / f'ablation_{args.tag}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
