@@ -40,7 +40,7 @@ Example:
     dataset: .../dataset
       items 3 (0 cold-start), users 2
       interactions 5: train 3, valid 1, test 1
-      test cases: warm 1, cold 0; valid cases 1
+      test cases: warm 1, cold 0 (held out 0, unseen in training 0); valid cases 1
       interactions.csv: 6 rows, kept 5, rejected 1 (unparseable timestamp 1)
       items.csv: 3 rows, kept 3, rejected 0 (none)
       media: audio ok 0; image ok 0
