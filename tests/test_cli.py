@@ -54,3 +54,18 @@ def test_bad_config_file_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["ingest", str(tmp_path), str(tmp_path / "out"), "--config", str(bad)])
     assert result.exit_code == 2
     assert "cold_item_share" in result.output and "Traceback" not in result.output
+
+
+def test_a_sigterm_wrapped_by_a_c_extension_import_exits_without_traceback():
+    """SIGTERM while ``import onnxruntime`` initialises surfaces as ImportError caused by our SystemExit(143)."""
+    from fusionrec.cli import _signal_exit
+
+    try:
+        try:
+            raise SystemExit(143)
+        except SystemExit as stop:
+            raise ImportError("initialization failed") from stop
+    except ImportError as wrapped:
+        assert _signal_exit(wrapped).code == 143
+    assert _signal_exit(ValueError("bad value")) is None
+    assert _signal_exit(ImportError("no module named x")) is None

@@ -57,9 +57,31 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _exit)
 
 
+def _signal_exit(exc: BaseException) -> SystemExit | None:
+    """The SystemExit our SIGTERM handler raised, if ``exc`` is only its wrapper.
+
+    A signal that lands while a C extension initialises (``import onnxruntime`` while the server
+    starts) comes back as "ImportError: initialization failed" caused by that SystemExit: the user
+    asked to stop, so exit with its code and no traceback.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main() -> None:
     _exit_on_sigterm()
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - only a wrapped signal exit is swallowed, anything else re-raised
+        stop = _signal_exit(exc)
+        if stop is None:
+            raise
+        raise SystemExit(stop.code) from None
 
 
 if __name__ == "__main__":
