@@ -79,6 +79,11 @@ INVALID_IDX = -1
 MODEL_FILE = "model.onnx"
 
 
+#: numpy dtype name -> config.pbtxt data_type, and -> tritonclient InferInput datatype
+TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}
+TRITON_DATATYPES = {"int64": "INT64", "float32": "FP32"}
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One graph input or output: name, element type, and which repository size is its length."""
@@ -95,12 +100,12 @@ class TensorSpec:
 
     @property
     def triton_type(self) -> str:
-        return {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}[self.dtype]
+        return TRITON_TYPES[self.dtype]
 
     @property
     def triton_datatype(self) -> str:
         """The tritonclient ``InferInput`` datatype string."""
-        return {"int64": "INT64", "float32": "FP32"}[self.dtype]
+        return TRITON_DATATYPES[self.dtype]
 
     def dims(self, max_len: int, k: int) -> int:
         return {"max_len": max_len, "k": k, "free": -1}[self.length]
@@ -169,11 +174,11 @@ class GraphTensor:
 
     @property
     def triton_type(self) -> str:
-        return {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}[self.dtype]
+        return TRITON_TYPES[self.dtype]
 
     @property
     def triton_datatype(self) -> str:
-        return {"int64": "INT64", "float32": "FP32"}[self.dtype]
+        return TRITON_DATATYPES[self.dtype]
 
     def to_json(self) -> list:
         return [self.name, self.dtype, list(self.dims)]
