@@ -50,23 +50,13 @@ def main() -> int:
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.explain import ExplainModule, attention_rollout, channel_names
     from fusionrec.models import load_model
-    from fusionrec.models.align import AlignConfig
-    from fusionrec.models.align import run as align
-    from fusionrec.train import TrainConfig
-    from fusionrec.train import run as train
     from query import git_commit
-    from _steps import step as _step
-    from quality import prepare
+    from _steps import fused_demo_model
 
     t_start = time.perf_counter()
-    qargs = argparse.Namespace(dataset="demo", items=args.items, users=args.users, events=args.events, seed=args.seed, fresh=False)
     work = args.work or Path("artifacts") / "bench_quality_demo" / f"{args.items}x{args.users}x{args.events}-s{args.seed}"
     timings: dict = {}
-    raw, embs, ds_path = prepare(qargs, work, timings)
-    aligned = _step("align", work / "aligned", lambda: align(ds_path, embs, work / "aligned", AlignConfig(seed=args.seed)), timings)
-    model_dir = work / "models" / "fused_attention"
-    _step("train fused:attention", model_dir,
-          lambda: train(ds_path, aligned, model_dir, TrainConfig(model="fused", fusion="attention", seed=args.seed)), timings)
+    raw, ds_path, aligned, model_dir = fused_demo_model(work, args.items, args.users, args.events, args.seed, timings)
 
     model = load_model(model_dir)
     module = ExplainModule(model)
