@@ -38,6 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 from fusionrec.models.fusion import FUSIONS  # noqa: E402  (the library's list, not a copy)
+from readme_tables import fmt_mean_ci as _fmt  # noqa: E402  (one formatter for the JSON's markdown and the README)
 SEGMENTS = ("overall", "warm", "cold")
 TABLE_METRICS = ("ndcg@10", "recall@20", "mrr")
 KS = (10, 20, 50)
@@ -392,15 +393,6 @@ def protocol_effect(ds, ds_old, embs, max_len: int) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Markdown
 # ----------------------------------------------------------------------------------------------
-def _fmt(s: dict | None, digits: int = 4) -> str:
-    if not s or s.get("mean") is None:
-        return "-"
-    txt = f"{s['mean']:.{digits}f}"
-    if s.get("ci"):
-        txt += f" [{s['ci'][0]:.{digits}f}, {s['ci'][1]:.{digits}f}]"
-    return txt
-
-
 def markdown(r: dict) -> str:
     st = r["stats"]
     tc = st["test_cases"]

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _fmt(s: dict | None) -> str:
+def fmt_mean_ci(s: dict | None) -> str:
+    """``mean [low, high]`` of a ``{"mean", "ci"}`` summary, 4 decimals; ``-`` when there is none."""
     if not s or s.get("mean") is None:
         return "-"
     out = f"{s['mean']:.4f}"
@@ -44,8 +45,8 @@ def quality_block(r: dict) -> str:
     for k, row in r["rows"].items():
         s = row["summary"]
         name = f"**{k}** (chosen on validation)" if k in sel else k
-        lines.append(f"| {name} | {len(row['seeds']) if row['seeds'] else '-'} | {_fmt(s['warm']['ndcg@10'])} | {_fmt(s['cold']['ndcg@10'])} | "
-                     f"{_fmt(s['warm']['recall@20'])} | {_fmt(s['cold']['recall@20'])} |")
+        lines.append(f"| {name} | {len(row['seeds']) if row['seeds'] else '-'} | {fmt_mean_ci(s['warm']['ndcg@10'])} | {fmt_mean_ci(s['cold']['ndcg@10'])} | "
+                     f"{fmt_mean_ci(s['warm']['recall@20'])} | {fmt_mean_ci(s['cold']['recall@20'])} |")
     verdicts = ["", "Paired verdicts (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
     for c in r["comparisons"]:
         cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
