@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/readme_tables.py --check   # exit 1 if README.md differs from the JSON
 
 A block is the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is a result file
-stem under benchmarks/results/ (quality, movielens, aa).
+stem under benchmarks/results/ (quality, movielens, aa, events).
 """
 
 from __future__ import annotations
@@ -89,8 +89,31 @@ def aa_block(r: dict) -> str:
             f"{r['total']['wall_s']:.0f} s wall / {r['total']['cpu_s']:.0f} s CPU; commit {r['provenance']['git_commit'][:10]}.")
 
 
+def events_block(r: dict) -> str:
+    """Behaviour kinds (benchmarks/events.py): each model with and without kinds, the oracle ceilings, the paired lift."""
+    tc = r["stats"]["test_cases"]
+    share = ", ".join(f"{k} {v:.0%}" for k, v in r["stats"]["event_share"].items())
+    head = (f"{r['stats']['n_items']:,} items, {r['stats']['n_users']:,} users, events {share}; {tc['warm']:,} warm / {tc['cold']:,} cold "
+            f"test cases; seeds {r['seeds']}; mean [95% interval over seeds]; epoch budget {r['config']['train']['epochs']} with early "
+            f"stopping on validation; commit {r['provenance']['git_commit'][:10]}; {r['total']['wall_s']:.0f} s wall; "
+            + ("nothing reused." if not r["cache"]["reused_artifacts"] else f"reused: {', '.join(r['cache']['reused_artifacts'])}."))
+    lines = ["| model | NDCG@10 overall | NDCG@10 warm | NDCG@10 cold | Recall@20 overall |", "|---|---|---|---|---|"]
+    for k, row in r["rows"].items():
+        s = row["summary"]
+        lines.append(f"| {k} | {fmt_mean_ci(s['overall']['ndcg@10'])} | {fmt_mean_ci(s['warm']['ndcg@10'])} | "
+                     f"{fmt_mean_ci(s['cold']['ndcg@10'])} | {fmt_mean_ci(s['overall']['recall@20'])} |")
+    verdicts = ["", "Paired lift of reading the kinds (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
+    for c in r["comparisons"]:
+        cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
+        rel = f" ({c['diff'] / c['mean_b']:+.1%})" if c.get("mean_b") else ""
+        verdicts.append(f"- {c['a']} vs {c['b']} ({c['segment']}): {c['diff']:+.4f}{rel}, cases [{c['ci_cases'][0]:+.4f}, "
+                        f"{c['ci_cases'][1]:+.4f}]{cs}: **{c['verdict']}**")
+    return "\n".join([head, ""] + lines + verdicts)
+
+
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
-          "movielens": quality_block, "movielens_effect": effect_block, "movielens_alignment": alignment_block, "aa": aa_block}
+          "movielens": quality_block, "movielens_effect": effect_block, "movielens_alignment": alignment_block, "aa": aa_block,
+          "events": events_block}
 
 
 def render(readme: str) -> str:

@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
                                             "sequential model answers instead."),
         explain: bool = typer.Option(False, "--explain", help="Explain each recommendation (served <model>_explain): modality "
                                      "shares of the score and the history items that drove it."),
+        events: str = typer.Option("", "--events", help="Comma-separated behaviour kinds, one per history item (e.g. "
+                                   "view,purchase), for a model trained with use_events (sent as EVENTS)."),
         k: int = typer.Option(10, "-k", "--k", min=1, help="Number of recommendations (at least 1)."),
         url: str = typer.Option("127.0.0.1:8001", "--url", help="Triton gRPC address."),
         model: str = typer.Option("fusionrec", "--model", help="Served model name."),
@@ -33,6 +35,7 @@ def register(app: typer.Typer) -> None:
             from fusionrec.serving.client import RecommendClient
 
             history = [x.strip() for x in user_history.split(",") if x.strip()]
+            kinds = [x.strip() for x in events.split(",") if x.strip()] or None
             explanations = None
             try:
                 with RecommendClient(url, model=model, repo=repo, timeout_s=timeout_s) as client:
@@ -41,14 +44,18 @@ def register(app: typer.Typer) -> None:
                     if query is not None and not history:
                         recs = client.query(query, k=k)
                     else:
-                        h = left_pad([client.to_idx(history)], client.max_len or max(1, len(history)))
+                        length = client.max_len or max(1, len(history))
+                        h = left_pad([client.to_idx(history)], length)
+                        ids = client.to_kinds([history], None if kinds is None else [kinds])
                         if explain and history:
                             idx, score, explanations = client.topk(h, k, explain=True)
                         else:
-                            idx, score = client.topk(h, k)
+                            idx, score = client.topk(h, k, events=None if ids is None else left_pad(ids, length))
                         recs = client.to_ids(idx[0], score[0])
             except InferenceServerException as exc:
                 raise ValueError(f"Triton at {url}: {exc.message() if hasattr(exc, 'message') else exc}") from None
+            if kinds is not None and not client.event_kinds:
+                typer.echo("(the model reads no behaviour kinds: --events is not used)", err=True)
             if query is not None and not history:
                 typer.echo(f"(no history: ranked by content for the query {query!r})", err=True)
             elif query is not None:

@@ -23,7 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrec.model_repository import HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUT_NAMES, SCORE, ModelRepository, feeds
+from fusionrec.model_repository import (EVENTS, HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUT_NAMES, SCORE, ModelRepository, feeds,
+                                        kind_ids)
 from fusionrec.ranking import exclusion_lists, left_pad
 
 from .config import read_model_config
@@ -46,12 +47,15 @@ class _Base:
         self.max_len = max_len
         """History length of the served graph (histories of another length are re-padded)."""
         self.max_batch_size = max_batch_size
+        self.event_kinds: list[str] = []
+        """The behaviour kinds the served model reads (from the repository); [] when it reads none or no repo was given."""
         popular_counts: list[float] = []
         self.repo = Path(repo) if repo is not None else None
         if repo is not None:
             mrepo = ModelRepository(repo, model)
             self.max_len = self.max_len or mrepo.max_len
             self.k = mrepo.k
+            self.event_kinds = mrepo.event_kinds
             self.max_batch_size = self.max_batch_size or read_model_config(mrepo.model_dir / "config.pbtxt").max_batch_size
             if item_ids is None:
                 item_ids = mrepo.item_ids
@@ -85,21 +89,38 @@ class _Base:
         self.k = self.k or int(next(o for o in cfg.output if o.name == ITEM_IDX).dims[0])
         self.max_batch_size = self.max_batch_size or int(cfg.max_batch_size)
 
+    def to_kinds(self, histories: Sequence[Sequence[str]], events: Sequence[Sequence[str | None]] | None) -> list[list[int]] | None:
+        """Behaviour kind names per history position -> EVENTS ids (None: none given, or the model reads no kinds).
+
+        A list of kinds must be as long as its history; a kind the model does not know is a ``ValueError``
+        naming the ones it does (None is allowed: unknown).
+        """
+        if events is None or not self.event_kinds:
+            return None
+        if len(events) != len(histories) or any(len(e) != len(h) for e, h in zip(events, histories)):
+            raise ValueError("events must give one behaviour kind per history item (same lengths as the histories)")
+        unknown = sorted({str(k) for e in events for k in e if k is not None and k not in self.event_kinds})
+        if unknown:
+            raise ValueError(f"unknown behaviour kind(s) {unknown} for model '{self.model}'; it knows {self.event_kinds}")
+        return [kind_ids(e, self.event_kinds).tolist() for e in events]
+
     def _consumed(self, histories: Sequence[Sequence[str]], consumed: Sequence[Sequence[str]] | None) -> np.ndarray:
         """EXCLUDE for external-id histories: every id of each (whole) history plus ``consumed``, -1 padded."""
         rows = [self.to_idx(h) + (self.to_idx(consumed[i]) if consumed is not None else []) for i, h in enumerate(histories)]
         return exclusion_lists(rows)
 
-    def _start(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None
+    def _start(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None, events: np.ndarray | None = None
                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """The graph inputs (histories re-padded to ``max_len``, ``exclude`` as EXCLUDE), output arrays with
-        empty histories already filled by the fallback, and the rows that still need the model."""
+        """The graph inputs (histories re-padded to ``max_len``, ``exclude`` as EXCLUDE, ``events`` as EVENTS), output
+        arrays with empty histories already filled by the fallback, and the rows that still need the model."""
         h = np.asarray(histories, dtype=np.int64)
         if h.ndim != 2:
             raise ValueError(f"histories must be int64 [batch, length], got shape {h.shape}")
         if self.k is not None and k > self.k:
             raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k}")
-        feed = feeds(h, self.max_len if self.max_len is not None else h.shape[1], exclude)
+        feed = feeds(h, self.max_len if self.max_len is not None else h.shape[1], exclude, events)
+        if events is None:  # left out: the server fills "unknown" (and a graph exported before EVENTS still answers)
+            feed.pop(EVENTS)
         empty = ~(feed[HISTORY] > 0).any(axis=1)
         idx = np.zeros((len(empty), k), np.int64)
         score = np.zeros((len(empty), k), np.float32)
@@ -183,35 +204,41 @@ class RecommendClient(_Base):
         res = self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s))
         return res.as_numpy(ITEM_IDX), res.as_numpy(SCORE)
 
-    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None, explain: bool = False):
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None, explain: bool = False,
+             events: np.ndarray | None = None):
         """item_idx histories [B, L] -> (item_idx [B, k], score [B, k]); empty rows get the popularity fallback.
 
         ``exclude`` (int64 [B, E], -1 padded): further item_idx per row the server must not return (the
         user's consumed items older than the last ``max_len``), sent as the graph's EXCLUDE input.
+        ``events`` (int64 [B, L], parallel to ``histories``): behaviour kind ids into ``event_kinds``, sent as EVENTS.
         ``explain=True`` returns ``(item_idx, score, explanations)`` (see :meth:`explain_topk`).
         """
         if explain:
             return self.topk_explained(histories, k, exclude=exclude)
-        feed, idx, score, rows = self._start(histories, k, exclude)
+        feed, idx, score, rows = self._start(histories, k, exclude, events)
         for sl in self._chunks(len(rows)):
             i, s = self._infer(feed, rows[sl])
             self._check_rows(i, int(rows[sl][0]) if len(rows[sl]) else 0)
             idx[rows[sl]], score[rows[sl]] = i[:, :k], s[:, :k]
         return idx, score
 
-    def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10,
-                       consumed: Sequence[Sequence[str]] | None = None) -> list[Recommendation]:
+    def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10, consumed: Sequence[Sequence[str]] | None = None,
+                       events: Sequence[Sequence[str | None]] | None = None) -> list[Recommendation]:
         """External-id histories (most recent last) -> per user [(item_id, score), ...] best first.
 
         The model reads the last ``max_len`` ids; EVERY id of the history (and of ``consumed``, items the
-        user consumed that are not in the history) is excluded from the answer.
+        user consumed that are not in the history) is excluded from the answer. ``events``: the behaviour
+        kind of each history item (e.g. ``["view", "purchase"]``), for a model that reads kinds.
         """
-        h = left_pad([self.to_idx(x) for x in histories], self.max_len or max(1, max(map(len, histories), default=1)))
-        idx, score = self.topk(h, k, self._consumed(histories, consumed))
+        length = self.max_len or max(1, max(map(len, histories), default=1))
+        h = left_pad([self.to_idx(x) for x in histories], length)
+        kinds = self.to_kinds(histories, events)
+        idx, score = self.topk(h, k, self._consumed(histories, consumed), events=None if kinds is None else left_pad(kinds, length))
         return [self.to_ids(i, s) for i, s in zip(idx, score)]
 
-    def recommend(self, history: Sequence[str], k: int = 10, consumed: Sequence[str] | None = None) -> Recommendation:
-        return self.recommend_many([history], k, None if consumed is None else [consumed])[0]
+    def recommend(self, history: Sequence[str], k: int = 10, consumed: Sequence[str] | None = None,
+                  events: Sequence[str | None] | None = None) -> Recommendation:
+        return self.recommend_many([history], k, None if consumed is None else [consumed], None if events is None else [events])[0]
 
     # -- companions: text queries and explanations (``<model>_query``, ``<model>_explain``) --------
     def _companion_dir(self, suffix: str, what: str) -> Path:
@@ -349,9 +376,10 @@ class AsyncRecommendClient(_Base):
         if self.max_len is None or self.max_batch_size is None:
             self._set_meta((await self._call(lambda: self._client.get_model_config(self.model, client_timeout=self.timeout_s))).config)
 
-    async def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    async def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                   events: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         await self._ensure_meta()
-        feed, idx, score, rows = self._start(histories, k, exclude)
+        feed, idx, score, rows = self._start(histories, k, exclude, events)
 
         async def one(sl: slice):
             inputs, outputs = self._inputs(feed, rows[sl], self._grpc)
@@ -363,15 +391,19 @@ class AsyncRecommendClient(_Base):
             idx[rows[sl]], score[rows[sl]] = i[:, :k], s[:, :k]
         return idx, score
 
-    async def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10,
-                             consumed: Sequence[Sequence[str]] | None = None) -> list[Recommendation]:
+    async def recommend_many(self, histories: Sequence[Sequence[str]], k: int = 10, consumed: Sequence[Sequence[str]] | None = None,
+                             events: Sequence[Sequence[str | None]] | None = None) -> list[Recommendation]:
         await self._ensure_meta()
         h = left_pad([self.to_idx(x) for x in histories], int(self.max_len))
-        idx, score = await self.topk(h, k, self._consumed(histories, consumed))
+        kinds = self.to_kinds(histories, events)
+        idx, score = await self.topk(h, k, self._consumed(histories, consumed),
+                                     events=None if kinds is None else left_pad(kinds, int(self.max_len)))
         return [self.to_ids(i, s) for i, s in zip(idx, score)]
 
-    async def recommend(self, history: Sequence[str], k: int = 10, consumed: Sequence[str] | None = None) -> Recommendation:
-        return (await self.recommend_many([history], k, None if consumed is None else [consumed]))[0]
+    async def recommend(self, history: Sequence[str], k: int = 10, consumed: Sequence[str] | None = None,
+                        events: Sequence[str | None] | None = None) -> Recommendation:
+        return (await self.recommend_many([history], k, None if consumed is None else [consumed],
+                                          None if events is None else [events]))[0]
 
     async def close(self) -> None:
         await self._client.close()
