@@ -16,7 +16,9 @@ stopping on validation NDCG@10, fixed seeds. ``windows="all"`` (default) cuts ev
 into windows of ``max_len`` targets so one epoch makes every train event after a user's first the target
 of exactly one position; ``windows="last"`` keeps only each user's last ``max_len + 1`` items (the old,
 data-wasting behaviour, kept for the ablation). Writes the ``model``
-artifact: ``model.safetensors``, ``config.json``, ``metrics.json``, ``per_case.parquet``.
+artifact: ``model.safetensors``, ``config.json``, ``metrics.json``, ``per_case.parquet`` and the test report
+``report.md`` / ``report.html`` (metrics per segment, three explained recommendations with titles,
+cover thumbnails and the modality bar).
 
 Example:
     >>> run("artifacts/dataset", "artifacts/aligned", "artifacts/model", TrainConfig(epochs=20))  # doctest: +SKIP
@@ -358,6 +360,20 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
     return record
 
 
+def _quality_report(model, ds, cfg: TrainConfig, summary: dict) -> tuple[str, str]:
+    """The model's test report (``report.md``/``report.html``): metrics per segment and three explained recommendations."""
+    from fusionrec.explain import model_examples, quality_report
+
+    if not isinstance(model, Recommender):
+        examples, why = None, "a popularity ranking has no history to explain"
+    elif model.spec.event_kinds:
+        examples, why = None, "the model reads behaviour kinds, which explanations do not cover yet"
+    else:
+        examples, why = model_examples(model, ds), "no warm test case with 3 or more history items"
+    ks = [k for k in cfg.eval_ks if k <= 20] or cfg.eval_ks[:1]
+    return quality_report(cfg.model if cfg.model != "fused" else f"fused:{cfg.fusion}", summary, examples, ds, ks, why)
+
+
 def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str | os.PathLike, cfg: TrainConfig | None = None,
         force: bool = False) -> Path:
     """Train ``cfg.model`` on the dataset artifact (with the aligned artifact for content models) and write the model artifact."""
@@ -394,12 +410,15 @@ def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str 
             log.info("%s: %.0f sequences/s, %.1fs training", cfg.model, record["sequences_per_second"], record["train_seconds"])
         test = evaluate(model, ds, "test", ks=cfg.eval_ks, k_max=cfg.eval_k, max_len=cfg.max_len)
         model = model.cpu()
+        report = _quality_report(model, ds, cfg, test.summary)
         with artifact_dir(out, "model", [dataset, aligned], force) as tmp:
             save_model(model, tmp, {"train": cfg.model_dump(mode="json"), "model": cfg.model, "n_items": ds.n_items,
                                     "modalities": spec.modalities, "fusion": spec.fusion})
             atomic_write_json(tmp / "metrics.json", {"model": cfg.model, "fusion": spec.fusion, "modalities": spec.modalities,
                                                      "training": record, "test": test.summary})
             save_parquet(test.per_case, tmp / "per_case.parquet")
+            (tmp / "report.md").write_text(report[0], encoding="utf-8")
+            (tmp / "report.html").write_text(report[1], encoding="utf-8")
             inputs = {"dataset": Path(dataset)}
             if aligned is not None:
                 inputs["aligned"] = Path(aligned)
