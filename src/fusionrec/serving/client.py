@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from fusionrec.model_repository import HISTORY, INPUTS, INVALID_IDX, ITEM_IDX, OUTPUT_NAMES, SCORE, ModelRepository, feeds
-from fusionrec.query import MIX_UNTIL, RRF_C, QueryTokenizer
+from fusionrec.query import MIX_UNTIL, RRF_C, QueryTokenizer, check_query, mix_rankings, query_weight
 from fusionrec.ranking import exclusion_lists, left_pad
 
 from .config import read_model_config
@@ -213,8 +213,6 @@ class _Base:
         deep (within each model's K), merged by ``fusionrec.query.mix_rankings``. Bad input (unknown
         history ids, a bad query, ``mix_until`` < 1, ``rrf_c`` <= 0) raises here, before anything is sent.
         """
-        from fusionrec.query import check_query, query_weight
-
         history = list(history or [])
         if mix:
             query_weight(len(history), mix_until)  # checks mix_until
@@ -232,14 +230,14 @@ class _Base:
         name, _, k_max = self._query_model()
         if k > k_max:
             raise ValueError(f"k={k} but '{name}' was exported with top-{k_max}")
+        if self.k is not None and k > self.k:
+            raise ValueError(f"k={k} but model '{self.model}' was exported with top-{self.k}")
         depth = k + len(history)
         return "mix", min(depth, k_max), min(depth, self.k) if self.k else depth
 
     @staticmethod
     def _mixed(query_recs: Recommendation, sequence_recs: Recommendation, history: Sequence[str], k: int,
                mix_until: int, rrf_c: float) -> Recommendation:
-        from fusionrec.query import mix_rankings
-
         recs = mix_rankings([i for i, _ in query_recs], [i for i, _ in sequence_recs], [str(h) for h in history], k,
                             mix_until, rrf_c)
         if len(recs) < k:  # the sequential list alone holds k items outside the history: only a broken server gets here
