@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionrec.query import (MAX_QUERY_TOKENS, MIX_UNTIL, QueryError, QueryRanker, QueryTokenizer, build_query_module,
+from fusionrec.query import (MAX_QUERY_TOKENS, MIX_UNTIL, RRF_C, QueryError, QueryRanker, QueryTokenizer, build_query_module,
                              check_query, mix_rankings, query_weight, write_query_model)
 
 
@@ -213,8 +213,8 @@ def test_mix_never_returns_history_items_and_ranks_after_dropping_them():
     q, s = ["h1", "a", "h2", "b", "a"], ["h2", "x", "h1"]  # a repeat counts at its first place only
     mixed = mix_rankings(q, s, ["h1", "h2"], k=10, mix_until=4)
     assert [i for i, _ in mixed] == ["a", "x", "b"]
-    assert mixed[0][1] == pytest.approx(0.5 / 61, rel=1e-12)  # "a" is the query list's first item once h1 is dropped
-    assert mixed[1][1] == pytest.approx(0.5 / 61, rel=1e-12)
+    assert mixed[0][1] == pytest.approx(0.5 / (RRF_C + 1), rel=1e-12)  # "a" is the query list's first item once h1 is dropped
+    assert mixed[1][1] == pytest.approx(0.5 / (RRF_C + 1), rel=1e-12)
 
 
 def test_mix_returns_k_items_when_the_lists_hold_them():
@@ -227,7 +227,7 @@ def test_mix_returns_k_items_when_the_lists_hold_them():
 
 
 def test_mix_ties_are_broken_by_single_rank_then_the_query_list():
-    # equal weights (2 events of 4): a and x tie at 0.5/61; b and y at 0.5/62
+    # equal weights (2 events of 4): a and x tie at 0.5/(c + 1); b and y at 0.5/(c + 2)
     assert [i for i, _ in mix_rankings(["a", "b"], ["x", "y"], ["h1", "h2"], k=4, mix_until=4)] == ["a", "x", "b", "y"]
     assert [i for i, _ in mix_rankings(["x", "y"], ["a", "b"], ["h1", "h2"], k=4, mix_until=4)] == ["x", "a", "y", "b"]
     # mirrored ranks give equal sums (float addition commutes): the one that is the query's first wins
