@@ -55,6 +55,26 @@ def quality_block(r: dict) -> str:
     return "\n".join(head + [""] + lines + verdicts)
 
 
+def cost_block(r: dict) -> str:
+    """Training cost per trained row: epochs run, the kept (best-validation) epoch, wall seconds, and the time to the kept
+    epoch estimated as wall x kept / run epochs (epochs cost about the same; the JSON has each seed's valid curve)."""
+    lines = ["| model | seeds | epochs run (kept) | wall s per model | est. wall s to the kept epoch |", "|---|---|---|---|---|"]
+    for k, row in r["rows"].items():
+        runs = row.get("training") or []
+        runs = [t for t in runs if t.get("wall_s") and t.get("epochs_run")]
+        if not runs:
+            continue
+        to_best = [t["wall_s"] * t["best_epoch"] / t["epochs_run"] for t in runs if t.get("best_epoch")]
+        lines.append(f"| {k} | {len(runs)} | " + ", ".join(f"{t['epochs_run']} ({t.get('best_epoch')})" for t in runs)
+                     + f" | {sum(t['wall_s'] for t in runs) / len(runs):.0f} | "
+                     + (f"{sum(to_best) / len(to_best):.0f}" if to_best else "-") + " |")
+    load = r["provenance"]["machine"].get("load_average_at_start")
+    note = (f"Epoch budget {r['config']['train'].get('epochs')}, patience {r['config']['train'].get('patience')}; "
+            f"{r['provenance']['machine'].get('cpus')} CPUs, torch threads {r['config'].get('threads')}, "
+            f"load average at start {load[0]:.1f}" if load else "") + " (wall seconds depend on the machine's load)."
+    return note + "\n\n" + "\n".join(lines)
+
+
 def effect_block(r: dict) -> str:
     lines = ["| model | protocol | NDCG@10 warm | NDCG@10 cold | warm / cold cases |", "|---|---|---|---|---|"]
     for model, variants in r["protocol_effect"].items():
@@ -112,7 +132,7 @@ def events_block(r: dict) -> str:
 
 
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
-          "movielens": quality_block, "movielens_effect": effect_block, "movielens_alignment": alignment_block, "aa": aa_block,
+          "movielens": quality_block, "movielens_effect": effect_block, "movielens_cost": cost_block, "quality_cost": cost_block, "movielens_alignment": alignment_block, "aa": aa_block,
           "events": events_block}
 
 
