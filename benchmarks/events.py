@@ -29,20 +29,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import RESULTS, SEGMENTS, Clock, _json_default, _row, evaluate_frame, provenance  # noqa: E402
+from protocol import RESULTS, SEGMENTS, Clock, _json_default, _row, add_demo_args, evaluate_frame, provenance  # noqa: E402
 from readme_tables import events_block  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=1000)
-    ap.add_argument("--users", type=int, default=600)
-    ap.add_argument("--events", type=int, default=30)
-    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated catalog and of ingest")
-    ap.add_argument("--seeds", default="0,1,2", help="training seeds (alignment + model init + batches)")
+    add_demo_args(ap)
     ap.add_argument("--models", default="fused,id", help="models trained with and without kinds (fused = attention fusion)")
-    ap.add_argument("--epochs", type=int, default=20, help="epoch budget per model (early stopping on validation)")
-    ap.add_argument("--patience", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_events"))
     ap.add_argument("--reuse", action="store_true", help="reuse data/embedding/alignment artifacts in --work (recorded)")

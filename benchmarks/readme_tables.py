@@ -29,6 +29,17 @@ def fmt_mean_ci(s: dict | None) -> str:
     return out
 
 
+def verdict_lines(comparisons: list[dict], title: str, relative: bool = False) -> list[str]:
+    """One line per paired comparison: the difference (and relative to B), its intervals over cases and seeds, the verdict."""
+    out = ["", f"{title} (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
+    for c in comparisons:
+        cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
+        rel = f" ({c['diff'] / c['mean_b']:+.1%})" if relative and c.get("mean_b") else ""
+        out.append(f"- {c['a']} vs {c['b']} ({c['segment']}): {c['diff']:+.4f}{rel}, cases [{c['ci_cases'][0]:+.4f}, "
+                   f"{c['ci_cases'][1]:+.4f}]{cs}: **{c['verdict']}**")
+    return out
+
+
 def quality_block(r: dict) -> str:
     sel = {s["chosen"] for s in r["selection"].values()}
     tc = r["stats"]["test_cases"]
@@ -47,12 +58,7 @@ def quality_block(r: dict) -> str:
         name = f"**{k}** (chosen on validation)" if k in sel else k
         lines.append(f"| {name} | {len(row['seeds']) if row['seeds'] else '-'} | {fmt_mean_ci(s['warm']['ndcg@10'])} | {fmt_mean_ci(s['cold']['ndcg@10'])} | "
                      f"{fmt_mean_ci(s['warm']['recall@20'])} | {fmt_mean_ci(s['cold']['recall@20'])} |")
-    verdicts = ["", "Paired verdicts (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
-    for c in r["comparisons"]:
-        cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
-        verdicts.append(f"- {c['a']} vs {c['b']} ({c['segment']}): {c['diff']:+.4f}, cases [{c['ci_cases'][0]:+.4f}, "
-                        f"{c['ci_cases'][1]:+.4f}]{cs}: **{c['verdict']}**")
-    return "\n".join(head + [""] + lines + verdicts)
+    return "\n".join(head + [""] + lines + verdict_lines(r["comparisons"], "Paired verdicts"))
 
 
 def cost_block(r: dict) -> str:
@@ -122,13 +128,7 @@ def events_block(r: dict) -> str:
         s = row["summary"]
         lines.append(f"| {k} | {fmt_mean_ci(s['overall']['ndcg@10'])} | {fmt_mean_ci(s['warm']['ndcg@10'])} | "
                      f"{fmt_mean_ci(s['cold']['ndcg@10'])} | {fmt_mean_ci(s['overall']['recall@20'])} |")
-    verdicts = ["", "Paired lift of reading the kinds (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
-    for c in r["comparisons"]:
-        cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
-        rel = f" ({c['diff'] / c['mean_b']:+.1%})" if c.get("mean_b") else ""
-        verdicts.append(f"- {c['a']} vs {c['b']} ({c['segment']}): {c['diff']:+.4f}{rel}, cases [{c['ci_cases'][0]:+.4f}, "
-                        f"{c['ci_cases'][1]:+.4f}]{cs}: **{c['verdict']}**")
-    return "\n".join([head, ""] + lines + verdicts)
+    return "\n".join([head, ""] + lines + verdict_lines(r["comparisons"], "Paired lift of reading the kinds", relative=True))
 
 
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
