@@ -122,7 +122,7 @@ def main() -> int:
         generate(raw, DemoConfig(n_items=args.items, n_users=args.users, events_per_user=args.events, seed=args.seed))
         timings["demo"] = round(time.perf_counter() - t0, 1)
     ds = step("ingest", w / "dataset", lambda: ingest(raw, w / "dataset", IngestConfig(seed=args.seed)), timings)
-    embs = [step(f"encode {m}", w / f"emb_{m}", lambda m=m: encode(ds, w / f"emb_{m}", EncodeConfig(modality=m)), timings) for m in MODALITIES]
+    embs = [step(f"encode {m}", w / f"emb_{m}", lambda m=m: encode(ds, w / f"emb_{m}", EncodeConfig(modality=m, cache_dir=str(w / "encoder_cache"))), timings) for m in MODALITIES]
     aligned = step("align", w / "aligned", lambda: align(ds, embs, w / "aligned", AlignConfig(seed=args.seed)), timings)
     fused = step("train fused", w / "model_fused", lambda: train(ds, aligned, w / "model_fused", TrainConfig(model="fused", epochs=args.epochs, seed=args.seed)), timings)
     idm = step("train id", w / "model_id", lambda: train(ds, None, w / "model_id", TrainConfig(model="id", epochs=args.epochs, seed=args.seed)), timings)
