@@ -48,6 +48,17 @@ K_MAX = 100
 # ----------------------------------------------------------------------------------------------
 # provenance and timing
 # ----------------------------------------------------------------------------------------------
+def add_demo_args(ap, epochs: int = 20, patience: int = 4) -> None:
+    """The demo catalog's size, its seed, the training seeds and the epoch budget: the arguments every demo benchmark takes."""
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--users", type=int, default=600)
+    ap.add_argument("--events", type=int, default=30)
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated catalog and of ingest (fixed across training seeds)")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds (alignment + model init + batches)")
+    ap.add_argument("--epochs", type=int, default=epochs, help="epoch budget per model (early stopping on validation)")
+    ap.add_argument("--patience", type=int, default=patience, help="validations without an NDCG@10 gain before stopping")
+
+
 def provenance(argv: list[str]) -> dict:
     def git(*a: str) -> str:
         try:

@@ -21,18 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import FUSIONS, run_quality  # noqa: E402
+from protocol import FUSIONS, add_demo_args, run_quality  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=1000)
-    ap.add_argument("--users", type=int, default=600)
-    ap.add_argument("--events", type=int, default=30)
-    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated catalog and of ingest (fixed across training seeds)")
-    ap.add_argument("--seeds", default="0,1,2", help="training seeds (alignment + model init + batches)")
-    ap.add_argument("--epochs", type=int, default=20, help="epoch budget per model (early stopping on validation)")
-    ap.add_argument("--patience", type=int, default=4)
+    add_demo_args(ap)
     ap.add_argument("--fusions", default=",".join(FUSIONS))
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_quality_demo"))

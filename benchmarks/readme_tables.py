@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/readme_tables.py --check   # exit 1 if README.md differs from the JSON
 
 A block is the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is a result file
-stem under benchmarks/results/ (quality, movielens, aa, query, explain).
+stem under benchmarks/results/ (quality, movielens, aa, events, query, explain).
 """
 
 from __future__ import annotations
@@ -29,6 +29,17 @@ def fmt_mean_ci(s: dict | None) -> str:
     return out
 
 
+def verdict_lines(comparisons: list[dict], title: str, relative: bool = False) -> list[str]:
+    """One line per paired comparison: the difference (and relative to B), its intervals over cases and seeds, the verdict."""
+    out = ["", f"{title} (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
+    for c in comparisons:
+        cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
+        rel = f" ({c['diff'] / c['mean_b']:+.1%})" if relative and c.get("mean_b") else ""
+        out.append(f"- {c['a']} vs {c['b']} ({c['segment']}): {c['diff']:+.4f}{rel}, cases [{c['ci_cases'][0]:+.4f}, "
+                   f"{c['ci_cases'][1]:+.4f}]{cs}: **{c['verdict']}**")
+    return out
+
+
 def quality_block(r: dict) -> str:
     sel = {s["chosen"] for s in r["selection"].values()}
     tc = r["stats"]["test_cases"]
@@ -47,12 +58,27 @@ def quality_block(r: dict) -> str:
         name = f"**{k}** (chosen on validation)" if k in sel else k
         lines.append(f"| {name} | {len(row['seeds']) if row['seeds'] else '-'} | {fmt_mean_ci(s['warm']['ndcg@10'])} | {fmt_mean_ci(s['cold']['ndcg@10'])} | "
                      f"{fmt_mean_ci(s['warm']['recall@20'])} | {fmt_mean_ci(s['cold']['recall@20'])} |")
-    verdicts = ["", "Paired verdicts (NDCG@10, same cases; beats = every 95% interval above 0):", ""]
-    for c in r["comparisons"]:
-        cs = f", seeds [{c['ci_seeds'][0]:+.4f}, {c['ci_seeds'][1]:+.4f}]" if c.get("ci_seeds") else ""
-        verdicts.append(f"- {c['a']} vs {c['b']} ({c['segment']}): {c['diff']:+.4f}, cases [{c['ci_cases'][0]:+.4f}, "
-                        f"{c['ci_cases'][1]:+.4f}]{cs}: **{c['verdict']}**")
-    return "\n".join(head + [""] + lines + verdicts)
+    return "\n".join(head + [""] + lines + verdict_lines(r["comparisons"], "Paired verdicts"))
+
+
+def cost_block(r: dict) -> str:
+    """Training cost per trained row: epochs run, the kept (best-validation) epoch, wall seconds, and the time to the kept
+    epoch estimated as wall x kept / run epochs (epochs cost about the same; the JSON has each seed's valid curve)."""
+    lines = ["| model | seeds | epochs run (kept) | wall s per model | est. wall s to the kept epoch |", "|---|---|---|---|---|"]
+    for k, row in r["rows"].items():
+        runs = row.get("training") or []
+        runs = [t for t in runs if t.get("wall_s") and t.get("epochs_run")]
+        if not runs:
+            continue
+        to_best = [t["wall_s"] * t["best_epoch"] / t["epochs_run"] for t in runs if t.get("best_epoch")]
+        lines.append(f"| {k} | {len(runs)} | " + ", ".join(f"{t['epochs_run']} ({t.get('best_epoch')})" for t in runs)
+                     + f" | {sum(t['wall_s'] for t in runs) / len(runs):.0f} | "
+                     + (f"{sum(to_best) / len(to_best):.0f}" if to_best else "-") + " |")
+    load = r["provenance"]["machine"].get("load_average_at_start")
+    note = (f"Epoch budget {r['config']['train'].get('epochs')}, patience {r['config']['train'].get('patience')}; "
+            f"{r['provenance']['machine'].get('cpus')} CPUs, torch threads {r['config'].get('threads')}, "
+            f"load average at start {load[0]:.1f}" if load else "") + " (wall seconds depend on the machine's load)."
+    return note + "\n\n" + "\n".join(lines)
 
 
 def effect_block(r: dict) -> str:
@@ -169,9 +195,25 @@ def explain_block(r: dict) -> str:
     return "\n".join(lines)
 
 
+def events_block(r: dict) -> str:
+    """Behaviour kinds (benchmarks/events.py): each model with and without kinds, the oracle ceilings, the paired lift."""
+    tc = r["stats"]["test_cases"]
+    share = ", ".join(f"{k} {v:.0%}" for k, v in r["stats"]["event_share"].items())
+    head = (f"{r['stats']['n_items']:,} items, {r['stats']['n_users']:,} users, events {share}; {tc['warm']:,} warm / {tc['cold']:,} cold "
+            f"test cases; seeds {r['seeds']}; mean [95% interval over seeds]; epoch budget {r['config']['train']['epochs']} with early "
+            f"stopping on validation; commit {r['provenance']['git_commit'][:10]}; {r['total']['wall_s']:.0f} s wall; "
+            + ("nothing reused." if not r["cache"]["reused_artifacts"] else f"reused: {', '.join(r['cache']['reused_artifacts'])}."))
+    lines = ["| model | NDCG@10 overall | NDCG@10 warm | NDCG@10 cold | Recall@20 overall |", "|---|---|---|---|---|"]
+    for k, row in r["rows"].items():
+        s = row["summary"]
+        lines.append(f"| {k} | {fmt_mean_ci(s['overall']['ndcg@10'])} | {fmt_mean_ci(s['warm']['ndcg@10'])} | "
+                     f"{fmt_mean_ci(s['cold']['ndcg@10'])} | {fmt_mean_ci(s['overall']['recall@20'])} |")
+    return "\n".join([head, ""] + lines + verdict_lines(r["comparisons"], "Paired lift of reading the kinds", relative=True))
+
+
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
-          "movielens": quality_block, "movielens_effect": effect_block, "movielens_alignment": alignment_block, "aa": aa_block,
-          "query": query_block, "explain": explain_block}
+          "movielens": quality_block, "movielens_effect": effect_block, "movielens_cost": cost_block, "quality_cost": cost_block, "movielens_alignment": alignment_block, "aa": aa_block,
+          "events": events_block, "query": query_block, "explain": explain_block}
 
 
 def render(readme: str) -> str:

@@ -87,6 +87,72 @@ def test_a_history_hands_over_to_the_sequential_model(client, tiny_dataset):
     assert client.query("anything at all", k=5, history=hist) == client.recommend(hist, k=5)
 
 
+def test_async_client_queries_like_the_sync_client(server, repo, client, tiny_dataset):
+    """Same answers and the same refusals as ``RecommendClient``; two requests in flight (max_batch_size=2, 3 queries)."""
+    import asyncio
+
+    from fusionrec.serving.client import AsyncRecommendClient
+
+    queries = ["cooking recipes for dinner", "murder detectives", "calm nature podcasts"]
+    ds = DatasetArtifact(tiny_dataset)
+    hist = [str(ds.item_ids[1]), str(ds.item_ids[2])]
+
+    async def run():
+        async with AsyncRecommendClient(server.grpc_url, model=NAME, repo=repo, max_batch_size=2) as ac:
+            got = {"topk": await ac.query_topk(queries, k=5), "query": await ac.query(queries[0], k=5),
+                   "history": await ac.query("anything at all", k=5, history=hist),
+                   "mix": await ac.query(queries[1], k=5, history=hist[:1], mix=True)}
+            errors = []
+            for call in (lambda: ac.query("", k=5), lambda: ac.query("спокойные вечерние подкасты", k=5),
+                         lambda: ac.query_topk(queries, k=K + 1), lambda: ac.query(queries[0], k=5, history=["nope"], mix=True),
+                         lambda: ac.query(queries[0], k=5, history=hist[:1], mix=True, mix_until=0)):
+                with pytest.raises(ValueError) as exc:  # QueryError is a ValueError
+                    await call()
+                errors.append((type(exc.value), str(exc.value)))
+            return got, errors
+
+    got, errors = asyncio.run(run())
+    idx, score = client.query_topk(queries, k=5)
+    assert np.array_equal(got["topk"][0], idx)
+    np.testing.assert_allclose(got["topk"][1], score, atol=1e-6)  # same graph; another batch composition: float noise at most
+    assert [r[0] for r in got["query"]] == [r[0] for r in client.query(queries[0], k=5)]
+    assert got["history"] == client.recommend(hist, k=5)
+    assert [r[0] for r in got["mix"]] == [r[0] for r in client.query(queries[1], k=5, history=hist[:1], mix=True)]
+    expected = []
+    for call in (lambda: client.query("", k=5), lambda: client.query("спокойные вечерние подкасты", k=5),
+                 lambda: client.query_topk(queries, k=K + 1), lambda: client.query(queries[0], k=5, history=["nope"], mix=True),
+                 lambda: client.query(queries[0], k=5, history=hist[:1], mix=True, mix_until=0)):
+        with pytest.raises(ValueError) as exc:
+            call()
+        expected.append((type(exc.value), str(exc.value)))
+    assert errors == expected
+    assert [t for t, _ in errors[:2]] == [QueryError, QueryError] and "top-" in errors[2][1] and "'nope'" in errors[3][1]
+
+
+def test_a_one_event_history_mixes_the_query_and_the_sequence(client):
+    """``query(..., history=[one item], mix=True)``: the two served lists merged by weighted reciprocal-rank fusion."""
+    from fusionrec.query import mix_rankings
+
+    text, k = "true crime detective stories", 5
+    first = client.query(text, k=1)[0][0]
+    hist = [first]  # the query's own best item: it must not come back
+    q = [i for i, _ in client.query(text, k=k + 1)]  # the lists the mix reads, k + len(history) deep
+    s = [i for i, _ in client.recommend(hist, k=k + 1)]
+    mixed = client.query(text, k=k, history=hist, mix=True)
+    assert mixed == mix_rankings(q, s, hist, k)  # same lists, same pure function: exactly the same floats
+    ids = [i for i, _ in mixed]
+    assert len(ids) == k and first not in ids and set(ids) <= set(q) | set(s)
+    assert set(ids) & set(s) and set(ids) & set(q), (q, s, ids)  # items from both served lists
+    # with c=1 the head of each list counts more: on this catalog the query's best (after the history) and the
+    # sequence's best both make the top k
+    even = [i for i, _ in client.query(text, k=k, history=hist, mix=True, rrf_c=1.0)]
+    assert len(even) == k and q[1] in even and s[0] in even and first not in even, (q, s, even)
+    # from mix_until events on, the sequential model alone; without mix, as before
+    hist3 = [first, *s[:2]]
+    assert client.query(text, k=k, history=hist3, mix=True) == client.recommend(hist3, k=k)
+    assert client.query(text, k=k, history=hist) == client.recommend(hist, k=k)
+
+
 @pytest.mark.parametrize("bad, why", [("", "empty query"), ("спокойные вечерние подкасты", "unsupported script"),
                                       ("podcast " * 60, "too long")])
 def test_bad_queries_fail_in_the_client_and_the_server_keeps_answering(client, bad, why):
@@ -152,6 +218,28 @@ def test_cli_query_and_explain(server, repo, tiny_dataset):
     for bad in ("", "安静的晚间播客"):
         res = runner.invoke(app, [*base, "--query", bad])
         assert res.exit_code == 2 and res.output.count("\n") == 1 and "error:" in res.output
+
+
+
+def test_cli_query_mixed_with_a_short_history(server, repo, client):
+    from fusionrec.query import MIX_UNTIL, RRF_C
+
+    runner = CliRunner()
+    base = ["recommend", "--url", server.grpc_url, "--model", NAME, "--repo", str(repo), "-k", "4"]
+    text = "calm nature podcasts"
+    hist = [client.query("football tactics", k=1)[0][0]]
+    res = runner.invoke(app, [*base, "--query", text, "--user-history", hist[0], "--mix"])
+    assert res.exit_code == 0, res.output
+    assert [line.split()[1] for line in res.stdout.splitlines() if line.strip()] == \
+        [i for i, _ in client.query(text, k=4, history=hist, mix=True)]
+    assert "reciprocal-rank fusion" in res.stderr and "weight 0.67" in res.stderr
+    help_text = runner.invoke(app, ["recommend", "--help"], terminal_width=200).output
+    assert f"w/({RRF_C:g} + rank)" in help_text and f"[default: {MIX_UNTIL}]" in help_text  # the help states the library's defaults
+    for bad in (["--mix"], ["--query", text, "--user-history", hist[0], "--mix", "--explain"]):
+        res = runner.invoke(app, [*base, *bad])
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and "error:" in res.output and "--mix" in res.output, res.output
+    res = runner.invoke(app, [*base, "--query", text, "--user-history", hist[0], "--mix", "--mix-until", "0"])
+    assert res.exit_code == 2 and "--mix-until" in res.output and "Traceback" not in res.output, res.output
 
 
 def test_without_aligned_there_is_no_query_model_and_a_clear_error(tiny_text_image_model, tiny_dataset, tmp_path):

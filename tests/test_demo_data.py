@@ -12,7 +12,7 @@ import soundfile as sf
 from PIL import Image
 from typer.testing import CliRunner
 
-from fusionrec.data.demo import CORRUPT_KINDS, GENRES, MOODS, STYLES, DemoConfig, _VOCAB, generate, oracle_metrics, read_summary
+from fusionrec.data.demo import CORRUPT_KINDS, EVENT_KINDS, EVENT_WEIGHTS, GENRES, MOODS, STYLES, DemoConfig, _VOCAB, generate, oracle_metrics, read_summary
 
 TINY = DemoConfig(n_items=60, n_users=40, events_per_user=12, seed=7)
 
@@ -169,7 +169,44 @@ def test_interactions(raw: Path, items: pd.DataFrame) -> None:
     sizes = per_user.size()
     assert sizes.min() >= 3 and abs(sizes.mean() - TINY.events_per_user) <= 3
     assert inter.duplicated(["user_id", "timestamp"]).any(), "a few tied timestamps exercise stable tie-breaking"
-    assert set(inter["event"]) == {"play", "like"}
+    assert set(inter["event"]) <= set(EVENT_KINDS) and {"view", "play"} <= set(inter["event"])
+    assert (inter["weight"] == inter["event"].map(EVENT_WEIGHTS)).all()
+
+
+def test_event_kinds_predict_the_next_item(tmp_path: Path, monkeypatch) -> None:
+    """Stronger kinds are rarer and go with a next item sharing more attributes; kinds have their own RNG stream."""
+    import fusionrec.data.demo as demo
+
+    cfg = DemoConfig(n_items=300, n_users=200, events_per_user=20, seed=3)
+    generate(tmp_path / "a", cfg)
+    inter = pd.read_csv(tmp_path / "a" / "interactions.csv")
+    truth = pd.read_parquet(tmp_path / "a" / "truth" / "items.parquet").set_index("item_id")
+    share = inter["event"].value_counts(normalize=True)
+    assert share["view"] > share["play"] > share["complete"] > share["purchase"] > 0.02, share.to_dict()
+    inter["next"] = inter.groupby("user_id")["item_id"].shift(-1)
+    pairs = inter.dropna(subset=["next"])
+    shared = sum((truth.loc[pairs["item_id"], a].to_numpy() == truth.loc[pairs["next"], a].to_numpy()).astype(int)
+                 for a in ("genre", "style", "mood"))
+    mean_shared = pd.Series(shared, index=pairs.index).groupby(pairs["event"]).mean()
+    assert mean_shared["purchase"] > mean_shared["complete"] > mean_shared["play"] > mean_shared["view"], mean_shared.to_dict()
+    # the kinds come from their own stream: another kind table leaves users, items and timestamps as they were
+    monkeypatch.setattr(demo, "KIND_GIVEN_SHARED", np.full((4, 4), 0.25))
+    generate(tmp_path / "b", cfg)
+    other = pd.read_csv(tmp_path / "b" / "interactions.csv")
+    cols = ["user_id", "item_id", "timestamp"]
+    assert other[cols].equals(inter[cols]) and not other["event"].equals(inter["event"])
+
+
+def test_kinds_oracle_knows_more(tmp_path: Path) -> None:
+    """The oracle that also reads the last event's kind ranks better than the one that does not."""
+    from fusionrec.data.ingest import IngestConfig
+    from fusionrec.data.ingest import run as ingest
+
+    generate(tmp_path / "raw", DemoConfig(n_items=300, n_users=300, events_per_user=20, seed=1))
+    ingest(tmp_path / "raw", tmp_path / "ds", IngestConfig())
+    plain = oracle_metrics(tmp_path / "raw", tmp_path / "ds")["overall"]["ndcg@10"]
+    kinds = oracle_metrics(tmp_path / "raw", tmp_path / "ds", with_kinds=True)["overall"]["ndcg@10"]
+    assert kinds > plain * 1.03, (plain, kinds)
 
 
 def test_users_follow_their_tastes(raw: Path, truth: pd.DataFrame) -> None:

@@ -239,6 +239,7 @@ def test_every_documented_command_runs_on_a_tiny_catalog(tmp_path, tmp_path_fact
     timings: list[tuple[float, str, str]] = []  # printed with -s: where the walkthrough spends its time
     done_setup: set[str] = set()
     server: subprocess.Popen | None = None
+    served: str | None = None  # the one repository the running server serves (None: named ones or no server)
 
     def cli(args: list[str], where: str) -> None:
         t0 = time.perf_counter()
@@ -266,6 +267,10 @@ def test_every_documented_command_runs_on_a_tiny_catalog(tmp_path, tmp_path_fact
             args = [ports.get(a, a) for a in args]
             args = [re.sub(r":(800[012])$", lambda m: ":" + ports[m.group(1)], a) for a in args]
             if sub == "recommend":
+                # a user passes the repository they serve; the docs' REPO stands for it (README's walkthrough serves
+                # artifacts/model_repository, with added items, by the time docs/query-and-explain.md asks it)
+                if served is not None and "--repo" in args:
+                    args[args.index("--repo") + 1] = served
                 args = [item_ids(2) if a == "ITEM_ID,ITEM_ID" else item_ids(3) if a in ("m12,m7,m33", "it_1,it_2,it_3") else a for a in args]
                 if "--url" not in args:  # the documented default, 127.0.0.1:8001, is this walkthrough's server port
                     args += ["--url", f"127.0.0.1:{ports['8001']}"]
@@ -287,6 +292,8 @@ def test_every_documented_command_runs_on_a_tiny_catalog(tmp_path, tmp_path_fact
                 _stop(server)
                 if "--grpc-port" not in args:
                     args += ["--grpc-port", ports["8001"], "--http-port", ports["8000"], "--metrics-port", ports["8002"]]
+                repos = [a for a in args[1:] if not a.startswith("-") and not a.isdigit()]
+                served = repos[0] if len(repos) == 1 and "=" not in repos[0] else None
                 server = subprocess.Popen([str(Path(sys.executable).parent / "fusionrec"), *args], stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, env={**os.environ, "PYTRITON_HOME": str(pytriton_home)})
                 _wait_ready(server, int(ports["8001"]))

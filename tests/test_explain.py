@@ -129,3 +129,24 @@ def test_explain_graph_exports_with_parity_and_a_guard(tmp_path):
             assert x.item_idx == y.item_idx and x.score == pytest.approx(y.score, abs=1e-4)  # ORT vs PyTorch kernels
             assert [i for i, _ in x.history][:1] == [i for i, _ in y.history][:1] or \
                 abs(x.history[0][1] - y.history[0][1]) < 1e-4
+
+
+def test_trained_model_has_a_test_report_with_explained_recommendations(tiny_text_image_model, tiny_dataset):
+    """The train step's report.md/html: the test metrics it recorded and three explained recommendations a person can read."""
+    import json
+
+    from fusionrec.data.dataset import DatasetArtifact
+
+    model_dir = tiny_text_image_model[0]
+    md = (model_dir / "report.md").read_text()
+    page = (model_dir / "report.html").read_text()
+    test = json.loads((model_dir / "metrics.json").read_text())["test"]
+    assert f"| {test['warm']['ndcg@10']:.4f} |" in md  # the recorded figure, not a recomputed one
+    titles = set(DatasetArtifact(tiny_dataset).items["title"].dropna())
+    cases = [ln for ln in md.splitlines() if ln.startswith("Case ")]
+    recs = [ln for ln in md.splitlines() if ln.startswith("- ")]
+    assert len(cases) == 3 and len(recs) == 9
+    assert all(any(t in ln for t in titles) for ln in recs)  # titles, not bare ids
+    assert all("because of:" in ln and "%" in ln for ln in recs)  # the drivers and the modality bar
+    assert any("text " in ln and "image " in ln for ln in recs)  # an item with both modalities shows both shares
+    assert page.count('class="rec"') == 9 and "<img" in page and 'class="bar"' in page

@@ -84,7 +84,8 @@ def test_repository_layout_and_config_parses(standin_repo, tiny_dataset):
         assert (mdir / f).is_file(), f
     cfg = read_model_config(mdir / "config.pbtxt")
     assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 64
-    assert [(i.name, tuple(i.dims), i.optional) for i in cfg.input] == [("HISTORY", (MAX_LEN,), False), ("EXCLUDE", (-1,), True)]
+    assert [(i.name, tuple(i.dims), i.optional) for i in cfg.input] == [
+        ("HISTORY", (MAX_LEN,), False), ("EXCLUDE", (-1,), True), ("EVENTS", (MAX_LEN,), True)]
     assert {o.name: tuple(o.dims) for o in cfg.output} == {"ITEM_IDX": (K,), "SCORE": (K,)}
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
     assert list(cfg.dynamic_batching.preferred_batch_size) == [16, 32, 64]
@@ -270,7 +271,7 @@ def test_an_optional_graph_input_is_declared_once(monkeypatch):
     monkeypatch.setattr(mr, "INPUTS", (*mr.INPUTS, extra))
     cfg = parse_model_config(mr.config_pbtxt(ExportConfig(name="m"), 7, 5))
     ins = {i.name: i for i in cfg.input}
-    assert list(ins) == ["HISTORY", "EXCLUDE", "EXTRA"] and ins["EXTRA"].optional and not ins["HISTORY"].optional
+    assert list(ins) == ["HISTORY", "EXCLUDE", "EVENTS", "EXTRA"] and ins["EXTRA"].optional and not ins["HISTORY"].optional
     assert list(ins["EXTRA"].dims) == [7] and [list(o.dims) for o in cfg.output] == [[5], [5]]
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusionrec.query import (MAX_QUERY_TOKENS, QueryError, QueryRanker, QueryTokenizer, build_query_module, check_query,
-                             write_query_model)
+from fusionrec.query import (MAX_QUERY_TOKENS, MIX_UNTIL, RRF_C, QueryError, QueryRanker, QueryTokenizer, build_query_module,
+                             check_query, mix_rankings, query_weight, write_query_model)
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +173,66 @@ def test_query_model_exports_with_parity_and_a_guard(trained, tokenizer, tmp_pat
         ti, ts = module(torch.from_numpy(ids), torch.from_numpy(mask))
     assert np.array_equal(oi, ti.numpy())
     np.testing.assert_allclose(os_, ts.numpy(), atol=1e-4)  # ORT vs PyTorch float32 kernels
+
+
+# -- mixing the query's list with the sequential model's (pure; no model needed) --------------------
+def test_query_weight_falls_linearly_to_zero_at_mix_until():
+    assert [query_weight(n, 4) for n in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    assert query_weight(0) == 1.0 and query_weight(MIX_UNTIL) == 0.0
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="mix_until"):
+            query_weight(1, bad)
+
+
+def test_mix_scores_are_weighted_reciprocal_ranks():
+    q, s = ["a", "b", "c", "d"], ["x", "c", "a", "y"]
+    mixed = dict(mix_rankings(q, s, history=["h"], k=6, mix_until=3, c=60.0))
+    w = 2 / 3  # one event of three
+    expected = {"a": w / 61 + (1 - w) / 63, "b": w / 62, "c": w / 63 + (1 - w) / 62, "d": w / 64,
+                "x": (1 - w) / 61, "y": (1 - w) / 64}
+    assert set(mixed) == set(expected)
+    for item, score in expected.items():
+        assert mixed[item] == pytest.approx(score, rel=1e-12)  # the same few float operations, summed in another order
+    # c=1 (the default): the heads interleave; x (the sequence's first, 1/3 / 2) passes d (2/3 / 5) but not b (2/3 / 3)
+    assert [i for i, _ in mix_rankings(q, s, ["h"], k=5)] == ["a", "c", "b", "x", "d"]
+    # c=60: x (1/3 / 61) comes after every item of the query's list (at worst d, 2/3 / 64): see docs/query-and-explain.md
+    assert [i for i, _ in mix_rankings(q, s, ["h"], k=5, c=60.0)] == ["a", "c", "b", "d", "x"]
+    for bad in ({"k": 0}, {"c": 0.0}, {"mix_until": 0}):
+        with pytest.raises(ValueError):
+            mix_rankings(q, s, ["h"], **{"k": 3, **bad})
+
+
+def test_mix_without_history_is_the_query_list_and_at_mix_until_the_sequence_list():
+    q, s = ["a", "b", "c"], ["x", "y", "z"]
+    assert [i for i, _ in mix_rankings(q, s, [], k=3)] == q
+    assert [i for i, _ in mix_rankings(q, s, ["h1", "h2", "h3"], k=3)] == s
+    assert [i for i, _ in mix_rankings(q, s, ["h1", "h2", "h3", "h4"], k=3, mix_until=4)] == s
+
+
+def test_mix_never_returns_history_items_and_ranks_after_dropping_them():
+    q, s = ["h1", "a", "h2", "b", "a"], ["h2", "x", "h1"]  # a repeat counts at its first place only
+    mixed = mix_rankings(q, s, ["h1", "h2"], k=10, mix_until=4)
+    assert [i for i, _ in mixed] == ["a", "x", "b"]
+    assert mixed[0][1] == pytest.approx(0.5 / (RRF_C + 1), rel=1e-12)  # "a" is the query list's first item once h1 is dropped
+    assert mixed[1][1] == pytest.approx(0.5 / (RRF_C + 1), rel=1e-12)
+
+
+def test_mix_returns_k_items_when_the_lists_hold_them():
+    q, s = [f"q{i}" for i in range(10)], [f"s{i}" for i in range(10)]
+    for k in (1, 5, 10, 20):
+        mixed = mix_rankings(q, s, ["h"], k=k)
+        assert len(mixed) == k and len({i for i, _ in mixed}) == k
+        assert all(a[1] >= b[1] for a, b in zip(mixed, mixed[1:]))
+    assert len(mix_rankings(q, s, ["h"], k=25)) == 20  # no more than the two lists hold
+
+
+def test_mix_ties_are_broken_by_single_rank_then_the_query_list():
+    # equal weights (2 events of 4): a and x tie at 0.5/(c + 1); b and y at 0.5/(c + 2)
+    assert [i for i, _ in mix_rankings(["a", "b"], ["x", "y"], ["h1", "h2"], k=4, mix_until=4)] == ["a", "x", "b", "y"]
+    assert [i for i, _ in mix_rankings(["x", "y"], ["a", "b"], ["h1", "h2"], k=4, mix_until=4)] == ["x", "a", "y", "b"]
+    # mirrored ranks give equal sums (float addition commutes): the one that is the query's first wins
+    mixed = mix_rankings(["a", "b"], ["b", "a"], ["h1", "h2"], k=2, mix_until=4)
+    assert mixed[0][1] == mixed[1][1] and [i for i, _ in mixed] == ["a", "b"]
+    # the same input, the same answer, whatever the hash seed or call order
+    runs = {tuple(mix_rankings(list("abcdef"), list("fedcba"), ["h1", "h2"], k=6, mix_until=4)) for _ in range(5)}
+    assert len(runs) == 1

@@ -31,7 +31,7 @@ from fusionrec.config import StepConfig
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.metrics import DEFAULT_KS, item_coverage, topk_metrics
 from fusionrec.models.recommender import load_model
-from fusionrec.ranking import TopKRanker, rank_cases
+from fusionrec.ranking import TopKRanker, event_vocabulary, rank_cases
 
 SEGMENTS = ("overall", "warm", "cold")
 
@@ -84,7 +84,10 @@ def evaluate(
     k_eff = min(k_max, n_items)
     if exclude is None and exclude_history:
         exclude = dataset.consumed_before(df)
-    top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}", exclude=exclude if exclude_history else None)
+    kinds = event_vocabulary(ranker)  # a ranker that reads behaviour kinds gets each history's, in its vocabulary
+    events = dataset.history_kinds(df, histories.shape[1], kinds) if kinds else None
+    top = rank_cases(ranker, histories, k_eff, batch_size, desc=f"evaluate {split}", exclude=exclude if exclude_history else None,
+                     events=events)
     targets = df["item_idx"].to_numpy(np.int64)
     in_hist = (histories == targets[:, None]).any(1)
     if exclude_history:

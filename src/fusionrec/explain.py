@@ -310,6 +310,13 @@ __all__ = ["Explanation", "ExplainModule", "GuardedExplain", "write_explain_mode
 CHANNEL_COLORS = {"text": "#4c72b0", "image": "#dd8452", "audio": "#55a868", "tabular": "#8172b3", "id": "#937860"}
 
 
+def _example_cases(ds, max_len: int, n_cases: int) -> tuple[np.ndarray, np.ndarray]:
+    """(case rows, histories) of the first ``n_cases`` warm test cases with at least 3 history items."""
+    cases, hist = ds.eval_cases("test", max_len)
+    warm = np.flatnonzero((cases["segment"].to_numpy() == "warm") & ((hist > 0).sum(1) >= 3))[:n_cases]
+    return warm, hist[warm]
+
+
 def explained_examples(repo, dataset, n_cases: int = 3, k: int = 3, top_history: int = 3) -> list[dict] | None:
     """A few test cases explained by a repository's served graphs (ranker + ``<name>_explain``, via onnxruntime).
 
@@ -329,15 +336,55 @@ def explained_examples(repo, dataset, n_cases: int = 3, k: int = 3, top_history:
     report = read_json(edir / "export_report.json")
     E, L = int(report["explain_k"]), int(report["max_len"])
     k = min(k, E)
-    cases, hist = ds.eval_cases("test", L)
-    warm = np.flatnonzero((cases["segment"].to_numpy() == "warm") & ((hist > 0).sum(1) >= 3))[:n_cases]
-    if not len(warm):
+    rows, h = _example_cases(ds, L, n_cases)
+    if not len(rows):
         return None
-    h = hist[warm]
     idx, _ = OnnxRanker(ranker_repo).topk(h, E)
     out = ort_session(edir / "1" / "model.onnx").run([SCORE, DROP, WEIGHT, CONTRIB], {HISTORY: h, ITEMS: idx})
     ex = explanations_from_arrays(h, idx, *out, report["channels"], bool(report["split_exact"]), top_history)
     return [{"history": [int(x) for x in row if x > 0], "items": e[:k]} for row, e in zip(h, ex)]
+
+
+def model_examples(model: Recommender, ds, n_cases: int = 3, k: int = 3, top_history: int = 3) -> list[dict] | None:
+    """:func:`explained_examples` for a trained model in PyTorch (``ds`` a ``DatasetArtifact``); None when there is
+    nothing to explain (a model that reads behaviour kinds, which explanations do not cover yet, or no warm case)."""
+    if not isinstance(model, Recommender) or model.spec.event_kinds:
+        return None
+    rows, h = _example_cases(ds, model.spec.max_len, n_cases)
+    if not len(rows):
+        return None
+    idx, _ = model.topk(h, k)
+    ex = explain(model, h, idx, top_history=top_history)
+    return [{"history": [int(x) for x in row if x > 0], "items": e} for row, e in zip(h, ex)]
+
+
+def quality_report(name: str, summary: dict, examples: list[dict] | None, ds, ks: Sequence[int] = (10, 20),
+                   why_none: str = "nothing to explain") -> tuple[str, str]:
+    """(markdown, html) of a model's test report: the metrics per segment and a few explained recommendations
+    (``why_none`` says why there are none when ``examples`` is empty)."""
+    import html as _html
+
+    from fusionrec.evaluate import SEGMENTS, summary_table
+
+    ids = [str(x) for x in ds.item_ids.tolist()]
+    titles = dict(zip(ds.items["item_id"].astype(str), ds.items["title"].fillna("").astype(str))) if "title" in ds.items else {}
+    md = [f"# Test report: {name}", "", "Full ranking, the user's whole history excluded (docs/evaluation.md).", "",
+          summary_table({name: summary}, ks=ks), ""]
+    cols = [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks] + ["mrr", "n"]
+    rows = "".join("<tr><td>" + seg + "</td>" + "".join(
+        f"<td>{int(summary[seg].get(c, 0))}</td>" if c == "n" else f"<td>{summary[seg].get(c, float('nan')):.4f}</td>" for c in cols)
+        + "</tr>" for seg in SEGMENTS if seg in summary)
+    page = [f"<html><head><meta charset='utf-8'><title>{_html.escape(name)}</title></head><body>",
+            f"<h1>Test report: {_html.escape(name)}</h1><table border='1' cellpadding='4'><tr><th>segment</th>"
+            + "".join(f"<th>{c}</th>" for c in cols) + f"</tr>{rows}</table>"]
+    if examples:
+        md.append(examples_markdown(examples, ids, titles, heading="Explained recommendations"))
+        page.append(examples_html(examples, ds, ids, heading="Explained recommendations"))
+    else:
+        md.append(f"(no explained recommendations: {why_none})")
+        page.append(f"<p>(no explained recommendations: {_html.escape(why_none)})</p>")
+    page.append("</body></html>")
+    return "\n".join(md) + "\n", "\n".join(page) + "\n"
 
 
 def _shares(e: Explanation) -> list[tuple[str, float]]:

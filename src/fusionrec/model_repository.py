@@ -8,7 +8,8 @@ from here, and never re-reads them its own way.
 Layout (one model folder per served model; ``manifest.json`` at the repository root)::
 
     <repo>/<name>/config.pbtxt          Triton model configuration (onnxruntime backend)
-    <repo>/<name>/1/model.onnx          HISTORY int64 [batch, max_len] (+ optional EXCLUDE int64 [batch, E], -1 padded)
+    <repo>/<name>/1/model.onnx          HISTORY int64 [batch, max_len] (+ optional EXCLUDE int64 [batch, E], -1 padded,
+                                        and optional EVENTS int64 [batch, max_len], behaviour kind ids)
                                         -> ITEM_IDX int64 [batch, K], SCORE float32 [batch, K]
     <repo>/<name>/item_ids.json         external item id of every item_idx (0 = padding "")
     <repo>/<name>/popular.json          the cold-user fallback {"item_idx", "item_id", "count"}
@@ -56,7 +57,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from fusionrec.artifacts import ArtifactError, atomic_write_json, atomic_write_text, read_json
-from fusionrec.ranking import pad_histories
+from fusionrec.ranking import pad_events, pad_histories
 
 # -- the serving contract ----------------------------------------------------------------------
 HISTORY = "HISTORY"
@@ -73,6 +74,12 @@ consumed set can be longer, and none of it may come back. E is free (``dims: [ -
 it to a power of two (:func:`exclude_width`) so Triton's dynamic batcher can batch requests together.
 Left out, it is one column of -1 (nothing more excluded)."""
 EXCLUDE_FILL = -1
+EVENTS = "EVENTS"
+"""Optional input: the behaviour kind of each HISTORY position, int64 [batch, max_len] (same padding).
+
+Kind id = 1-based index into the repository's ``event_kinds`` (``export_report.json``; the clients map
+kind names with it); 0 = padding or unknown. A model trained without kinds ignores it; a negative id
+makes the row invalid, an id past the vocabulary reads as unknown. Left out, every kind is unknown."""
 INVALID_IDX = -1
 """ITEM_IDX of a row whose history holds an id outside [0, n_items] (its SCORE is NaN)."""
 
@@ -112,7 +119,8 @@ class TensorSpec:
 
 
 INPUTS: tuple[TensorSpec, ...] = (TensorSpec(HISTORY, "int64", "max_len"),
-                                  TensorSpec(EXCLUDE, "int64", "free", optional=True, fill=EXCLUDE_FILL))
+                                  TensorSpec(EXCLUDE, "int64", "free", optional=True, fill=EXCLUDE_FILL),
+                                  TensorSpec(EVENTS, "int64", "max_len", optional=True, fill=0))
 OUTPUTS: tuple[TensorSpec, ...] = (TensorSpec(ITEM_IDX, "int64", "k"), TensorSpec(SCORE, "float32", "k"))
 OUTPUT_NAMES = [o.name for o in OUTPUTS]
 
@@ -137,15 +145,28 @@ def pad_exclude(exclude: np.ndarray | None, batch: int) -> np.ndarray:
     return out
 
 
-def feeds(histories: np.ndarray, max_len: int, exclude: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``) and exclusion lists.
+def feeds(histories: np.ndarray, max_len: int, exclude: np.ndarray | None = None,
+          events: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The graph's input arrays for a batch of item_idx histories (re-padded to ``max_len``), exclusion lists
+    and behaviour kind ids (parallel to the histories), in ``INPUTS`` order.
 
     Every caller of the graph (``OnnxRanker``, the gRPC client, the exporter's parity check) builds
     its request here, so an additional graph input is filled in one place (onnxruntime needs every
     input; over gRPC an optional one may be left out and the server feeds its ``fill``).
     """
     h = pad_histories(histories, max_len)
-    return {HISTORY: h, EXCLUDE: pad_exclude(exclude, len(h))}
+    return {HISTORY: h, EXCLUDE: pad_exclude(exclude, len(h)), EVENTS: pad_events(histories, events, max_len)}
+
+
+def kind_ids(kinds: Sequence[str | None], vocabulary: Sequence[str]) -> np.ndarray:
+    """Behaviour kind names -> EVENTS ids in ``vocabulary`` (1-based; None or a kind not in it -> 0, unknown).
+
+    Example:
+        >>> kind_ids(["view", "purchase", None, "share"], ["view", "play", "purchase"]).tolist()
+        [1, 3, 0, 0]
+    """
+    code = {k: i + 1 for i, k in enumerate(vocabulary)}
+    return np.array([code.get(k, 0) if k is not None else 0 for k in kinds], dtype=np.int64)
 
 
 # -- companion models -------------------------------------------------------------------------
@@ -294,9 +315,10 @@ def write_model_files(mdir: Path, cfg: TritonSettings, max_len: int, k: int, ite
     atomic_write_json(mdir / "export_report.json", report)
 
 
-def report_shapes(n_items: int, max_len: int, k: int) -> dict[str, Any]:
-    """The record of the graph's sizes kept in ``export_report.json`` (what :class:`ModelRepository` reads back)."""
-    return {"n_items": n_items, "max_len": max_len, "k": k,
+def report_shapes(n_items: int, max_len: int, k: int, event_kinds: Sequence[str] = ()) -> dict[str, Any]:
+    """The record of the graph's sizes kept in ``export_report.json`` (what :class:`ModelRepository` reads back),
+    with the behaviour kinds the graph reads (``event_kinds``: EVENTS id i is ``event_kinds[i - 1]``)."""
+    return {"n_items": n_items, "max_len": max_len, "k": k, "event_kinds": list(event_kinds),
             "inputs": {s.name: ["batch", s.dims(max_len, k)] for s in INPUTS} | {"dtype": "int64"},
             "outputs": {s.name: ["batch", s.dims(max_len, k)] for s in OUTPUTS}}
 
@@ -392,6 +414,8 @@ class ModelRepository:
         self.max_len: int = int(self.report["max_len"])
         self.k: int = int(self.report["k"])
         self.n_items: int = int(self.report["n_items"])
+        self.event_kinds: list[str] = [str(k) for k in self.report.get("event_kinds") or []]
+        """The behaviour kinds the graph reads (EVENTS ids are 1-based into it); [] for a model that reads none."""
 
     @property
     def onnx_path(self) -> Path:
@@ -460,17 +484,22 @@ class OnnxRanker:
         self.max_len: int | None = self.repository.max_len
         self.k: int | None = self.repository.k
         self.item_ids = self.repository.item_ids
+        self.event_kinds = self.repository.event_kinds
         self.session = self.repository.session(providers=providers, threads=threads)
 
-    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None,
+             events: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` per history; ``events``: kind ids parallel to ``histories`` (ids into ``event_kinds``)."""
         if self.k is not None and k > self.k:
             raise ValueError(f"{self.name}: asked for top-{k} but the exported graph returns top-{self.k}")
         inputs = {i.name for i in self.session.get_inputs()}
-        feed = feeds(histories, self.max_len, exclude)
+        feed = feeds(histories, self.max_len, exclude, events)
         if EXCLUDE not in inputs:  # a repository exported before the EXCLUDE input existed
             if exclude is not None and (np.asarray(exclude) >= 0).any():
                 raise ValueError(f"{self.name}: this graph has no {EXCLUDE} input; re-export it with 'fusionrec export'")
             feed.pop(EXCLUDE)
+        if EVENTS not in inputs:  # exported before the EVENTS input existed: it reads no kinds anyway
+            feed.pop(EVENTS)
         idx, score = self.session.run(OUTPUT_NAMES, feed)
         if idx.shape[1] < k:
             raise ValueError(f"{self.name}: asked for top-{k} but the graph returned {idx.shape[1]} items")

@@ -25,7 +25,10 @@ vocabulary or an all-zero mask comes back as ``ITEM_IDX = -1`` / ``SCORE = NaN``
 status: one bad request never fails the batch it shares).
 
 As soon as a user has one event the sequential model takes over (``RecommendClient.query`` with a
-history calls the ranker).
+history calls the ranker), unless the caller asks for a mix (``query(..., mix=True)``): then a history
+shorter than ``mix_until`` events (default :data:`MIX_UNTIL` = 3) gets the query's list and the
+sequential model's list merged by weighted reciprocal-rank fusion (:func:`mix_rankings`), the query's
+weight falling linearly from 1 with no history to 0 at ``mix_until`` events (:func:`query_weight`).
 
 Example:
     >>> ranker = QueryRanker.from_artifacts("artifacts/model", "artifacts/aligned")     # doctest: +SKIP
@@ -37,7 +40,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Hashable, Literal, Sequence, TypeVar
 
 import numpy as np
 
@@ -49,6 +52,12 @@ MIN_LATIN_SHARE = 0.5
 """At least this share of a query's letters must be Latin: all-MiniLM-L6-v2 was trained on English."""
 Pool = Literal["max", "mean"]
 Mode = Literal["neighbours", "head"]
+MIX_UNTIL = 3
+"""History length (events) from which a mixed query answer is the sequential model's alone."""
+RRF_C = 1.0  # not the 60 of equal-weight RRF: with unequal weights a large c puts the heavier list's whole head first
+"""Reciprocal-rank-fusion constant: the 60 of Cormack, Clarke & Buettcher (SIGIR 2009); it flattens the head
+of each list so one list's first item does not outweigh an item both lists rank well."""
+Item = TypeVar("Item", bound=Hashable)
 
 
 class QueryError(ValueError):
@@ -119,6 +128,63 @@ class QueryTokenizer:
 
     def save(self, folder: str | os.PathLike) -> None:
         self.tokenizer.save_pretrained(str(folder))
+
+
+# -- mixing the query's list with the sequential model's (short histories) -------------------------
+def query_weight(n_events: int, mix_until: int = MIX_UNTIL) -> float:
+    """The query list's weight in a mix for a history of ``n_events``: 1 with no history, falling linearly
+    to 0 at ``mix_until`` events (the sequential model's list gets ``1 -`` that).
+
+    >>> [round(query_weight(n), 3) for n in range(5)]
+    [1.0, 0.667, 0.333, 0.0, 0.0]
+    """
+    if isinstance(mix_until, bool) or not isinstance(mix_until, (int, np.integer)) or mix_until < 1:
+        raise ValueError(f"mix_until must be a whole number of events >= 1, got {mix_until!r}")
+    if isinstance(n_events, bool) or not isinstance(n_events, (int, np.integer)) or n_events < 0:
+        raise ValueError(f"a history length must be a whole number >= 0, got {n_events!r}")
+    return max(0.0, 1.0 - int(n_events) / int(mix_until))
+
+
+def mix_rankings(query_items: Sequence[Item], sequence_items: Sequence[Item], history: Sequence[Item], k: int,
+                 mix_until: int = MIX_UNTIL, c: float = RRF_C) -> list[tuple[Item, float]]:
+    """The query's ranked items and the sequential model's, merged for a short ``history`` by weighted
+    reciprocal-rank fusion: ``[(item, fused score), ...]``, best first, at most ``k`` items.
+
+    Only ranks count (the two models' scores are on different scales). Every item of ``history`` is
+    dropped from both lists first (and repeats within a list after their first place), then each list's
+    items are ranked 1, 2, ... and an item scores ``sum over lists of w / (c + rank)``, with
+    ``w = query_weight(len(history), mix_until)`` for the query's list and ``1 - w`` for the sequential
+    model's; a list of weight 0 contributes no items. Ties go to the item with the better single rank,
+    then to the query's list, so the order never depends on anything but the two lists.
+
+    >>> [item for item, _ in mix_rankings(["a", "b", "c"], ["x", "a", "y"], history=["b"], k=3)]
+    ['a', 'c', 'x']
+    >>> round(mix_rankings(["a", "b", "c"], ["x", "a", "y"], history=["b"], k=1)[0][1], 6)   # 2/3 / 2 + 1/3 / 3
+    0.444444
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+    if not c > 0:
+        raise ValueError(f"the reciprocal-rank-fusion constant c must be > 0, got {c!r}")
+    w = query_weight(len(history), mix_until)
+    seen = set(history)
+    fused: dict[Item, list[float]] = {}  # item -> [score, best rank, list of the best rank]
+    for which, (items, weight) in enumerate(((query_items, w), (sequence_items, 1.0 - w))):
+        if weight <= 0.0:
+            continue
+        rank = 0
+        taken: set = set()
+        for item in items:
+            if item in seen or item in taken:
+                continue
+            taken.add(item)
+            rank += 1
+            entry = fused.setdefault(item, [0.0, rank, which])
+            entry[0] += weight / (c + rank)
+            if rank < entry[1]:
+                entry[1], entry[2] = rank, which
+    order = sorted(fused.items(), key=lambda kv: (-kv[1][0], kv[1][1], kv[1][2]))
+    return [(item, float(score)) for item, (score, _, _) in order[: int(k)]]
 
 
 # -- the query graph (PyTorch; exported to ONNX) ------------------------------------------------
@@ -361,7 +427,8 @@ class QueryRanker:
 
 
 __all__ = ["QueryError", "QueryTokenizer", "QueryRanker", "check_query", "build_query_module", "load_text_encoder",
-           "INPUT_IDS", "ATTENTION_MASK", "QUERY_SUFFIX", "MAX_QUERY_TOKENS"]
+           "mix_rankings", "query_weight", "INPUT_IDS", "ATTENTION_MASK", "QUERY_SUFFIX", "MAX_QUERY_TOKENS", "MIX_UNTIL",
+           "RRF_C"]
 
 
 # -- export: the served query model ---------------------------------------------------------------

@@ -44,6 +44,24 @@ class TopKRanker(Protocol):
     def topk(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+def accepts(ranker, arg: str) -> bool:
+    """Whether ``ranker.topk`` takes the keyword ``arg`` (``exclude``, ``events``)."""
+    try:
+        return arg in inspect.signature(ranker.topk).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def event_vocabulary(ranker) -> list[str]:
+    """The behaviour kinds a ranker reads (its ``event_kinds``; [] for one that reads none).
+
+    A ranker that reads kinds takes ``events`` int64 [B, L] beside the histories: the kind id (1-based
+    index into this list; 0 = padding or an unknown kind) of each history position.
+    """
+    kinds = getattr(ranker, "event_kinds", None)
+    return list(kinds) if kinds and accepts(ranker, "events") else []
+
+
 def exclusion_lists(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray], min_width: int = 1) -> np.ndarray:
     """Distinct positive item_idx of each sequence as int64 [B, E], right-padded with -1 (E = longest, >= min_width)."""
     uniq = [np.unique(np.asarray(s, dtype=np.int64)) for s in sequences]
@@ -57,29 +75,29 @@ def exclusion_lists(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray], m
 
 def accepts_exclude(ranker) -> bool:
     """Whether ``ranker.topk`` takes an ``exclude`` argument."""
-    try:
-        return "exclude" in inspect.signature(ranker.topk).parameters
-    except (TypeError, ValueError):
-        return False
+    return accepts(ranker, "exclude")
 
 
-def topk_excluding(ranker, histories: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def topk_excluding(ranker, histories: np.ndarray, k: int, exclude: np.ndarray | None,
+                   events: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of ``ranker`` with every item of ``exclude`` (int64 [B, E], -1 padded) left out.
 
     A ranker whose ``topk`` takes ``exclude`` does it itself (in its graph); for any other ranker the
     top ``k + E`` are fetched and the excluded items dropped, which is exact whenever the ranker can
-    return that many items.
+    return that many items. ``events`` (kind ids parallel to ``histories``, see :func:`event_vocabulary`)
+    go to a ranker that reads them.
     """
+    kw = {"events": events} if events is not None and accepts(ranker, "events") else {}
     if exclude is None or exclude.shape[1] == 0:
-        return ranker.topk(histories, k)
+        return ranker.topk(histories, k, **kw)
     exclude = np.asarray(exclude, dtype=np.int64)
     if accepts_exclude(ranker):
-        return ranker.topk(histories, k, exclude=exclude)
+        return ranker.topk(histories, k, exclude=exclude, **kw)
     fetch = k + int((exclude > 0).sum(1).max())
     n_items = getattr(ranker, "n_items", None)
     if isinstance(n_items, int):
         fetch = min(fetch, n_items)
-    idx, score = ranker.topk(histories, fetch)
+    idx, score = ranker.topk(histories, fetch, **kw)
     idx, score = np.asarray(idx, dtype=np.int64), np.asarray(score, dtype=np.float32)
     keep = ~(idx[:, :, None] == exclude[:, None, :]).any(2)
     out_i = np.zeros((len(idx), k), np.int64)
@@ -116,12 +134,32 @@ def pad_histories(histories: np.ndarray, length: int) -> np.ndarray:
     return np.ascontiguousarray(h)
 
 
+def pad_events(histories: np.ndarray, events: np.ndarray | None, length: int) -> np.ndarray:
+    """Kind ids int64 [B, length] for a ranker of history length ``length``, kept in step with :func:`pad_histories`.
+
+    ``events`` is parallel to ``histories`` (same shape); ``None`` gives all 0 (kinds unknown). A kind
+    at a padding position of the history is dropped with it.
+    """
+    h = np.asarray(histories, dtype=np.int64)
+    if events is None:
+        return np.zeros((len(h), length), dtype=np.int64)
+    e = np.asarray(events, dtype=np.int64)
+    if e.shape != h.shape:
+        raise ValueError(f"events must have the shape of the histories {h.shape}, got {e.shape}")
+    if h.shape[1] != length:
+        e = left_pad([er[hr > 0] for hr, er in zip(h, e)], length)
+    else:
+        e = np.where(h > 0, e, 0)
+    return np.ascontiguousarray(e)
+
+
 def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: int = 256, desc: str = "rank",
-               exclude: np.ndarray | None = None) -> np.ndarray:
+               exclude: np.ndarray | None = None, events: np.ndarray | None = None) -> np.ndarray:
     """Top-``k`` item_idx [n_cases, k] for every history, in batches (evaluation and A/B both rank here).
 
     ``exclude`` (int64 [n_cases, E], -1 padded): items each case must not get back, e.g. the user's whole
     consumed set (:meth:`fusionrec.data.dataset.DatasetArtifact.consumed_before`); see :func:`topk_excluding`.
+    ``events``: kind ids parallel to ``histories``, for a ranker that reads them (:func:`event_vocabulary`).
     """
     n = len(histories)
     out = np.zeros((n, k), dtype=np.int64)
@@ -130,7 +168,8 @@ def rank_cases(ranker: TopKRanker, histories: np.ndarray, k: int, batch_size: in
         if exclude is not None:
             ex = exclude[start : start + batch_size]
             ex = ex[:, : max(1, int((ex >= 0).sum(1).max()))]  # trim the batch's padding columns
-        idx, _ = topk_excluding(ranker, histories[start : start + batch_size], k, ex)
+        ev = None if events is None else events[start : start + batch_size]
+        idx, _ = topk_excluding(ranker, histories[start : start + batch_size], k, ex, ev)
         idx = np.asarray(idx, dtype=np.int64)
         if idx.shape != (min(batch_size, n - start), k):
             raise ValueError(f"{desc}: ranker returned shape {idx.shape}, expected {(min(batch_size, n - start), k)}")

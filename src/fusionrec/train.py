@@ -16,7 +16,9 @@ stopping on validation NDCG@10, fixed seeds. ``windows="all"`` (default) cuts ev
 into windows of ``max_len`` targets so one epoch makes every train event after a user's first the target
 of exactly one position; ``windows="last"`` keeps only each user's last ``max_len + 1`` items (the old,
 data-wasting behaviour, kept for the ablation). Writes the ``model``
-artifact: ``model.safetensors``, ``config.json``, ``metrics.json``, ``per_case.parquet``.
+artifact: ``model.safetensors``, ``config.json``, ``metrics.json``, ``per_case.parquet`` and the test report
+``report.md`` / ``report.html`` (metrics per segment, three explained recommendations with titles,
+cover thumbnails and the modality bar).
 
 Example:
     >>> run("artifacts/dataset", "artifacts/aligned", "artifacts/model", TrainConfig(epochs=20))  # doctest: +SKIP
@@ -81,6 +83,18 @@ class TrainConfig(StepConfig, Architecture):
     window_stride: Optional[int] = Field(None, ge=1, description="targets per window (default max_len: no overlap); "
                                          "smaller strides give a window's first targets more context at more compute")
     content_align: float = Field(0.0, ge=0.0, description="weight of the content-alignment term (0 = off)")
+    event_weights: dict[str, float] = Field(default_factory=dict, description="loss weight of a target by its behaviour "
+                                            "kind, e.g. {purchase: 3.0, view: 0.5}; kinds not named weigh 1")
+    target_events: Optional[list[str]] = Field(None, description="train on targets of these kinds only (e.g. [purchase]: "
+                                               "predict purchases from all behaviour); None: every event is a target")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _event_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not (w >= 0 and np.isfinite(w))}
+        if bad:
+            raise ValueError(f"event_weights must be finite and >= 0, got {bad}")
+        return v
 
     @field_validator("model")
     @classmethod
@@ -109,7 +123,7 @@ def seed_everything(seed: int) -> None:
 
 
 def training_arrays(sequences: list[np.ndarray], max_len: int, windows: str = "all",
-                    stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    stride: int | None = None, kinds: list[np.ndarray] | None = None):
     """SASRec inputs/targets [W, max_len] (left-padded; target 0 = no loss at that position).
 
     ``windows="all"``: every user's sequence is cut from its end into windows whose owned targets are
@@ -117,28 +131,45 @@ def training_arrays(sequences: list[np.ndarray], max_len: int, windows: str = "a
     ending just before its last target, and targets it does not own (context for an overlapping stride)
     are 0. So every train event but a user's first is a target exactly once per epoch.
     ``windows="last"``: one window per user, their last ``max_len + 1`` items.
+
+    With ``kinds`` (kind ids parallel to ``sequences``) returns ``(X, Y, X_kinds, Y_kinds)``: the kinds of
+    the input positions and of the targets, cut the same way.
     """
-    if windows == "last":
-        seqs = [s[-(max_len + 1):] for s in sequences if len(s) >= 2]
-        return left_pad([s[:-1] for s in seqs], max_len), left_pad([s[1:] for s in seqs], max_len)
-    stride = min(stride or max_len, max_len)
-    xs, ys = [], []
-    for s in sequences:
-        s = np.asarray(s, dtype=np.int64)
+    cuts: list[tuple[int, int, int, int]] = []  # (user, first input, one past the last input, first owned target)
+    for u, s in enumerate(sequences):
+        if windows == "last":
+            if len(s) >= 2:
+                start = max(0, len(s) - 1 - max_len)
+                cuts.append((u, start, len(s) - 1, start + 1))
+            continue
+        step = min(stride or max_len, max_len)
         end = len(s)  # one past the last target position still to cover
         while end > 1:
-            first = max(1, end - stride)  # first target position this window owns
+            first = max(1, end - step)  # first target position this window owns
             start = max(0, end - 1 - max_len)  # first input position
-            x, y = s[start:end - 1], s[start + 1:end].copy()
-            y[: first - (start + 1)] = 0  # owned by an earlier window
-            xs.append(x)
-            ys.append(y)
+            cuts.append((u, start, end - 1, first))
             end = first
-    return left_pad(xs, max_len), left_pad(ys, max_len)
+
+    def cut(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for u, start, stop, first in cuts:
+            s = np.asarray(seqs[u], dtype=np.int64)
+            y = s[start + 1:stop + 1].copy()
+            y[: first - (start + 1)] = 0  # owned by an earlier window
+            xs.append(s[start:stop])
+            ys.append(y)
+        return left_pad(xs, max_len), left_pad(ys, max_len)
+
+    X, Y = cut(sequences)
+    if kinds is None:
+        return X, Y
+    KX, KY = cut(kinds)
+    return X, Y, KX, np.where(Y > 0, KY, 0)
 
 
-def build_spec(cfg: TrainConfig, n_items: int, available: list[str], aligned_dim: int) -> ModelSpec:
-    base = {"n_items": n_items, **cfg.model_dump(include=set(Architecture.model_fields) - {"use_id_embedding"})}
+def build_spec(cfg: TrainConfig, n_items: int, available: list[str], aligned_dim: int, event_kinds: list[str] | None = None) -> ModelSpec:
+    base = {"n_items": n_items, **cfg.model_dump(include=set(Architecture.model_fields) - {"use_id_embedding"}),
+            "event_kinds": list(event_kinds or []) if cfg.use_events and cfg.model != "popularity" else []}
     if cfg.model == "popularity":
         return ModelSpec(kind="popularity", **base)
     if cfg.model == "id":
@@ -174,32 +205,57 @@ def content_alignment_loss(model: Recommender) -> torch.Tensor:
     return nn.functional.mse_loss(content, full)
 
 
+def target_weights(kinds: list[str], cfg: TrainConfig) -> np.ndarray | None:
+    """Loss weight [len(kinds) + 1] of a target by its kind id (0 = no kind), from ``event_weights`` and
+    ``target_events``; None when every target weighs 1. Kinds the dataset does not have are an error."""
+    named = set(cfg.event_weights) | set(cfg.target_events or [])
+    unknown = sorted(named - set(kinds))
+    if unknown:
+        raise ValueError(f"event_weights/target_events name kinds {unknown} that no train event has; the dataset's kinds are {kinds}")
+    if not cfg.event_weights and cfg.target_events is None:
+        return None
+    w = np.array([1.0] + [float(cfg.event_weights.get(k, 1.0)) for k in kinds], dtype=np.float32)
+    if cfg.target_events is not None:
+        w[0] = 0.0
+        w[1:] *= np.array([k in cfg.target_events for k in kinds], dtype=np.float32)
+    return w
+
+
 def _loss(model: Recommender, X: torch.Tensor, Y: torch.Tensor, cfg: TrainConfig, train_items: torch.Tensor,
-          train_item_list: torch.Tensor) -> torch.Tensor:
-    main = _next_item_loss(model, X, Y, cfg, train_items, train_item_list)
+          train_item_list: torch.Tensor, events: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    main = _next_item_loss(model, X, Y, cfg, train_items, train_item_list, events, weights)
     if cfg.content_align > 0:
         main = main + cfg.content_align * content_alignment_loss(model)
     return main
 
 
+def _weighted_mean(losses: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    if w is None:
+        return losses.mean()
+    return (losses * w).sum() / w.sum().clamp_min(1e-12)
+
+
 def _next_item_loss(model: Recommender, X: torch.Tensor, Y: torch.Tensor, cfg: TrainConfig, train_items: torch.Tensor,
-                    train_item_list: torch.Tensor) -> torch.Tensor:
+                    train_item_list: torch.Tensor, events: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of every target; ``weights`` [B, L] (per-kind loss weights) make it a weighted mean."""
     input_table, parts = model.item_tables(cfg.modality_dropout, cfg.id_dropout)
-    states = model.user_states(X, input_table)
+    states = model.user_states(X, input_table, events)
     valid = Y > 0
     h = states[valid]
     y = Y[valid]
+    w = weights[valid] if weights is not None else None
     if cfg.loss == "full":
         logits = model.score(h, parts).float()
         logits = logits.masked_fill(~train_items.unsqueeze(0), NEG)
-        return nn.functional.cross_entropy(logits, y)
+        return _weighted_mean(nn.functional.cross_entropy(logits, y, reduction="none"), w)
     neg = train_item_list[torch.randint(len(train_item_list), (cfg.n_negatives,), device=y.device)]
     cand = torch.cat([y, neg])
     logits = model.score(h, _rows(parts, cand)).float()
     same = (cand.unsqueeze(0) == y.unsqueeze(1))
     same[torch.arange(len(y)), torch.arange(len(y))] = False  # keep each row's own positive
     logits = logits.masked_fill(same, NEG)
-    return nn.functional.cross_entropy(logits, torch.arange(len(y), device=y.device))
+    return _weighted_mean(nn.functional.cross_entropy(logits, torch.arange(len(y), device=y.device), reduction="none"), w)
 
 
 def _subsample(cases, histories, n: int | None, seed: int):
@@ -211,11 +267,20 @@ def _subsample(cases, histories, n: int | None, seed: int):
 
 def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
     """Train ``model`` in place on ``ds`` (a DatasetArtifact); returns the training record (curves, timings)."""
-    X_np, Y_np = training_arrays(ds.train_sequences(), cfg.max_len, cfg.windows, cfg.window_stride)
+    kinds = ds.event_kinds
+    X_np, Y_np, KX_np, KY_np = training_arrays(ds.train_sequences(), cfg.max_len, cfg.windows, cfg.window_stride,
+                                               kinds=ds.train_kind_sequences(kinds))
     if len(X_np) == 0:
         raise ValueError(f"{ds.path}: no user has 2 or more train events; nothing to train on")
+    tw = target_weights(kinds, cfg)
+    W_np = tw[KY_np] * (Y_np > 0) if tw is not None else None
+    if W_np is not None and not (W_np > 0).any():
+        raise ValueError(f"target_events {cfg.target_events}: no train target has one of these kinds; nothing to train on")
     X_all = torch.from_numpy(X_np).to(device)
     Y_all = torch.from_numpy(Y_np).to(device)
+    # kinds in the model's vocabulary (the dataset's, when it reads them)
+    E_all = torch.from_numpy(KX_np).to(device) if model.event_emb is not None else None
+    W_all = torch.from_numpy(W_np.astype(np.float32)).to(device) if W_np is not None else None
     train_items = model.id_mask.to(device) if model.spec.use_id_embedding else None
     if train_items is None:
         train_items = torch.zeros(model.n_items + 1, dtype=torch.bool, device=device)
@@ -243,7 +308,8 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
         for start in bar:
             b = perm[start:start + cfg.batch_size]
             with torch.autocast(dev_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = _loss(model, X_all[b], Y_all[b], cfg, train_items, train_item_list)
+                loss = _loss(model, X_all[b], Y_all[b], cfg, train_items, train_item_list,
+                             None if E_all is None else E_all[b], None if W_all is None else W_all[b])
             if not torch.isfinite(loss.detach()):  # diverged: every later step would be nan too
                 raise TrainingError(f"training diverged: loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1} "
                                     f"(lr={cfg.lr:g}); lower lr (--lr / --set lr=...) or use amp=none. No model written.")
@@ -289,8 +355,23 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
                   fit_cpu_seconds=time.process_time() - cpu_start, sequences_seen=sequences,
                   sequences_per_second=sequences / max(train_seconds, 1e-9), n_train_sequences=int(len(X_all)),
                   n_train_targets=int((Y_all > 0).sum()), windows=cfg.windows,
+                  n_weighted_targets=int((W_all > 0).sum()) if W_all is not None else None, event_kinds=model.spec.event_kinds,
                   best_valid_ndcg10=best if best >= 0 else None)
     return record
+
+
+def _quality_report(model, ds, cfg: TrainConfig, summary: dict) -> tuple[str, str]:
+    """The model's test report (``report.md``/``report.html``): metrics per segment and three explained recommendations."""
+    from fusionrec.explain import model_examples, quality_report
+
+    if not isinstance(model, Recommender):
+        examples, why = None, "a popularity ranking has no history to explain"
+    elif model.spec.event_kinds:
+        examples, why = None, "the model reads behaviour kinds, which explanations do not cover yet"
+    else:
+        examples, why = model_examples(model, ds), "no warm test case with 3 or more history items"
+    ks = [k for k in cfg.eval_ks if k <= 20] or cfg.eval_ks[:1]
+    return quality_report(cfg.model if cfg.model != "fused" else f"fused:{cfg.fusion}", summary, examples, ds, ks, why)
 
 
 def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str | os.PathLike, cfg: TrainConfig | None = None,
@@ -313,7 +394,9 @@ def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str 
                 raise ValueError(f"aligned artifact {aligned} has {feats.shape[0] - 1} items, dataset {dataset} has {ds.n_items}")
         else:
             mods, feats, fmask = [], np.zeros((ds.n_items + 1, 0, 0), np.float32), np.zeros((ds.n_items + 1, 0), bool)
-        spec = build_spec(cfg, ds.n_items, mods, feats.shape[2])
+        if cfg.use_events and not ds.event_kinds and cfg.model != "popularity":
+            raise ValueError(f"use_events: the train events of {dataset} have no 'event' kinds; ingest a log with an event column")
+        spec = build_spec(cfg, ds.n_items, mods, feats.shape[2], ds.event_kinds)
         t0 = time.perf_counter()
         if spec.kind == "popularity":
             model = PopularityRanker(spec, torch.from_numpy(counts.astype(np.float32)))
@@ -327,12 +410,15 @@ def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str 
             log.info("%s: %.0f sequences/s, %.1fs training", cfg.model, record["sequences_per_second"], record["train_seconds"])
         test = evaluate(model, ds, "test", ks=cfg.eval_ks, k_max=cfg.eval_k, max_len=cfg.max_len)
         model = model.cpu()
+        report = _quality_report(model, ds, cfg, test.summary)
         with artifact_dir(out, "model", [dataset, aligned], force) as tmp:
             save_model(model, tmp, {"train": cfg.model_dump(mode="json"), "model": cfg.model, "n_items": ds.n_items,
                                     "modalities": spec.modalities, "fusion": spec.fusion})
             atomic_write_json(tmp / "metrics.json", {"model": cfg.model, "fusion": spec.fusion, "modalities": spec.modalities,
                                                      "training": record, "test": test.summary})
             save_parquet(test.per_case, tmp / "per_case.parquet")
+            (tmp / "report.md").write_text(report[0], encoding="utf-8")
+            (tmp / "report.html").write_text(report[1], encoding="utf-8")
             inputs = {"dataset": Path(dataset)}
             if aligned is not None:
                 inputs["aligned"] = Path(aligned)

@@ -32,7 +32,7 @@ from fusionrec.metrics import item_coverage, topk_metrics
 from fusionrec.model_repository import OnnxRanker
 from fusionrec.models import load_model
 from fusionrec.progress import get_logger
-from fusionrec.ranking import TopKRanker, left_pad, rank_cases, topk_excluding
+from fusionrec.ranking import TopKRanker, event_vocabulary, left_pad, rank_cases, topk_excluding
 
 log = get_logger(__name__)
 
@@ -69,6 +69,13 @@ class IdMap:
         length = histories.shape[1]
         return left_pad([row[row > 0] for row in mapped], length)
 
+    def events_to_model(self, histories: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """Kind ids parallel to ``histories``, moved as :meth:`histories_to_model` moves their items."""
+        if self.identity:
+            return events
+        mapped = self.to_model[histories]
+        return left_pad([e[row > 0] for row, e in zip(mapped, np.asarray(events, dtype=np.int64))], histories.shape[1])
+
     def items_from_model(self, items: np.ndarray) -> np.ndarray:
         if self.identity:
             return items
@@ -85,15 +92,19 @@ class MappedRanker:
         self.idmap = idmap
         self.max_len = inner.max_len
         self.k = inner.k
+        self.event_kinds = event_vocabulary(inner)
 
-    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        h = self.idmap.histories_to_model(np.asarray(histories, dtype=np.int64))
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None,
+             events: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        histories = np.asarray(histories, dtype=np.int64)
+        h = self.idmap.histories_to_model(histories)
+        ev = None if events is None else self.idmap.events_to_model(histories, events)
         mapped = None
         if exclude is not None:
             ex = np.asarray(exclude, dtype=np.int64)
             mapped = np.where(ex > 0, self.idmap.to_model[np.maximum(ex, 0)], -1)
             mapped = np.where(mapped > 0, mapped, -1)  # items this model does not know cannot be returned anyway
-        idx, score = topk_excluding(self.inner, h, k, mapped)
+        idx, score = topk_excluding(self.inner, h, k, mapped, ev)
         return self.idmap.items_from_model(idx), score
 
 
@@ -192,6 +203,12 @@ def case_max_len(cfg: ABConfig, *rankers: TopKRanker, default: int = 50) -> int:
     return max(lens) if lens else default
 
 
+def arm_events(dataset: DatasetArtifact, cases: pd.DataFrame, histories: np.ndarray, ranker: TopKRanker) -> np.ndarray | None:
+    """The behaviour kind ids of each case's history in ``ranker``'s vocabulary (None when it reads no kinds)."""
+    kinds = event_vocabulary(ranker)
+    return dataset.history_kinds(cases, histories.shape[1], kinds) if kinds else None
+
+
 def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: DatasetArtifact, cfg: ABConfig,
                     leave_replay_part: bool = False) -> OfflineResult:
     """Rank the held-out cases with both arms and compare them per user.
@@ -214,8 +231,9 @@ def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: Dataset
     k = min([cfg.k_max, dataset.n_items] + [r.k for r in (control, treatment) if r.k is not None])
     # every item the user consumed before the case is excluded, not only the last max_len the graphs read
     exclude = dataset.consumed_before(cases)
-    top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control", exclude=exclude)
-    top_t = rank_cases(treatment, hist, k, cfg.batch_size, desc="treatment", exclude=exclude)
+    top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control", exclude=exclude, events=arm_events(dataset, cases, hist, control))
+    top_t = rank_cases(treatment, hist, k, cfg.batch_size, desc="treatment", exclude=exclude,
+                       events=arm_events(dataset, cases, hist, treatment))
     res = offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg)
     res.events = events
     return res

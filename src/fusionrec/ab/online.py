@@ -149,12 +149,15 @@ def replay(
     clock: Callable[[], float] = time.perf_counter,
     source: str = "in-process",
     exclude: np.ndarray | None = None,
+    events: Sequence[np.ndarray | None] | None = None,
 ) -> OnlineResult:
     """Replay each case as one request to its user's arm; then interleave both arms on every case.
 
     ``cases`` (from ``DatasetArtifact.eval_cases``) needs ``user_idx``, ``item_idx`` and
     ``timestamp``; ``user_ids`` are the external ids the hash split uses (one per case);
     ``exclude`` (int64 [n, E], -1 padded) is sent with each request: the user's whole consumed set.
+    ``events``: per arm (control, treatment), the behaviour kind ids parallel to ``histories`` for an arm
+    that reads them (else None).
     """
     n = len(cases)
     if len(histories) != n or len(user_ids) != n:
@@ -185,16 +188,22 @@ def replay(
     def ex(rows):
         return None if exclude is None else exclude[rows]
 
-    for arm in arms:
+    arm_events = tuple(events) if events is not None else (None, None)
+
+    def ev(a: int, rows):
+        return None if arm_events[a] is None else arm_events[a][rows]
+
+    for a, arm in enumerate(arms):
         for i in order[: cfg.online_warmup]:
-            topk_excluding(arm, histories[i : i + 1], k, ex(slice(i, i + 1)))
+            topk_excluding(arm, histories[i : i + 1], k, ex(slice(i, i + 1)), ev(a, slice(i, i + 1)))
 
     hits = np.zeros(n, dtype=bool)
     lat = np.zeros(n, dtype=np.float64)
     for i in progress(order, desc="replay", unit="req"):
-        arm = arms[int(treat[i])]
+        a = int(treat[i])
+        arm = arms[a]
         t0 = clock()
-        idx, _ = topk_excluding(arm, histories[i : i + 1], k, ex(slice(i, i + 1)))
+        idx, _ = topk_excluding(arm, histories[i : i + 1], k, ex(slice(i, i + 1)), ev(a, slice(i, i + 1)))
         lat[i] = (clock() - t0) * 1000.0
         hits[i] = bool(np.any(np.asarray(idx)[0, :k] == targets[i]))
 
@@ -208,8 +217,10 @@ def replay(
     lift = arm_t.hit_rate / arm_c.hit_rate - 1.0 if arm_c.hit_rate else (0.0 if arm_t.hit_rate == 0 else float("inf"))
 
     # interleaving: both arms' lists for every replayed request (batched; not timed)
-    top_c = rank_cases(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control", exclude=ex(order))
-    top_t = rank_cases(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment", exclude=ex(order))
+    top_c = rank_cases(control, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave control", exclude=ex(order),
+                       events=ev(0, order))
+    top_t = rank_cases(treatment, histories[order], cfg.interleaving_k, cfg.batch_size, desc="interleave treatment",
+                       exclude=ex(order), events=ev(1, order))
     inter = interleave_evaluate(top_c, top_t, targets[order], uids[order], k=cfg.interleaving_k, seed=cfg.seed, unit=cfg.interleaving_unit)
 
     requests = pd.DataFrame({

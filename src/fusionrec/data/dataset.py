@@ -12,7 +12,7 @@ import math
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,11 +109,41 @@ class DatasetArtifact:
             return None
         return self.path / str(relative)
 
+    # -- behaviour kinds --------------------------------------------------------------------
+    @cached_property
+    def event_kinds(self) -> list[str]:
+        """The distinct ``event`` values of the train events, most frequent first (ties by name): a model's kind vocabulary."""
+        tr = self.events.loc[self.events["split"] == "train", "event"]
+        counts = tr[tr.notna()].astype(str).value_counts()
+        return sorted(counts.index.tolist(), key=lambda k: (-int(counts[k]), k))
+
+    def kind_codes(self, kinds: Sequence[str]) -> np.ndarray:
+        """Every event's kind id in the vocabulary ``kinds`` (1..len(kinds); 0 = none or not in it), in ``events`` order."""
+        code = {k: i + 1 for i, k in enumerate(kinds)}
+        ev = self.events["event"]
+        return np.fromiter((code.get(e, 0) if isinstance(e, str) else 0 for e in ev), dtype=np.int64, count=len(ev))
+
     # -- sequences ------------------------------------------------------------------------
     def train_sequences(self) -> list[np.ndarray]:
         """Per user (in user_idx order, users without train events skipped) the train item_idx sequence."""
         tr = self.events[self.events["split"] == "train"]
         return [g["item_idx"].to_numpy(np.int64) for _, g in tr.groupby("user_idx", sort=True)]
+
+    def train_kind_sequences(self, kinds: Sequence[str]) -> list[np.ndarray]:
+        """Kind ids (see :meth:`kind_codes`) parallel to :meth:`train_sequences`."""
+        codes = self.kind_codes(kinds)
+        train = (self.events["split"] == "train").to_numpy()
+        users = self.events["user_idx"].to_numpy()[train]
+        codes = codes[train]
+        cuts = np.flatnonzero(np.diff(users)) + 1  # events are sorted by (user_idx, seq_pos)
+        return list(np.split(codes, cuts)) if len(codes) else []
+
+    def history_kinds(self, cases: pd.DataFrame, max_len: int, kinds: Sequence[str]) -> np.ndarray:
+        """Kind ids int64 [n_cases, max_len] parallel to the histories of :meth:`eval_cases` (0 = padding / unknown kind)."""
+        codes = self.kind_codes(kinds)
+        users = self.events["user_idx"].to_numpy()
+        starts = {int(u): int(i) for u, i in zip(*np.unique(users, return_index=True))}
+        return left_pad([codes[starts[int(u)]: starts[int(u)] + int(p)] for u, p in zip(cases["user_idx"], cases["seq_pos"])], max_len)
 
     def eval_cases(self, split: str = "test", max_len: int = 50) -> tuple[pd.DataFrame, np.ndarray]:
         """The evaluation cases of ``split`` and their histories.

@@ -69,6 +69,20 @@ CORRUPT_KINDS = (
     "description_empty",  # empty description (title kept)
 )
 
+# Behaviour kinds, weakest first. A kind is drawn after the item sequence (its own RNG stream, so the
+# items and timestamps are those of a catalog without kinds) from how many attributes (genre, style,
+# mood) the user's NEXT item shares with this one: the stronger kinds go with items that shape what
+# comes next, so they are rarer and more predictive of the next item. Row s = attributes shared.
+EVENT_KINDS = ("view", "play", "complete", "purchase")
+EVENT_WEIGHTS = {"view": 0.5, "play": 1.0, "complete": 1.5, "purchase": 3.0}
+KIND_GIVEN_SHARED = np.array([
+    [0.78, 0.18, 0.03, 0.01],
+    [0.50, 0.35, 0.10, 0.05],
+    [0.15, 0.35, 0.30, 0.20],
+    [0.05, 0.20, 0.35, 0.40],
+])
+KIND_LAST = np.array([0.45, 0.35, 0.13, 0.07])  # a user's last event (no next item yet)
+
 SECONDS_PER_DAY = 86_400
 EPOCH_START = 1_704_067_200  # 2024-01-01T00:00:00Z
 
@@ -452,6 +466,20 @@ class Truth:
         )
 
 
+def event_kinds(seqs: np.ndarray, genre: np.ndarray, style: np.ndarray, mood: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Kind index (into ``EVENT_KINDS``) of every event of ``seqs`` [U, T] (item index, -1 = none).
+
+    Drawn from ``KIND_GIVEN_SHARED[attributes shared with the user's next item]`` (``KIND_LAST`` for a
+    user's last event), one uniform per cell of ``seqs`` so the draw does not depend on the items.
+    """
+    nxt = np.concatenate([seqs[:, 1:], np.full((len(seqs), 1), -1, seqs.dtype)], axis=1)
+    a, b = np.maximum(seqs, 0), np.maximum(nxt, 0)
+    shared = (genre[a] == genre[b]).astype(np.int64) + (style[a] == style[b]) + (mood[a] == mood[b])
+    probs = np.where((nxt >= 0)[..., None], KIND_GIVEN_SHARED[shared], KIND_LAST)
+    u = rng.random(seqs.shape)
+    return np.minimum((np.cumsum(probs, axis=-1) < u[..., None]).sum(-1), len(EVENT_KINDS) - 1)
+
+
 def _prefs(rng: np.random.Generator, n_users: int, n_values: int, low: float, max_liked: int = 2) -> np.ndarray:
     w = np.full((n_users, n_values), low)
     n_liked = rng.integers(1, max_liked + 1, size=n_users)
@@ -653,19 +681,16 @@ def _write(root: Path, cfg: DemoConfig) -> dict[str, Any]:
     gaps[urng.random((U, T)) < cfg.tie_share] = 0
     gaps[:, 0] = 0
     ts = start[:, None] + np.cumsum(gaps, axis=1)
-    like = urng.random((U, T))
     ev_u, ev_pos = np.nonzero(seqs >= 0)
     ev_item = seqs[ev_u, ev_pos]
-    # a "like" is likelier when the item matched all the user's tastes
-    match = (truth.w_genre[ev_u, genre[ev_item]] == 1) & (truth.w_style[ev_u, style[ev_item]] == 1) & (truth.w_mood[ev_u, mood[ev_item]] == 1)
-    is_like = like[ev_u, ev_pos] < np.where(match, 0.35, 0.08)
+    kind = event_kinds(seqs, genre, style, mood, _rng(cfg.seed, 7))[ev_u, ev_pos]
     inter = pd.DataFrame(
         {
             "user_id": user_ids[ev_u],
             "item_id": item_ids[ev_item],
             "timestamp": ts[ev_u, ev_pos],
-            "event": np.where(is_like, "like", "play"),
-            "weight": np.where(is_like, 2.0, 1.0),
+            "event": np.asarray(EVENT_KINDS, dtype=object)[kind],
+            "weight": np.array([EVENT_WEIGHTS[k] for k in EVENT_KINDS])[kind],
         }
     )
     # a log in time order; a stable sort keeps each user's tied events in sequence order
@@ -697,7 +722,7 @@ def _readme(cfg: DemoConfig, summary: dict[str, Any]) -> str:
 {summary['items']} items, {summary['users']} users, {summary['events']} interactions, {summary['corrupt']} items with a missing/corrupt modality on purpose.
 
 items.csv         item_id, title, description, image, audio (paths relative to this folder), price (numeric), format (categorical)
-interactions.csv  user_id, item_id, timestamp (epoch seconds), event (play|like), weight (1|2); in time order
+interactions.csv  user_id, item_id, timestamp (epoch seconds), event (view|play|complete|purchase), weight (0.5|1|1.5|3); in time order
 media/images/     {cfg.image_size}x{cfg.image_size} PNG covers, rendered with PIL
 media/audio/      {cfg.audio_seconds:g} s, {cfg.sample_rate} Hz mono 16-bit WAV previews, synthesized
 truth/            the latent world (not for training):
@@ -721,7 +746,7 @@ previous item), mixed with {cfg.explore:.0%} popularity-only exploration, never 
 # oracle
 # ----------------------------------------------------------------------------------------------
 def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: Sequence[int] = (10, 20, 50), split: str = "test",
-                   k_max: int = 100, content_only: bool = False, per_case: bool = False):
+                   k_max: int = 100, content_only: bool = False, per_case: bool = False, with_kinds: bool = False):
     """The ceiling: rank every item by the generator's TRUE next-item probability for each test case.
 
     ``raw_dir`` is the generated folder (with ``truth/``), ``dataset`` the ingested dataset
@@ -732,6 +757,9 @@ def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: S
     item with no training event gets the geometric-mean popularity of the trained items instead of
     its hidden one (no model can know how popular a never-seen item is): the ceiling reachable from
     content on cold items. ``per_case=True`` returns ``(summary, per-case DataFrame)``.
+``with_kinds=True`` also reads the kind of each case's last history event (``EVENT_KINDS``): by
+Bayes, an item's probability is multiplied by ``KIND_GIVEN_SHARED[attributes it shares with the last
+item, that kind]``, the ceiling of a model that reads behaviour kinds.
 
     Example:
         >>> oracle_metrics("data/demo", "artifacts/dataset")["overall"]["ndcg@10"]   # doctest: +SKIP
@@ -761,6 +789,12 @@ def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: S
     cases, hist = ds.eval_cases(split, max_len=max_len)
     k_max = max(k_max, max(ks))
     n_ds = ds.n_items
+    if with_kinds:  # kind index of each case's last history event (-1: none, or not a demo kind)
+        ev = ds.events
+        code = {k: i for i, k in enumerate(EVENT_KINDS)}
+        kinds_of = {int(u): g["event"].map(lambda e: code.get(e, -1)).to_numpy(np.int64) for u, g in ev.groupby("user_idx", sort=False)}
+        last_kind = np.array([kinds_of[int(u)][int(q) - 1] if int(q) > 0 else -1
+                              for u, q in zip(cases["user_idx"], cases["seq_pos"])], dtype=np.int64)
     topk = np.zeros((len(cases), min(k_max, n_ds)), dtype=np.int64)
     batch = 256
     for b0 in range(0, len(cases), batch):
@@ -773,6 +807,13 @@ def oracle_metrics(raw_dir: str | os.PathLike, dataset: str | os.PathLike, ks: S
         rows, cols = np.nonzero(h > 0)
         consumed_t[rows, idx_to_truth[h[rows, cols]]] = True
         p = truth.next_probs(users, prev, consumed_t)
+        if with_kinds:
+            kind = last_kind[b0 : b0 + batch]
+            pp = np.maximum(prev, 0)
+            shared = ((truth.genre[None, :] == truth.genre[pp][:, None]).astype(np.int64)
+                      + (truth.style[None, :] == truth.style[pp][:, None]) + (truth.mood[None, :] == truth.mood[pp][:, None]))
+            like = KIND_GIVEN_SHARED[:, np.maximum(kind, 0)].T[np.arange(len(kind))[:, None], shared]
+            p = p * np.where(((prev >= 0) & (kind >= 0))[:, None], like, 1.0)
         # scores over the dataset's catalog (item_idx 1..n), history excluded
         scores = p[:, idx_to_truth[1:]]
         in_hist = np.zeros((len(h), n_ds + 1), dtype=bool)

@@ -94,7 +94,8 @@ def popular_items(dataset, n: int) -> dict[str, Any]:
 def export_module(module, n_items: int, max_len: int, item_ids: list[str], dataset: Path | None, out: Path,
                   cfg: ExportConfig, inputs: dict[str, Path] | None = None, extra_manifest: dict | None = None,
                   k: int | None = None, histories: np.ndarray | None = None, popular: dict | None = None,
-                  companions=None, exclude: np.ndarray | None = None, force: bool = False) -> Path:
+                  companions=None, exclude: np.ndarray | None = None, force: bool = False,
+                  event_kinds: list[str] | None = None) -> Path:
     """Export any ``history -> (item_idx, score)`` module into a Triton model repository at ``out``.
 
     ``module`` must already compute top-``k`` (``k`` defaults to ``cfg.k`` clamped to ``n_items``);
@@ -103,6 +104,8 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
     each with its user's whole consumed set as the EXCLUDE input (``exclude``, or the dataset's).
     ``companions(tmp_repo, histories) -> {folder name: report}`` writes companion models (query,
     explain) into the repository being built, so they are part of the same atomic write.
+    ``event_kinds``: the behaviour kinds the module reads (recorded in the report; parity feeds each test
+    case's kinds from the dataset).
     """
     sources = [dataset, *(inputs or {}).values()]
     check_output(out, "model_repository", sources, force)
@@ -110,12 +113,15 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
         raise ValueError(f"item_ids has {len(item_ids)} entries, expected n_items + 1 = {n_items + 1}")
     k = int(k if k is not None else min(cfg.k, n_items))
     ds = DatasetArtifact(dataset) if dataset is not None else None
+    events = None
     if histories is None:
         if ds is None:
             raise ValueError("export_module needs a dataset or parity histories")
         cases, histories = ds.eval_cases("test", max_len)
         if exclude is None:
             exclude = ds.consumed_before(cases)
+        if event_kinds:
+            events = ds.history_kinds(cases, max_len, event_kinds)
     if popular is None:
         if ds is None:
             raise ValueError("export_module needs a dataset or a popular list")
@@ -128,8 +134,8 @@ def export_module(module, n_items: int, max_len: int, item_ids: list[str], datas
         log.info("exporting %s (L=%d, K=%d, %d items) to ONNX", cfg.name, max_len, k, n_items)
         info = export_onnx(g, max_len, onnx_path, cfg.opset, cfg.dynamo, cfg.allow_legacy_fallback)
         log.info("parity check on %d test cases", len(histories))
-        parity = check_parity(g, onnx_path, histories, n_items, cfg, exclude)
-        report = {"export": info, "parity": parity, **report_shapes(n_items, max_len, k)}
+        parity = check_parity(g, onnx_path, histories, n_items, cfg, exclude, events)
+        report = {"export": info, "parity": parity, **report_shapes(n_items, max_len, k, event_kinds or [])}
         if not parity["passed"]:
             raise ExportError(
                 f"ONNX/PyTorch parity failed on {parity['n_failures']} of {parity['n_cases']} test cases "
@@ -163,7 +169,9 @@ def companion_writer(m, cfg: ExportConfig, aligned: Path | None, text_embeddings
 
     def write(tmp: Path, histories: np.ndarray) -> dict[str, dict]:
         out: dict[str, dict] = {}
-        if cfg.explain:
+        if cfg.explain and m.spec.event_kinds:
+            log.warning("no %s%s: explanations do not cover a model that reads behaviour kinds yet", cfg.name, EXPLAIN_SUFFIX)
+        elif cfg.explain:
             from fusionrec.explain import write_explain_model
 
             log.info("exporting %s%s (explanations for %d items per request)", cfg.name, EXPLAIN_SUFFIX, cfg.explain_k)
@@ -207,6 +215,6 @@ def run(model: Path, dataset: Path, out: Path, cfg: ExportConfig, aligned: Path 
                          inputs={"model": model, **({"aligned": Path(aligned)} if aligned is not None else {})}, k=k,
                          companions=companion_writer(m, cfg, Path(aligned) if aligned is not None else None,
                                                      Path(text_embeddings) if text_embeddings is not None else None),
-                         force=force)
+                         force=force, event_kinds=list(getattr(m, "event_kinds", []) or []))
 
 

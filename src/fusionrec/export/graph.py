@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from pathlib import Path
@@ -44,13 +45,18 @@ class GuardedServing(nn.Module):
         super().__init__()
         self.inner = inner
         self.n_items = int(n)
+        # a module that reads behaviour kinds takes ``events`` (the Recommender's does); any other
+        # ``history, exclude`` module is served as well: the guard still checks EVENTS, so the input stays in the graph
+        self.pass_events = "events" in inspect.signature(inner.forward).parameters
 
-    def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bad = ((history < 0) | (history > self.n_items)).any(dim=1, keepdim=True)
         bad = bad | ((exclude < -1) | (exclude > self.n_items)).any(dim=1, keepdim=True)
+        bad = bad | (events < 0).any(dim=1, keepdim=True)  # a kind id past the vocabulary reads as unknown, not invalid
         safe = torch.where(bad, torch.zeros_like(history), history)
         safe_ex = torch.where(bad, torch.full_like(exclude, -1), exclude)
-        idx, score = self.inner(safe, safe_ex)
+        safe_ev = torch.where(bad, torch.zeros_like(events), events)
+        idx, score = self.inner(safe, safe_ex, safe_ev) if self.pass_events else self.inner(safe, safe_ex)
         idx = torch.where(bad, torch.full_like(idx, INVALID_IDX), idx)
         score = torch.where(bad, torch.full_like(score, float("nan")), score)
         return idx, score
@@ -68,14 +74,17 @@ def guarded(module, n_items: int):
 def example_inputs(max_len: int) -> tuple[torch.Tensor, ...]:
     """The example batch the exporter traces, one tensor per graph input (``INPUTS`` order).
 
-    EXCLUDE is 3 wide (not 1: the dynamo exporter would specialise a size-1 axis) and -1 padded.
+    EXCLUDE is 3 wide (not 1: the dynamo exporter would specialise a size-1 axis) and -1 padded; EVENTS
+    holds kind ids 0 and 1 at the history's items.
     """
     example = torch.zeros(4, max_len, dtype=torch.long)
     example[:, -1] = 1
     example[1:, -2] = 2
     exclude = torch.full((4, 3), -1, dtype=torch.long)
     exclude[1, 0] = 1
-    return (example, exclude)
+    events = torch.zeros(4, max_len, dtype=torch.long)
+    events[2:, -1] = 1
+    return (example, exclude, events)
 
 
 def _dynamic_axes(spec) -> dict[int, str]:

@@ -78,11 +78,12 @@ def compare_topk(ref_idx: np.ndarray, ref_score: np.ndarray, idx: np.ndarray, sc
 
 
 def check_parity(module, onnx_path: Path, histories: np.ndarray, n_items: int, cfg: ParitySettings,
-                 exclude: np.ndarray | None = None) -> dict[str, Any]:
+                 exclude: np.ndarray | None = None, events: np.ndarray | None = None) -> dict[str, Any]:
     """Run PyTorch and onnxruntime on every history (with its exclusion list, when given); return the parity report.
 
     ``exclude`` (int64 [n, E], -1 padded): each case's whole consumed set, so the EXCLUDE input is
-    checked on real lists; the report records how many ids it carried.
+    checked on real lists; the report records how many ids it carried. ``events``: each history's
+    behaviour kind ids (a model that reads kinds), so the EVENTS input is checked on real kinds too.
     """
     sess = ort_session(onnx_path)
     max_len = histories.shape[1]
@@ -92,7 +93,8 @@ def check_parity(module, onnx_path: Path, histories: np.ndarray, n_items: int, c
     with torch.no_grad():
         for s in progress(batches, desc="parity", unit="batch"):
             feed = feeds(histories[s: s + cfg.parity_batch], max_len,
-                         None if exclude is None else exclude[s: s + cfg.parity_batch])
+                         None if exclude is None else exclude[s: s + cfg.parity_batch],
+                         None if events is None else events[s: s + cfg.parity_batch])
             t0 = time.perf_counter()
             i, sc = module(*(torch.from_numpy(v) for v in feed.values()))
             t_torch += time.perf_counter() - t0
@@ -106,17 +108,20 @@ def check_parity(module, onnx_path: Path, histories: np.ndarray, n_items: int, c
     report = compare_topk(np.concatenate(ref_i), np.concatenate(ref_s), np.concatenate(ort_i), np.concatenate(ort_s),
                           cfg.score_tolerance, cfg.tie_tolerance)
     report.update(exclude_ids_checked=int((exclude >= 0).sum()) if exclude is not None else 0,
+                  event_kinds_checked=int((events > 0).sum()) if events is not None else 0,
                   torch_seconds=round(t_torch, 4), onnxruntime_seconds=round(t_ort, 4),
                   provider=sess.get_providers()[0], score_tolerance=cfg.score_tolerance, tie_tolerance=cfg.tie_tolerance)
 
     # The guard: an out-of-range row gets the -1/NaN status, its neighbours are untouched.
-    probe = np.zeros((4, max_len), dtype=np.int64)
+    probe = np.zeros((5, max_len), dtype=np.int64)
     probe[:, -1] = 1
     probe[1, -1] = n_items + 1
     probe[2, -1] = -5
-    probe_ex = np.full((4, 1), -1, dtype=np.int64)
+    probe_ex = np.full((5, 1), -1, dtype=np.int64)
     probe_ex[3, 0] = n_items + 7  # an out-of-range exclusion id is an invalid row too
-    gi, gs = sess.run(OUTPUT_NAMES, feeds(probe, max_len, probe_ex))
+    probe_ev = np.zeros((5, max_len), dtype=np.int64)
+    probe_ev[4, -1] = -3  # and a negative behaviour kind id
+    gi, gs = sess.run(OUTPUT_NAMES, feeds(probe, max_len, probe_ex, probe_ev))
     good_i, _ = sess.run(OUTPUT_NAMES, feeds(probe[:1], max_len))
     guard_ok = bool(np.all(gi[1:] == INVALID_IDX) and np.all(np.isnan(gs[1:])) and np.array_equal(gi[0], good_i[0]))
     report["invalid_row_guard_ok"] = guard_ok

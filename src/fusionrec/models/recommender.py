@@ -29,7 +29,7 @@ from fusionrec.artifacts import atomic_write_json, read_json
 from fusionrec.device import pick_device
 from fusionrec.models.fusion import FUSIONS, UserGate, make_fusion
 from fusionrec.models.transformer import SequenceEncoder
-from fusionrec.ranking import pad_histories
+from fusionrec.ranking import pad_events, pad_histories
 
 EXCLUDED = -1.0e9  # score given to padding and history items (finite: exporters and ORT stay NaN-free)
 UNSCORABLE = -1.0e8  # score of items with no channel at all (e.g. cold items in an ID-only model)
@@ -54,6 +54,9 @@ class Architecture(BaseModel):
     """PCA-whiten each frozen modality (over the items that have it) before its adapter (UniSRec-style)."""
     unknown_history: Literal["drop", "zero"] = "drop"
     """History items with no channel (cold items in an ID-only model): left out of the history it reads, or read as zero vectors."""
+    use_events: bool = False
+    """Read behaviour kinds (the ``event`` column: view, purchase, ...): a learned embedding per kind is added
+    to each history position (kinds unknown at serving time read as a zero vector)."""
 
     @field_validator("fusion")
     @classmethod
@@ -70,6 +73,8 @@ class ModelSpec(Architecture):
     n_items: int
     modalities: list[str] = []
     aligned_dim: int = 0
+    event_kinds: list[str] = []
+    """The behaviour kinds the model reads (kind id = 1-based index; 0 = padding/unknown); [] = it reads none."""
 
     @property
     def channels(self) -> int:
@@ -101,12 +106,13 @@ def exclude_items(scores: torch.Tensor, history: torch.Tensor, exclude: torch.Te
     return scores
 
 
-def drop_unknown(history: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def drop_unknown(history: torch.Tensor, known: torch.Tensor, events: torch.Tensor | None = None):
     """``history`` [B, L] (left-padded) with the items ``known`` [N+1] marks False left out, the rest shifted right.
 
     The fair input of a model that has no vector for some items (an ID-only model and the cold items): a
     history of [a, cold, b] is read as [a, b], not as [a, <zero vector>, b]. Written with cumsum, where and
-    scatter only (no sort), so both ONNX exporters and Triton run it.
+    scatter only (no sort), so both ONNX exporters and Triton run it. With ``events`` (kind ids parallel to
+    ``history``) returns ``(history, events)``, both moved the same way.
     """
     keep = known[history]  # padding (0) is never known
     L = history.shape[1]
@@ -114,7 +120,11 @@ def drop_unknown(history: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     pos = torch.cumsum(keep.long(), 1) - 1 + (L - n_keep)  # right-aligned slot of every kept item
     # a dropped item writes its 0 into column 0, which is padding whenever anything was dropped
     index = torch.where(keep, pos, torch.zeros_like(pos))
-    return torch.zeros_like(history).scatter(1, index, torch.where(keep, history, torch.zeros_like(history)))
+
+    def move(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x).scatter(1, index, torch.where(keep, x, torch.zeros_like(x)))
+
+    return move(history) if events is None else (move(history), move(events))
 
 
 def whitening(x: np.ndarray | torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +181,11 @@ class Recommender(nn.Module):
         self.fusion = make_fusion(spec.fusion, spec.channels, d)
         self.user_gate = UserGate(spec.channels, d) if spec.fusion == "user_gate" else None
         self.encoder = SequenceEncoder(d, spec.layers, spec.heads, spec.max_len, spec.dropout)
+        self.event_emb = nn.Embedding(len(spec.event_kinds) + 1, d, padding_idx=0) if spec.event_kinds else None
+        if self.event_emb is not None:
+            nn.init.normal_(self.event_emb.weight, std=0.1)
+            with torch.no_grad():
+                self.event_emb.weight[0].zero_()  # padding / unknown kind: adds nothing
 
     k = None  # the TopKRanker protocol: ranks the whole catalog (no exported K)
 
@@ -183,6 +198,11 @@ class Recommender(nn.Module):
     def max_len(self) -> int:
         """History length L (``spec.max_len``), as the TopKRanker protocol names it."""
         return self.spec.max_len
+
+    @property
+    def event_kinds(self) -> list[str]:
+        """The behaviour kinds it reads (``fusionrec.ranking.event_vocabulary``); [] for none."""
+        return list(self.spec.event_kinds)
 
     def channels(self, drop_modality: float = 0.0, drop_id: float = 0.0, generator: torch.Generator | None = None):
         """All items' channel vectors [N+1, C, d] and presence mask [N+1, C] (optionally with channel dropout)."""
@@ -238,9 +258,11 @@ class Recommender(nn.Module):
         return ok
 
     # -- user side ------------------------------------------------------------------------
-    def user_states(self, history: torch.Tensor, input_table: torch.Tensor) -> torch.Tensor:
-        """States [B, L, d] for a left-padded history [B, L]."""
+    def user_states(self, history: torch.Tensor, input_table: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """States [B, L, d] for a left-padded history [B, L] (and its kind ids [B, L], for a model that reads kinds)."""
         x = nn.functional.embedding(history, input_table)
+        if self.event_emb is not None and events is not None:
+            x = x + self.event_emb(events)
         return self.encoder(x, history > 0)
 
     def score(self, h: torch.Tensor, parts: tuple) -> torch.Tensor:
@@ -259,13 +281,23 @@ class Recommender(nn.Module):
         return ServingModule(self, k)
 
     @torch.no_grad()
-    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items per history (history items, ``exclude`` items and padding excluded); the TopKRanker protocol."""
+    def topk(self, histories: np.ndarray, k: int, exclude: np.ndarray | None = None,
+             events: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per history (history items, ``exclude`` items and padding excluded); the TopKRanker protocol.
+
+        ``events``: kind ids parallel to ``histories`` (1-based into ``event_kinds``; 0 = unknown), read by a
+        model trained with ``use_events``; ignored by others.
+        """
         k = min(int(k), self.n_items)
         module = self.serving_module(k)
         h = _prepare_histories(histories, self.spec.max_len).to(module.input_table.device)
         ex = _prepare_exclude(exclude, len(h), self.n_items).to(h.device) if exclude is not None else None
-        idx, score = module(h, ex)
+        ev = None
+        if events is not None and self.event_emb is not None:
+            ev = torch.from_numpy(pad_events(histories, events, self.spec.max_len)).to(h.device)
+            if ev.min() < 0 or ev.max() > len(self.spec.event_kinds):
+                raise ValueError(f"events hold kind ids outside 0..{len(self.spec.event_kinds)}")
+        idx, score = module(h, ex, ev)
         return idx.cpu().numpy().astype(np.int64), score.cpu().numpy().astype(np.float32)
 
     def with_new_items(self, features: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> "Recommender":
@@ -330,6 +362,9 @@ class ServingModule(nn.Module):
         self.register_buffer("input_table", input_table.detach().clone())
         self.register_buffer("penalty", penalty.detach().clone())
         self.encoder = copy.deepcopy(model.encoder).eval()
+        self.n_kinds = len(model.spec.event_kinds)
+        if model.event_emb is not None:
+            self.register_buffer("event_table", model.event_emb.weight.detach().clone())
         self.user_gate = copy.deepcopy(model.user_gate).eval() if model.user_gate is not None else None
         if self.user_gate is None:
             self.register_buffer("item_table", parts[0].detach().clone())
@@ -338,9 +373,18 @@ class ServingModule(nn.Module):
             self.register_buffer("channel_mask", parts[1].detach().clone())
         self.requires_grad_(False)
 
-    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        read = drop_unknown(history, self.known) if self.drop_unknown else history
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None,
+                events: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        use_events = self.n_kinds > 0 and events is not None
+        if use_events:  # a kind id outside the vocabulary reads as unknown (0), the row still answers
+            events = torch.where((events > 0) & (events <= self.n_kinds), events, torch.zeros_like(events))
+        if self.drop_unknown and use_events:
+            read, events = drop_unknown(history, self.known, events)
+        else:
+            read = drop_unknown(history, self.known) if self.drop_unknown else history
         x = nn.functional.embedding(read, self.input_table)
+        if use_events:
+            x = x + nn.functional.embedding(events, self.event_table)
         h = self.encoder(x, read > 0)[:, -1]
         if self.user_gate is None:
             scores = torch.matmul(h, self.item_table.t())
@@ -359,7 +403,8 @@ class PopularityServing(nn.Module):
         self.k = int(k)
         self.register_buffer("scores", scores.detach().clone().float())
 
-    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor | None = None,
+                events: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.scores.unsqueeze(0).expand(history.shape[0], -1)
         scores = exclude_items(scores, history, exclude)
         score, idx = torch.topk(scores, self.k, dim=1)

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
-from fusionrec.ab.offline import IdMap, MappedRanker, case_max_len
+from fusionrec.ab.offline import IdMap, MappedRanker, arm_events, case_max_len
 from fusionrec.ab.online import OnlineResult, replay, replay_part
 from fusionrec.data.dataset import DatasetArtifact
 from fusionrec.progress import get_logger
@@ -69,7 +69,7 @@ def replay_on_triton(
             part = replay_part(user_ids, cfg)
             cases, hist, user_ids = cases[part].reset_index(drop=True), hist[part], user_ids[part]
             res = replay(cases, hist, user_ids, control, treatment, cfg, source=f"triton grpc {srv.grpc_url}",
-                         exclude=ds.consumed_before(cases))
+                         exclude=ds.consumed_before(cases), events=[arm_events(ds, cases, hist, arm) for arm in (control, treatment)])
             res.events.update(split=cfg.split, users=f"the online replay's {cfg.online_user_share:.0%} of users "
                                                      "(stable hash of user_id); the offline comparison used the others")
             return res
