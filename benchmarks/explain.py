@@ -102,21 +102,18 @@ def measure(model_dir: Path, ds, truth_items, truth_users, seed: int, batch: int
 
 
 def main() -> int:
+    from _steps import parse_seeds
+    from protocol import add_demo_args
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=2000)
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--events", type=int, default=30)
-    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated catalog and of ingest (fixed across seeds)")
-    ap.add_argument("--seeds", default="0,1,2", help="training seeds (alignment + fused model + the random other item per seed)")
-    ap.add_argument("--epochs", type=int, default=20, help="epoch budget of each fused model (early stopping on validation)")
-    ap.add_argument("--patience", type=int, default=4)
+    add_demo_args(ap)
+    ap.set_defaults(items=2000, users=1000)  # the catalog these figures have always been measured on
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_explain_demo"), help="work folder (emptied first unless --reuse)")
     ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work (recorded in the JSON)")
     ap.add_argument("--name", default="explain", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
-    from _steps import parse_seeds
 
     seeds = parse_seeds(args.seeds)
 
