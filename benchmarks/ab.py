@@ -15,7 +15,8 @@ construction and was dropped.
 
     .venv/bin/python benchmarks/ab.py [--items 300 --users 300 --events 20 --epochs 8] [--work artifacts/bench_ab] [--no-online]
 
-Artifacts already present in ``--work`` are reused (delete the folder to rebuild). Prints a
+From scratch by default (the work folder is emptied first); ``--reuse`` keeps the artifacts already in
+``--work`` (recorded in the JSON with the commit, command and versions). Prints a
 table and writes benchmarks/results/ab.json.
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from _steps import step  # benchmarks/ is on sys.path when a script here runs
+from protocol import provenance
 
 ROOT = Path(__file__).resolve().parent
 MODALITIES = ("text", "image", "audio", "tabular")
@@ -92,6 +94,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_ab"))
+    ap.add_argument("--reuse", action="store_true", help="reuse the artifacts already in --work (recorded)")
     ap.add_argument("--no-online", action="store_true", help="offline A/B only (no Triton)")
     ap.add_argument("--segment", default="warm", choices=["warm", "overall", "cold"], help="primary segment of the decision")
     ap.add_argument("--latency-slo-ms", type=float, default=None,
@@ -107,7 +110,10 @@ def main() -> int:
     from fusionrec.models.align import AlignConfig, run as align
     from fusionrec.train import TrainConfig, run as train
 
+    prov = provenance(sys.argv)
     w = args.work
+    if w.exists() and not args.reuse:
+        shutil.rmtree(w)  # the benchmark's own scratch folder
     w.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float | str] = {}
     raw = w / "raw"
@@ -153,7 +159,7 @@ def main() -> int:
     print()
     for k, v in checks.items():
         print(f"{'PASS' if v else 'FAIL'}  {k}")
-    payload = {"config": {"items": args.items, "users": args.users, "events_per_user": args.events, "epochs": args.epochs,
+    payload = {"provenance": prov, "reused": sorted(k for k, v in timings.items() if v == "reused"), "config": {"items": args.items, "users": args.users, "events_per_user": args.events, "epochs": args.epochs,
                           "seed": args.seed, "online": not args.no_online, "ab": cfg.model_dump(mode="json")},
                "machine": {"python": platform.python_version(), "platform": platform.platform()},
                "timings_s": timings, "results": results, "checks": checks}

@@ -34,6 +34,8 @@ from fusionrec.models.recommender import ModelSpec, Recommender
 from fusionrec.serving.server import free_ports
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from protocol import provenance  # noqa: E402
 
 
 def histories(n: int, n_items: int, max_len: int, seed: int = 0) -> np.ndarray:
@@ -150,6 +152,7 @@ def main() -> None:
     ratio = {str(r["concurrency"]): r["throughput_rps"] / by_c[r["concurrency"]]["throughput_rps"] for r in results["batched"]}
     p99_c8 = next((r["p99_ms"] for r in results["batched"] if r["concurrency"] == 8), None)
     out = {
+        "provenance": provenance(sys.argv),
         "graph": {"items": n, "max_len": max_len, "k": K, "layers": 2, "dim": 64, "exporter": report["export"]["exporter"]},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
                     "provider": sess.get_providers()[0]},
