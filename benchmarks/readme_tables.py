@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/readme_tables.py --check   # exit 1 if README.md differs from the JSON
 
 A block is the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is a result file
-stem under benchmarks/results/ (quality, movielens, aa, events).
+stem under benchmarks/results/ (quality, movielens, aa, events, query, explain).
 """
 
 from __future__ import annotations
@@ -115,6 +115,86 @@ def aa_block(r: dict) -> str:
             f"{r['total']['wall_s']:.0f} s wall / {r['total']['cpu_s']:.0f} s CPU; commit {r['provenance']['git_commit'][:10]}.")
 
 
+def fmt3(s: dict | None, interval: bool = True, sign: bool = False) -> str:
+    """``mean [low, high]`` with 3 decimals (rates and precisions); the interval left out when ``interval`` is false,
+    signed (``+0.080``) when ``sign`` (differences)."""
+    if not s or s.get("mean") is None:
+        return "-"
+    f = "+.3f" if sign else ".3f"
+    out = f"{s['mean']:{f}}"
+    if interval and s.get("ci"):
+        out += f" [{s['ci'][0]:{f}}, {s['ci'][1]:{f}}]"
+    return out
+
+
+def _run_line(r: dict) -> str:
+    c = r["cache"]
+    reused = ("nothing reused, encoder cache fresh" if not c["reused_artifacts"] and not c["encoder_cache"]["existed_before"]
+              else f"reused (--reuse): {len(c['reused_artifacts'])} artifacts" + (", encoder cache pre-existing" if c["encoder_cache"]["existed_before"] else ""))
+    p = r["provenance"]
+    scratch = " from scratch" if not c["reused_artifacts"] and not c["encoder_cache"]["existed_before"] else ""
+    return (f"{r['config']['scale']}; seeds {r['seeds']} (alignment + fused attention model per seed); mean [95% t-interval over seeds]; "
+            f"commit {p['git_commit'][:10]}{' (dirty)' if p['git_dirty'] else ''}; {r['total']['wall_s']:.0f} s wall / "
+            f"{r['total']['cpu_s']:.0f} s CPU{scratch}; {reused}. Command: `{p['command']}`.")
+
+
+QUERY_COLUMNS = {"random": "random", "plain text": "plain text search (MiniLM, no alignment)",
+                 "neighbours max": "**served: neighbours, max**", "neighbours mean": "neighbours, mean",
+                 "head max": "text head, max", "head text": "text head, text only"}
+
+
+def query_block(r: dict) -> str:
+    """benchmarks/query.py: precision@k per attribute and method (mean [interval] over seeds)."""
+    fixed = set(r.get("seed_independent_methods", ()))
+    methods = [m for m in QUERY_COLUMNS if m in r["methods"]]
+    lines = [_run_line(r) + f" Precision@{r['config']['k']}; "
+             + ", ".join(f'"{m}"' for m in sorted(fixed)) + " involve no training (the same at every seed, no interval).", "",
+             "| attribute (the modality that shows it) | " + " | ".join(QUERY_COLUMNS[m] for m in methods) + " |",
+             "|---" * (len(methods) + 1) + "|"]
+    for a, res in r["per_attribute"].items():
+        lines.append(f"| {a} ({r['shows'][a]}) | " + " | ".join(fmt3(res[m], m not in fixed) for m in methods) + " |")
+    ml = r.get("movielens")
+    if ml:
+        cells = {"random": ml["mean"].get("random"), "plain text": ml["mean"].get("plain text"),
+                 "neighbours max": ml["mean"].get("neighbours max"), "head max": ml["mean"].get("head max")}
+        lines.append(f"| MovieLens genres ({len(ml['genres'])}, \"comedy\", \"comedy movies\"; {len(ml['seeds'])} alignment seeds) | "
+                     + " | ".join(fmt3(cells.get(m), m not in fixed) for m in methods) + " |")
+    lines += ["", "Served (neighbours, max) minus plain text search, per attribute (t-interval over the per-seed differences): "
+              + "; ".join(f"{a} {d['mean']:+.3f}" + (f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d.get("ci") else "")
+                          for a, d in r["served_minus_plain_text"].items()) + "."]
+    if not ml:
+        lines += ["", "MovieLens genre queries are not in this run (`--movielens` adds them)."]
+    else:
+        lines += ["", f"MovieLens latest-small ({ml['n_items']:,} movies, {len(ml['genres'])} genres): converted, ingested and encoded "
+                  "(text + IMDb tabular) once by this run, aligned per seed; no MovieLens model is trained (the query graph reads "
+                  "only the aligned item table)."]
+    return "\n".join(lines)
+
+
+EXPLAIN_METHODS = ("leave-one-out", "attention rollout", "most recent")
+
+
+def explain_block(r: dict) -> str:
+    """benchmarks/explain.py: faithfulness rates and modality-share rises (mean [interval] over seeds)."""
+    f, d = r["faithfulness_rate"], r["mean_drop_of_top_item"]
+    lines = [_run_line(r), "",
+             f"Faithfulness on {r['n_cases']:,} test cases (top-1 recommendation): share of cases where removing the history item "
+             "an attribution ranks first lowers the recommended item's score more than removing a random other history item.", "",
+             "| attribution | faithful | mean score drop of its top item |", "|---|---|---|"]
+    for m in EXPLAIN_METHODS:
+        name = f"**{m}** (served)" if m == "leave-one-out" else m
+        lines.append(f"| {name} | {fmt3(f[m])} | {fmt3(d[m])} |")
+    names = r["channels"]
+    lines += ["", "Modality recovery: rise of each channel's mean share of the score when the recommended item has a value the "
+              "user likes (generator's truth) vs when it does not:", "",
+              "| attribute | " + " | ".join(names) + " | rises most (seeds) | generator shows it in |", "|---" * (len(names) + 3) + "|"]
+    for a, rec in r["modality_recovery"].items():
+        most = ", ".join(f"{c} {n}/{len(r['seeds'])}" for c, n in rec["channel_rising_most_count"].items())
+        lines.append(f"| {a} | " + " | ".join(fmt3(rec["share_rise_when_liked"][n], sign=True) for n in names) + f" | {most} | {rec['expected']} |")
+    lines += ["", "Mean share of the score per channel: " + ", ".join(f"{k} {fmt3(v)}" for k, v in r["mean_share"].items()) + "."]
+    return "\n".join(lines)
+
+
 def events_block(r: dict) -> str:
     """Behaviour kinds (benchmarks/events.py): each model with and without kinds, the oracle ceilings, the paired lift."""
     tc = r["stats"]["test_cases"]
@@ -133,7 +213,7 @@ def events_block(r: dict) -> str:
 
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
           "movielens": quality_block, "movielens_effect": effect_block, "movielens_cost": cost_block, "quality_cost": cost_block, "movielens_alignment": alignment_block, "aa": aa_block,
-          "events": events_block}
+          "events": events_block, "query": query_block, "explain": explain_block}
 
 
 def render(readme: str) -> str:

@@ -15,4 +15,6 @@ def test_readme_tables_match_the_benchmark_json():
     readme = (ROOT / "README.md").read_text()
     blocks = readme.count("<!-- table:")
     assert blocks >= 4, "the README's result tables are marked for rendering"
+    for name in ("query", "explain"):  # the text-query and explanation figures too (benchmarks/query.py, explain.py)
+        assert f"<!-- table:{name} -->" in readme, f"README's {name} figures are rendered from benchmarks/results/{name}.json"
     assert mod.render(readme) == readme, "README.md differs from benchmarks/results/*.json: run benchmarks/readme_tables.py"
