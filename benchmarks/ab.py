@@ -13,7 +13,7 @@ skill); warm and cold lifts are reported separately. The A/A question (how often
 model that is not better) is ``benchmarks/aa.py``: comparing a repository with itself gives p = 1 by
 construction and was dropped.
 
-    .venv/bin/python benchmarks/ab.py [--items 300 --users 300 --events 20 --epochs 8] [--work artifacts/bench_ab] [--no-online]
+    .venv/bin/python benchmarks/ab.py [--items 1000 --users 600 --events 30 --epochs 20] [--work artifacts/bench_ab] [--no-online]
 
 From scratch by default (the work folder is emptied first); ``--reuse`` keeps the artifacts already in
 ``--work`` (recorded in the JSON with the commit, command and versions). Prints a
@@ -88,10 +88,11 @@ def summarize(path: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=300)
-    ap.add_argument("--users", type=int, default=300)
-    ap.add_argument("--events", type=int, default=20)
-    ap.add_argument("--epochs", type=int, default=8)
+    # 600 users give the warm-segment decision ~300 users; 300 were too few for the rule to decide
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--users", type=int, default=600)
+    ap.add_argument("--events", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_ab"))
     ap.add_argument("--reuse", action="store_true", help="reuse the artifacts already in --work (recorded)")
