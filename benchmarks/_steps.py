@@ -49,6 +49,7 @@ def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data
     from fusionrec.models.align import run as align
     from fusionrec.train import TrainConfig
     from fusionrec.train import run as train
+    from protocol import reuse_checker
 
     if work.exists() and not reuse:
         shutil.rmtree(work)  # from scratch: every artifact below is rebuilt
@@ -58,12 +59,7 @@ def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data
                    "encoder_cache": {"folder": str(enc_cache), "existed_before": enc_cache.exists()}}
     os.environ["FUSIONREC_CACHE"] = str(enc_cache)  # the image encoder's ONNX export is cached there too
 
-    def cached(path: Path) -> bool:
-        if reuse and (path / "manifest.json").exists():
-            cache["reused_artifacts"].append(str(path))
-            print(f"[reuse] {path}", flush=True)
-            return True
-        return False
+    cached = reuse_checker(reuse, cache)
 
     demo_cfg = DemoConfig(n_items=items, n_users=users, events_per_user=events, seed=data_seed)
     ingest_cfg = IngestConfig(seed=data_seed)

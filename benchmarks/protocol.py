@@ -59,6 +59,18 @@ def add_demo_args(ap, epochs: int = 20, patience: int = 4) -> None:
     ap.add_argument("--patience", type=int, default=patience, help="validations without an NDCG@10 gain before stopping")
 
 
+def reuse_checker(reuse: bool, cache: dict) -> Callable[[Path], bool]:
+    """``cached(path)``: True (and recorded in ``cache["reused_artifacts"]``) when ``reuse`` is on and ``path`` holds an artifact."""
+    def cached(path: Path) -> bool:
+        if reuse and (path / "manifest.json").exists():
+            cache["reused_artifacts"].append(str(path))
+            print(f"[reuse] {path}", flush=True)
+            return True
+        return False
+
+    return cached
+
+
 def provenance(argv: list[str]) -> dict:
     def git(*a: str) -> str:
         try:
@@ -199,12 +211,7 @@ def run_quality(
     from fusionrec.train import TrainConfig
     from fusionrec.train import run as train
 
-    def cached(path: Path) -> bool:
-        if reuse and (path / "manifest.json").exists():
-            cache["reused_artifacts"].append(str(path))
-            print(f"[reuse] {path}", flush=True)
-            return True
-        return False
+    cached = reuse_checker(reuse, cache)
 
     # 1. data ------------------------------------------------------------------------------------
     raw, raw_old = work / "raw", work / "raw_source_order"

@@ -225,14 +225,11 @@ def movielens_prep(work: Path, config: Path, max_users: int | None, seeds: list[
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
 
+    from protocol import reuse_checker
+
     conf = ml_work_config(config, max_users)
 
-    def cached(path: Path) -> bool:
-        if reuse and (path / "manifest.json").exists():
-            cache["reused_artifacts"].append(str(path))
-            print(f"[reuse] {path}", flush=True)
-            return True
-        return False
+    cached = reuse_checker(reuse, cache)
 
     work.mkdir(parents=True, exist_ok=True)
     raw, ds = work / "raw", work / "dataset"
