@@ -91,8 +91,24 @@ TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}
 TRITON_DATATYPES = {"int64": "INT64", "float32": "FP32"}
 
 
+class _TritonTyped:
+    """The Triton type names of a tensor's numpy ``dtype`` (shared by ``TensorSpec`` and ``GraphTensor``)."""
+
+    dtype: str
+
+    @property
+    def triton_type(self) -> str:
+        """The config.pbtxt ``data_type``."""
+        return TRITON_TYPES[self.dtype]
+
+    @property
+    def triton_datatype(self) -> str:
+        """The tritonclient ``InferInput`` datatype string."""
+        return TRITON_DATATYPES[self.dtype]
+
+
 @dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(_TritonTyped):
     """One graph input or output: name, element type, and which repository size is its length."""
 
     name: str
@@ -104,15 +120,6 @@ class TensorSpec:
     """An input a request may leave out (``optional: true`` in config.pbtxt); the server then feeds ``fill``."""
     fill: int = 0
     """The value of an optional input left out (e.g. -1: an empty, -1-padded id list)."""
-
-    @property
-    def triton_type(self) -> str:
-        return TRITON_TYPES[self.dtype]
-
-    @property
-    def triton_datatype(self) -> str:
-        """The tritonclient ``InferInput`` datatype string."""
-        return TRITON_DATATYPES[self.dtype]
 
     def dims(self, max_len: int, k: int) -> int:
         return {"max_len": max_len, "k": k, "free": -1}[self.length]
@@ -183,7 +190,7 @@ KINDS = (RANKER, "query", "explain")
 
 
 @dataclass(frozen=True)
-class GraphTensor:
+class GraphTensor(_TritonTyped):
     """A graph input/output with its per-row shape resolved (the batch axis excluded)."""
 
     name: str
@@ -192,14 +199,6 @@ class GraphTensor:
     optional: bool = False
     """An input a request may leave out; the server then feeds ``fill`` (see ``TensorSpec``)."""
     fill: int = 0
-
-    @property
-    def triton_type(self) -> str:
-        return TRITON_TYPES[self.dtype]
-
-    @property
-    def triton_datatype(self) -> str:
-        return TRITON_DATATYPES[self.dtype]
 
     def to_json(self) -> list:
         return [self.name, self.dtype, list(self.dims)]

@@ -118,10 +118,17 @@ class DatasetArtifact:
         return sorted(counts.index.tolist(), key=lambda k: (-int(counts[k]), k))
 
     def kind_codes(self, kinds: Sequence[str]) -> np.ndarray:
-        """Every event's kind id in the vocabulary ``kinds`` (1..len(kinds); 0 = none or not in it), in ``events`` order."""
-        code = {k: i + 1 for i, k in enumerate(kinds)}
-        ev = self.events["event"]
-        return np.fromiter((code.get(e, 0) if isinstance(e, str) else 0 for e in ev), dtype=np.int64, count=len(ev))
+        """Every event's kind id in the vocabulary ``kinds`` (1..len(kinds); 0 = none or not in it), in ``events`` order.
+
+        Kept per vocabulary: training asks for the validation cases' kinds at every epoch.
+        """
+        cache = self.__dict__.setdefault("_kind_codes", {})
+        key = tuple(kinds)
+        if key not in cache:
+            code = {k: i + 1 for i, k in enumerate(key)}
+            cache[key] = self.events["event"].map(code).fillna(0).to_numpy(np.int64)
+            cache[key].setflags(write=False)  # shared by every caller
+        return cache[key]
 
     # -- sequences ------------------------------------------------------------------------
     def train_sequences(self) -> list[np.ndarray]:
