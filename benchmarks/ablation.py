@@ -12,8 +12,11 @@ gives the mean difference, its 95% t interval and a user-bootstrap interval of t
     .venv/bin/python benchmarks/ablation.py --work artifacts/demo1000 --seeds 0,1,2 \
         --variants fused,fused+align,id,id:zero --tag demo1000
 
-``--work`` is a prepared folder with ``raw/`` (demo generator output), ``dataset/`` and ``aligned/``
-(see ``--prepare``). Writes benchmarks/results/ablation_<tag>.json (+ .md) with the git commit,
+``--work`` is a prepared folder with ``raw/`` (demo generator output), ``dataset/``, ``emb_<modality>/`` and
+``aligned/`` (see ``--prepare``). A variant whose overrides hold ``align`` (AlignConfig settings, e.g.
+``{"recon_weight": 30}``) trains on its own alignment, fitted here into ``--work/aligned_<settings>/`` from the
+same embeddings (the align step's code, seed 0); every other variant reads ``aligned/`` (the defaults of the
+commit that prepared it). Writes benchmarks/results/ablation_<tag>.json (+ .md) with the git commit,
 configs, seeds, package versions, wall/CPU seconds and sequences/s of every run. Nothing is cached.
 """
 
@@ -56,6 +59,13 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused:iddrop0.5+align3": (dict(model="fused", id_dropout=0.5, content_align=3.0), {}),
     "fused:iddrop0.7": (dict(model="fused", id_dropout=0.7), {}),
     "fused:align10": (dict(model="fused", content_align=10.0), {}),
+    "fused:recon1": (dict(model="fused", align={"recon_weight": 1.0}), {}),
+    "fused:recon3": (dict(model="fused", align={"recon_weight": 3.0}), {}),
+    "fused:recon10": (dict(model="fused", align={"recon_weight": 10.0}), {}),
+    "fused:recon30": (dict(model="fused", align={"recon_weight": 30.0}), {}),
+    "fused:recon100": (dict(model="fused", align={"recon_weight": 100.0}), {}),
+    "fused:calibrated": (dict(model="fused", calibrate_cold=True), {}),
+    "fused:recon30+calibrated": (dict(model="fused", align={"recon_weight": 30.0}, calibrate_cold=True), {}),
     "single:text": (dict(model="single:text"), {}),
     "single:image": (dict(model="single:image"), {}),
     "single:audio": (dict(model="single:audio"), {}),
@@ -64,7 +74,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:align0": "fused", "fused:align1": "fused",
              "fused:align3": "fused", "fused:mlp": "fused", "fused:linear": "fused", "fused:whiten": "fused",
              "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused",
-             "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id"}
+             "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id",
+             "fused:calibrated": "fused", "fused:recon30+calibrated": "fused:recon30",
+             **{f"fused:recon{w}": "fused:recon1" for w in (3, 10, 30, 100)}}
 
 
 def _versions() -> dict:
@@ -84,6 +96,9 @@ def _commit() -> str:
         return "unknown"
 
 
+MODALITIES = ("text", "image", "audio", "tabular")  # the channel order of the prepared alignment
+
+
 def prepare(work: Path, items: int, users: int, seed: int) -> None:
     from fusionrec.data.demo import DemoConfig, generate
     from fusionrec.data.ingest import IngestConfig
@@ -95,8 +110,22 @@ def prepare(work: Path, items: int, users: int, seed: int) -> None:
 
     generate(work / "raw", DemoConfig(n_items=items, n_users=users, seed=seed))
     ingest(work / "raw", work / "dataset", IngestConfig(seed=seed))
-    embs = [encode(work / "dataset", work / f"emb_{m}", EncodeConfig(modality=m)) for m in ("text", "image", "audio", "tabular")]
+    embs = [encode(work / "dataset", work / f"emb_{m}", EncodeConfig(modality=m)) for m in MODALITIES]
     align(work / "dataset", embs, work / "aligned", AlignConfig(seed=seed))
+
+
+def aligned_for(work: Path, settings: dict | None) -> Path:
+    """``work/aligned`` or, for AlignConfig ``settings``, an alignment fitted with them (once) from ``work/emb_*``."""
+    if not settings:
+        return work / "aligned"
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+
+    out = work / ("aligned_" + "_".join(f"{k}{v}" for k, v in sorted(settings.items())))
+    if not (out / "manifest.json").exists():
+        embs = [work / f"emb_{m}" for m in MODALITIES if (work / f"emb_{m}" / "manifest.json").exists()]  # prepare()'s order
+        align(work / "dataset", embs, out, AlignConfig(seed=0, **settings))
+    return out
 
 
 def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"):
@@ -115,6 +144,9 @@ def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"
         knn = ContentKNNRanker.from_embeddings(embs, ds.n_items)
         knn.max_len = None
         return knn, {"embeddings": [str(e) for e in embs]}, TrainConfig(**{k: v for k, v in overrides.items() if k != "model"}, seed=seed)
+    if "align" in overrides:
+        aligned = aligned_for(Path(ds.path).parent, overrides["align"])
+        overrides = {k: v for k, v in overrides.items() if k != "align"}
     cfg = TrainConfig(**{**overrides, "seed": seed, "device": device})
     seed_everything(seed)
     tr = ds.events[ds.events["split"] == "train"]

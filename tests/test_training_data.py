@@ -260,3 +260,61 @@ def test_whitening_and_mlp_adapter_round_trip(synth_models, tmp_path):
     i2, s2 = again.topk(hist, 5)
     assert np.array_equal(i1, i2)
     np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-6)  # same weights and buffers: only float noise
+
+
+def test_cold_calibration_is_the_mean_log_mean_exp_of_the_id_residual_and_shifts_only_cold_scores(synth_models, tmp_path):
+    """``cold_calibration`` = mean over training states of log mean_i exp(full - content-only score) over warm items
+    (recomputed here item by item); a model carrying it scores content-only items (cold, and items added later)
+    exactly that much higher, warm items unchanged, and keeps it through save/load."""
+    from fusionrec.models.recommender import Recommender, load_model, save_model
+    from fusionrec.train import cold_calibration
+
+    base, (ds, _) = synth_models
+    id_mask = base.id_mask.clone()
+    id_mask[1:6] = False  # make sure there are cold items (content only)
+    model = Recommender(base.spec, base.features.clone(), base.feature_mask.clone(), id_mask).eval()
+    model.load_state_dict({k: v for k, v in base.state_dict().items() if k != "id_mask"}, strict=False)
+    X, Y = (torch.from_numpy(a) for a in training_arrays(ds.train_sequences(), model.spec.max_len))
+    bias = cold_calibration(model, X, Y, n_states=10**6)  # every training state: the sample order cannot matter
+
+    with torch.no_grad():
+        vecs, mask = model.channels()
+        full = model.fusion(vecs, mask)[0]
+        states = model.user_states(X, full)
+        warm = [i for i in range(1, model.n_items + 1) if model.id_mask[i] and model.feature_mask[i].any()]
+        per_state = []
+        for b, t in torch.nonzero(Y > 0).tolist():
+            h = states[b, t].double()
+            r = []
+            for i in warm:
+                content_mask = mask[i:i + 1].clone()
+                content_mask[:, -1] = False
+                content = model.fusion(vecs[i:i + 1] * content_mask.unsqueeze(-1), content_mask)[0][0]
+                r.append(float(h @ full[i].double()) - float(h @ content.double()))
+            per_state.append(np.log(np.mean(np.exp(r))))
+    assert bias == pytest.approx(float(np.mean(per_state)), rel=1e-4, abs=1e-5)  # float32 batched vs float64 per item
+    assert bias != 0.0
+
+    calibrated = Recommender(model.spec.model_copy(update={"cold_bias": bias}), model.features, model.feature_mask, model.id_mask).eval()
+    calibrated.load_state_dict(model.state_dict())
+    hist = np.array([[0, 0, 0, 7, 8, 9], [0, 10, 11, 12, 13, 14]])
+
+    def all_scores(m):
+        idx, score = m.topk(hist, m.n_items)
+        out = np.full((len(hist), m.n_items + 1), np.nan)
+        np.put_along_axis(out, idx, score, 1)
+        return out
+
+    before, after = all_scores(model), all_scores(calibrated)
+    cold = ~model.id_mask.numpy() & model.feature_mask.any(1).numpy()
+    cold[0] = False
+    ok = np.isfinite(before) & (before > -1e7)  # items not excluded by the history
+    np.testing.assert_allclose((after - before)[:, cold][ok[:, cold]], bias, atol=1e-5)  # float32 scores
+    np.testing.assert_allclose((after - before)[:, ~cold][ok[:, ~cold]], 0.0, atol=1e-6)
+    grown = calibrated.with_new_items({m: model.features[1:3, j].numpy() for j, m in enumerate(model.spec.modalities)})
+    assert grown.spec.cold_bias == bias
+    assert bool(grown.serving_module(5).penalty[-1] == np.float32(bias))
+    save_model(calibrated, tmp_path / "cal")
+    assert load_model(tmp_path / "cal").spec.cold_bias == bias
+    no_id = Recommender(model.spec.model_copy(update={"use_id_embedding": False}), model.features, model.feature_mask, model.id_mask)
+    assert cold_calibration(no_id, X, Y) == 0.0

@@ -75,6 +75,9 @@ class ModelSpec(Architecture):
     aligned_dim: int = 0
     event_kinds: list[str] = []
     """The behaviour kinds the model reads (kind id = 1-based index; 0 = padding/unknown); [] = it reads none."""
+    cold_bias: float = 0.0
+    """Added to the score of every item scored from content alone (no ID vector: cold and added items) of a model
+    with the ID channel; set after training by ``train.calibrate_cold`` (``fusionrec.train.cold_calibration``), 0 = none."""
 
     @property
     def channels(self) -> int:
@@ -236,6 +239,15 @@ class Recommender(nn.Module):
             return fused, (fused,)
         return fused, (vecs, mask.to(vecs.dtype))
 
+    def content_parts(self, vecs: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """Scoring parts (as ``item_tables`` returns them) of every item seen from content alone (ID channel masked)."""
+        if self.user_gate is None:
+            return (self.content_table(vecs, mask),)
+        content_mask = mask.clone()
+        if self.id_emb is not None:
+            content_mask[:, -1] = False
+        return vecs * content_mask.unsqueeze(-1).to(vecs.dtype), content_mask.to(vecs.dtype)
+
     def content_table(self, vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Item vectors [N+1, d] fused from the modality channels alone (ID channel masked): how a cold item is seen."""
         if self.id_emb is None:
@@ -351,6 +363,8 @@ class ServingModule(nn.Module):
         with torch.no_grad():
             input_table, parts = model.item_tables()
             penalty = torch.where(model.scorable(), 0.0, UNSCORABLE)
+            if model.id_emb is not None and model.spec.cold_bias:
+                penalty = penalty + model.spec.cold_bias * (model.scorable() & ~model.id_mask).to(penalty.dtype)
             penalty[0] = EXCLUDED
         model.train(model_was_training)
         self.k = int(k)
