@@ -5,8 +5,10 @@ small MLP head to a shared space of size ``dim`` (L2-normalised). The heads are 
 CLIP-style: for every pair of modalities, items that have both are positives of each other
 and the other items of the batch are negatives (symmetric cross-entropy, learnable
 temperature); missing modalities are masked out of the pairs. A reconstruction term (a linear
-decoder back to the standardised input, weight ``recon_weight``) keeps what is specific to a
-modality: pure InfoNCE keeps only what modalities share, and fusion needs the rest too.
+decoder back to the standardised input, weight ``recon_weight``, 30 by default) keeps what is specific
+to a modality: pure InfoNCE keeps only what modalities share, and fusion needs the rest too. With the
+default weight the reconstruction dominates, so the space is less "aligned" (cross-modal retrieval gains
+less) and more informative (cold items are ranked far better): the recommender is what it serves.
 
 Outputs (the ``aligned`` artifact): ``<modality>.npy`` float32 [n_items+1, dim] (row 0 and
 missing rows zero), ``<modality>_mask.npy``, ``projections.safetensors``, ``metrics.json``
@@ -55,7 +57,8 @@ class AlignConfig(StepConfig):
     weight_decay: float = Field(1e-4, ge=0)
     temperature: float = Field(0.07, gt=0)
     learn_temperature: bool = True
-    recon_weight: float = Field(1.0, ge=0)
+    recon_weight: float = Field(30.0, ge=0, description="weight of the reconstruction term; 30 (not 1) keeps enough of what only "
+                                "one modality carries for cold items: x2.4 cold-valid NDCG@10, warm on par (docs/models.md, Ablations)")
     dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     device: str = "auto"
