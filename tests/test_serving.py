@@ -276,6 +276,29 @@ def test_cli_recommend_prints_ranked_ids(server, serving_repo, histories):
     assert bad.exit_code == 2 and "unknown item id" in bad.output
 
 
+def test_cli_recommend_excludes_the_whole_history_like_the_client(server, serving_repo, tiny_dataset):
+    """``fusionrec recommend`` answers what ``RecommendClient.recommend`` answers: for a history longer than
+    max_len no history item comes back, including the ones before the window the model reads."""
+    from typer.testing import CliRunner
+
+    from fusionrec.cli import app
+    from fusionrec.serving.client import RecommendClient
+
+    ds = DatasetArtifact(tiny_dataset)
+    ids = json.loads((serving_repo / MODEL / "item_ids.json").read_text())
+    long_users = [g["item_idx"].to_numpy() for _, g in ds.events.groupby("user_idx") if len(g) > MAX_LEN]
+    assert long_users, "the fixture needs users with more events than max_len"
+    with RecommendClient(server.grpc_url, model=MODEL, repo=serving_repo) as client:
+        for seq in long_users[:3]:
+            ext = [ids[i] for i in seq]
+            res = CliRunner().invoke(app, ["recommend", "--user-history", ",".join(ext), "-k", str(K), "--url", server.grpc_url,
+                                           "--model", MODEL, "--repo", str(serving_repo)])
+            assert res.exit_code == 0, res.output
+            printed = [ln.split()[1] for ln in res.stdout.strip().splitlines()]
+            assert len(printed) == K and not set(printed) & set(ext)
+            assert printed == [r[0] for r in client.recommend(ext, k=K)]
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():

@@ -55,15 +55,13 @@ def register(app: typer.Typer) -> None:
                         raise ValueError("--repo MODEL_REPO is needed to map item ids")
                     if query is not None and (mixing or not history):
                         recs = client.query(query, k=k, history=history, mix=mixing, mix_until=mix_until)
-                    else:
-                        length = client.max_len or max(1, len(history))
-                        h = left_pad([client.to_idx(history)], length)
-                        ids = client.to_kinds([history], None if kinds is None else [kinds])
-                        if explain and history:
-                            idx, score, explanations = client.topk(h, k, explain=True)
-                        else:
-                            idx, score = client.topk(h, k, events=None if ids is None else left_pad(ids, length))
+                    elif explain and history:
+                        h = left_pad([client.to_idx(history)], client.max_len or len(history))
+                        client.to_kinds([history], None if kinds is None else [kinds])  # same checks as an unexplained call
+                        idx, score, explanations = client.topk(h, k, explain=True)
                         recs = client.to_ids(idx[0], score[0])
+                    else:  # the client's own call: the model reads the last max_len items, EVERY history item is excluded
+                        recs = client.recommend(history, k, events=kinds)
             except InferenceServerException as exc:
                 raise ValueError(f"Triton at {url}: {exc.message() if hasattr(exc, 'message') else exc}") from None
             if kinds is not None and not client.event_kinds:
