@@ -95,6 +95,41 @@ def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data
     return {"raw": raw, "dataset": ds, "embeddings": embs, "by_seed": by_seed, "cache": cache, "config": config}
 
 
+def seeded_demo_bench(description: str, work: str, name: str, add_args: Callable | None = None):
+    """The shared start of a benchmark over ``seeded_fused_models`` (explain.py, query.py): its arguments (the demo
+    catalog at 2,000 x 1,000, seeds, epochs, ``--threads``, ``--work``, ``--reuse``, ``--name``, plus what
+    ``add_args(parser)`` adds), torch threads set, provenance taken, and the catalog and per-seed models prepared.
+
+    Returns ``(args, seeds, provenance, clock, prep)``.
+    """
+    import argparse
+    import sys
+
+    from protocol import Clock, add_demo_args, provenance
+
+    ap = argparse.ArgumentParser(description=description)
+    add_demo_args(ap)
+    ap.set_defaults(items=2000, users=1000)  # the catalog these figures have always been measured on
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
+    ap.add_argument("--work", type=Path, default=Path(work), help="work folder (emptied first unless --reuse)")
+    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work (recorded in the JSON)")
+    ap.add_argument("--name", default=name, help="result file stem under benchmarks/results/")
+    if add_args is not None:
+        add_args(ap)
+    args = ap.parse_args()
+    seeds = parse_seeds(args.seeds)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prov = provenance(sys.argv)
+    clock = Clock()
+    prep = seeded_fused_models(args.work, items=args.items, users=args.users, events=args.events, data_seed=args.data_seed,
+                               seeds=seeds, clock=clock, reuse=args.reuse, train_cfg={"epochs": args.epochs, "patience": args.patience})
+    return args, seeds, prov, clock, prep
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]`` (distinct, in order)."""
     seeds = [int(s) for s in text.split(",") if s.strip()]

@@ -25,7 +25,6 @@ per step are in the JSON. explain.html shows three explained recommendations of 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -102,37 +101,20 @@ def measure(model_dir: Path, ds, truth_items, truth_users, seed: int, batch: int
 
 
 def main() -> int:
-    from _steps import parse_seeds
-    from protocol import add_demo_args
+    from _steps import seeded_demo_bench
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_demo_args(ap)
-    ap.set_defaults(items=2000, users=1000)  # the catalog these figures have always been measured on
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
-    ap.add_argument("--work", type=Path, default=Path("artifacts/bench_explain_demo"), help="work folder (emptied first unless --reuse)")
-    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work (recorded in the JSON)")
-    ap.add_argument("--name", default="explain", help="result file stem under benchmarks/results/")
-    args = ap.parse_args()
-
-    seeds = parse_seeds(args.seeds)
+    args, seeds, prov, clock, prep = seeded_demo_bench(
+        __doc__.split("\n\n")[0], "artifacts/bench_explain_demo", "explain",
+        lambda ap: ap.add_argument("--batch", type=int, default=32))
 
     import pandas as pd
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from fusionrec.compare import seed_interval
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.explain import examples_html, examples_markdown, explain
-    from _steps import seeded_fused_models
-    from protocol import Clock, provenance
     from readme_tables import explain_block
 
-    prov = provenance(sys.argv)
-    clock = Clock()
-    prep = seeded_fused_models(args.work, items=args.items, users=args.users, events=args.events, data_seed=args.data_seed,
-                               seeds=seeds, clock=clock, reuse=args.reuse, train_cfg={"epochs": args.epochs, "patience": args.patience})
     ds = DatasetArtifact(prep["dataset"])
     truth_items = pd.read_parquet(prep["raw"] / "truth" / "items.parquet").set_index("item_id")
     truth_users = pd.read_parquet(prep["raw"] / "truth" / "users.parquet").set_index("user_id")

@@ -33,7 +33,6 @@ wall/CPU seconds per step. Writes benchmarks/results/<name>.json and .md (name `
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -57,44 +56,28 @@ SHOWS = {"genre": "text", "style": "image", "mood": "audio"}
 
 
 def main() -> int:
-    from _steps import parse_seeds
-    from protocol import add_demo_args
+    from _steps import seeded_demo_bench
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_demo_args(ap)
-    ap.set_defaults(items=2000, users=1000)  # the catalog these figures have always been measured on
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
-    ap.add_argument("--work", type=Path, default=Path("artifacts/bench_query_demo"), help="work folder (emptied first unless --reuse)")
-    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work (recorded in the JSON)")
-    ap.add_argument("--movielens", action="store_true",
-                    help="also MovieLens genre queries: convert, ingest, encode text + tabular once, align per seed (minutes)")
-    ap.add_argument("--movielens-config", type=Path, default=ROOT.parent / "configs" / "movielens.yaml",
-                    help="ingest/encode/align sections for the MovieLens part")
-    ap.add_argument("--movielens-max-users", type=int, default=None, help="a slice of the MovieLens users (smoke runs)")
-    ap.add_argument("--name", default="query", help="result file stem under benchmarks/results/")
-    args = ap.parse_args()
+    def add_args(ap) -> None:
+        ap.add_argument("--k", type=int, default=10)
+        ap.add_argument("--movielens", action="store_true",
+                        help="also MovieLens genre queries: convert, ingest, encode text + tabular once, align per seed (minutes)")
+        ap.add_argument("--movielens-config", type=Path, default=ROOT.parent / "configs" / "movielens.yaml",
+                        help="ingest/encode/align sections for the MovieLens part")
+        ap.add_argument("--movielens-max-users", type=int, default=None, help="a slice of the MovieLens users (smoke runs)")
 
-    seeds = parse_seeds(args.seeds)
+    args, seeds, prov, clock, prep = seeded_demo_bench(__doc__.split("\n\n")[0], "artifacts/bench_query_demo", "query", add_args)
 
     import pandas as pd
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from fusionrec.artifacts import load_npy
     from fusionrec.compare import seed_interval
     from fusionrec.data.dataset import DatasetArtifact
     from fusionrec.data.demo import GENRES, MOODS, STYLES
     from fusionrec.models import load_model
     from fusionrec.query import QueryRanker, QueryTokenizer, build_query_module
-    from _steps import seeded_fused_models
-    from protocol import Clock, provenance
 
-    prov = provenance(sys.argv)
-    clock = Clock()
-    prep = seeded_fused_models(args.work, items=args.items, users=args.users, events=args.events, data_seed=args.data_seed,
-                               seeds=seeds, clock=clock, reuse=args.reuse, train_cfg={"epochs": args.epochs, "patience": args.patience})
     ds = DatasetArtifact(prep["dataset"])
     truth = pd.read_parquet(prep["raw"] / "truth" / "items.parquet").set_index("item_id")
     ids = [str(x) for x in ds.item_ids.tolist()]
