@@ -218,6 +218,47 @@ def paired(per_case: dict, a: str, b: str, segment: str, metric: str = "ndcg@10"
             "p_ttest": float(c.p_ttest), "verdict": ("beats" if c.diff_ci_low > 0 else "loses" if c.diff_ci_high < 0 else "on par")}
 
 
+def validation_comparisons(names: list[str], per_case_valid: dict, per_case_coldval: dict) -> dict:
+    """Each variant vs its REFERENCE, and every fused variant vs every single modality: warm, overall and cold-valid."""
+    comparisons = {}
+    pairs = [(n, REFERENCE.get(n)) for n in names]
+    pairs += [(f, s) for f in names if f.startswith("fused") for s in names if s.startswith("single:")]
+    for a, b in pairs:
+        if a in per_case_valid and b in per_case_valid:
+            comparisons[f"{a} vs {b}"] = {seg: paired(per_case_valid, a, b, seg) for seg in ("overall", "warm")}
+            if a in per_case_coldval and b in per_case_coldval:
+                comparisons[f"{a} vs {b}"]["cold_valid"] = paired(per_case_coldval, a, b, "cold")
+    return comparisons
+
+
+def report_lines(title: str, table: dict, oracle: dict, comparisons: dict) -> list[str]:
+    """The markdown report: one row per variant (mean ± t half-width over seeds), the oracles, the paired comparisons."""
+    lines = [title, "", "Cold = cold-valid: the test cases of a seeded half of the cold items (validation holds no cold case).", "",
+             "| variant | overall NDCG@10 | warm NDCG@10 | cold-valid NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
+
+    def f(mc) -> str:
+        return f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"
+
+    for name, t in table.items():
+        v = t["valid"]
+        cv = v.get("cold_valid", {}).get("ndcg@10", [float("nan"), None])
+        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(cv)} | "
+                     f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
+    for split, o in (oracle or {}).items():
+        for kind, m in o.items():
+            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | "
+                         f"{m.get('cold_valid', m['cold'])['ndcg@10']:.4f} | | | |")
+    lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
+    lines += comparison_lines(comparisons)
+    return lines
+
+
+def comparison_lines(comparisons: dict) -> list[str]:
+    return [f"- {k}: " + "; ".join(f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
+                                   for seg, c in segs.items() if c and c.get("ratio") is not None)
+            for k, segs in comparisons.items()]
+
+
 def combine(paths: list[Path], tag: str) -> int:
     parts = [json.loads(p.read_text()) for p in paths]
     if len({json.dumps(p["valid_case_ids"]) for p in parts}) != 1 or len({json.dumps(p["seeds"]) for p in parts}) != 1:
@@ -229,39 +270,11 @@ def combine(paths: list[Path], tag: str) -> int:
         out[key] = {k: v for p in parts for k, v in p[key].items()}
     pcv = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in out["per_case_valid"].items()}
     pcc = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in out["per_case_cold_valid"].items()}
-    comparisons = {}
-    names = list(out["variants"])
-    for name in names:
-        ref = REFERENCE.get(name)
-        if ref in pcv and name in pcv:
-            comparisons[f"{name} vs {ref}"] = {seg: paired(pcv, name, ref, seg) for seg in ("overall", "warm")}
-            if name in pcc and ref in pcc:
-                comparisons[f"{name} vs {ref}"]["cold_valid"] = paired(pcc, name, ref, "cold")
-    for fused in [n for n in names if n.startswith("fused")]:
-        for s in [n for n in names if n.startswith("single:")]:
-            comparisons[f"{fused} vs {s}"] = {seg: paired(pcv, fused, s, seg) for seg in ("overall", "warm")}
-            if fused in pcc and s in pcc:
-                comparisons[f"{fused} vs {s}"]["cold_valid"] = paired(pcc, fused, s, "cold")
+    comparisons = validation_comparisons(list(out["variants"]), pcv, pcc)
     out.update(tag=tag, comparisons_valid=comparisons, combined_from=[str(p) for p in paths],
                wall_seconds=sum(p["wall_seconds"] for p in parts), cpu_seconds=sum(p["cpu_seconds"] for p in parts), cached=False)
-    lines = [f"# Ablations ({tag}), validation, seeds {out['seeds']} (combined from {len(paths)} runs)", "",
-             "Cold = cold-valid: the test cases of a seeded half of the cold items (validation holds no cold case).", "",
-             "| variant | overall NDCG@10 | warm NDCG@10 | cold-valid NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
-    f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"  # noqa: E731
-    for name, t in out["table"].items():
-        v = t["valid"]
-        cv = v.get("cold_valid", {}).get("ndcg@10", [float("nan"), None])
-        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(cv)} | "
-                     f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
-    for split, o in (out["oracle"] or {}).items():
-        for kind, m in o.items():
-            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | "
-                         f"{m.get('cold_valid', m['cold'])['ndcg@10']:.4f} | | | |")
-    lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
-    for k, segs in comparisons.items():
-        ps = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
-              for seg, c in segs.items() if c and c.get("ratio") is not None]
-        lines.append(f"- {k}: " + "; ".join(ps))
+    lines = report_lines(f"# Ablations ({tag}), validation, seeds {out['seeds']} (combined from {len(paths)} runs)", out["table"],
+                         out["oracle"], comparisons)
     text = "\n".join(lines)
     print(text)
     (ROOT / "results" / f"ablation_{tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
@@ -406,19 +419,7 @@ def main() -> int:
                        for split in (["valid"] + (["test"] if "test" in rows[0] else []))}
         table[name]["seconds_to_best"] = mean_ci([r["training"].get("wall_seconds_to_best") or 0 for r in rows])
         table[name]["sequences_per_second"] = mean_ci([r["training"].get("sequences_per_second") or 0 for r in rows])
-    comparisons = {}
-    for name in names:
-        ref = REFERENCE.get(name)
-        if ref in per_case_valid and name in per_case_valid:
-            comparisons[f"{name} vs {ref}"] = {seg: paired(per_case_valid, name, ref, seg) for seg in ("overall", "warm")}
-            if name in per_case_coldval and ref in per_case_coldval:
-                comparisons[f"{name} vs {ref}"]["cold_valid"] = paired(per_case_coldval, name, ref, "cold")
-    singles = [n for n in names if n.startswith("single:")]
-    for fused in [n for n in names if n.startswith("fused")]:
-        for s in singles:
-            comparisons[f"{fused} vs {s}"] = {seg: paired(per_case_valid, fused, s, seg) for seg in ("overall", "warm")}
-            if fused in per_case_coldval and s in per_case_coldval:
-                comparisons[f"{fused} vs {s}"]["cold_valid"] = paired(per_case_coldval, fused, s, "cold")
+    comparisons = validation_comparisons(names, per_case_valid, per_case_coldval)
     test_comparisons = {}
     for a in test_names:
         for b in test_names:
@@ -454,30 +455,9 @@ def main() -> int:
                     summ["cold_rest"] = {"ndcg@10": float(frame.loc[cold & ~frame["item_idx"].isin(coldval_items), "ndcg@10"].mean())}
                 oracle[split][kind] = summ
 
-    lines = [f"# Ablations ({args.tag}), validation, seeds {seeds}", "",
-             "Cold = cold-valid: the test cases of a seeded half of the cold items (validation holds no cold case).", "",
-             "| variant | overall NDCG@10 | warm NDCG@10 | cold-valid NDCG@10 | coverage@10 | s to best | seq/s |", "|---|---|---|---|---|---|---|"]
-    for name, t in table.items():
-        v = t["valid"]
-        f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}" if mc[1] is not None else f"{mc[0]:.4f}"  # noqa: E731
-        cv = v.get("cold_valid", {}).get("ndcg@10", [float("nan"), None])
-        lines.append(f"| {name} | {f(v['overall']['ndcg@10'])} | {f(v['warm']['ndcg@10'])} | {f(cv)} | "
-                     f"{f(v['overall']['coverage@10'])} | {t['seconds_to_best'][0]:.0f} | {t['sequences_per_second'][0]:.0f} |")
-    for split, o in oracle.items():
-        for kind, m in o.items():
-            lines.append(f"| {kind} oracle ({split}) | {m['overall']['ndcg@10']:.4f} | {m['warm']['ndcg@10']:.4f} | "
-                         f"{m.get('cold_valid', m['cold'])['ndcg@10']:.4f} | | | |")
-    lines += ["", "Paired (seed-pooled per case), NDCG@10 difference [95% CI] and ratio [95% CI]:", ""]
-    for k, segs in comparisons.items():
-        parts = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
-                 for seg, c in segs.items() if c and c.get("ratio") is not None]
-        lines.append(f"- {k}: " + "; ".join(parts))
+    lines = report_lines(f"# Ablations ({args.tag}), validation, seeds {seeds}", table, oracle, comparisons)
     if test_comparisons:
-        lines += ["", "TEST (read once):", ""]
-        for k, segs in test_comparisons.items():
-            parts = [f"{seg} {c['diff']:+.4f} [{c['diff_ci95'][0]:+.4f}, {c['diff_ci95'][1]:+.4f}] x{c['ratio']} {c['verdict']}"
-                     for seg, c in segs.items() if c and c.get("ratio") is not None]
-            lines.append(f"- {k}: " + "; ".join(parts))
+        lines += ["", "TEST (read once):", ""] + comparison_lines(test_comparisons)
     lines += ["", f"Random-ranking floor (expected NDCG@10): {json.dumps(floors['random_ndcg@10'])}"]
     text = "\n".join(lines)
     print(text)
