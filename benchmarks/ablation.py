@@ -377,7 +377,7 @@ def main() -> int:
                 cstacks.append(cres.per_case)
             row = {"seed": seed, "valid": res.summary, "config": cfg.model_dump(mode="json"), "eval_spec": eval_spec,
                    "training": {k: record.get(k) for k in ("epochs_run", "best_epoch", "best_valid_ndcg10", "train_seconds", "wall_seconds",
-                                                             "cpu_seconds", "wall_seconds_to_best", "sequences_per_second",
+                                                             "cpu_seconds", "wall_seconds_to_best", "sequences_per_second", "cold_bias",
                                                              "n_train_sequences", "n_train_targets")}}
             row["diagnostics"] = diagnostics(ranker, res.topk, ds)
             if name in test_names:
