@@ -228,6 +228,9 @@ def _module_classes():
                     raise ValueError("mode 'neighbours' needs items with text")
                 self.register_buffer("text_table", tt.contiguous())  # [N+1, d_text]
                 self.register_buffer("text_penalty", torch.where(has_text, 0.0, EXCLUDED).float())
+                # an item's aligned content: the mean of its present modalities' aligned vectors
+                content = (feats * mask.unsqueeze(-1).float()).sum(1) / mask.float().sum(1, keepdim=True).clamp(min=1.0)
+                self.register_buffer("item_content", content.contiguous())  # [N+1, D]
             elif mode != "head":
                 raise ValueError(f"query mode must be 'neighbours' or 'head', got '{mode}'")
             self.requires_grad_(False)
@@ -240,38 +243,29 @@ def _module_classes():
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
         def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            """The query's point in each modality's aligned space [B, M, D] (L2-normalised; zeros where none).
+            """The query's vector in the aligned space [B, D] (L2-normalised).
 
-            ``head``: the aligned text head applied to the query's text vector, the same point for every
-            modality (it relies on the modalities sharing one space). ``neighbours``: per modality, the mean
-            aligned vector of the ``neighbours`` items whose text is nearest the query in the text encoder's
-            own space, over those that have the modality. Per modality, because the aligned spaces are only
-            partly shared (the align step keeps what is specific to each, `recon_weight`): a mean across
-            modalities would mix a text vector with a tabular one. The head was fitted to whole descriptions;
-            a few query words are far from them, and the neighbours carry the query over without that shift.
+            ``head``: the aligned text head applied to the query's text vector. ``neighbours``: the
+            mean aligned content of the ``neighbours`` items whose text is nearest the query in the
+            text encoder's own space (the head was fitted to whole descriptions; a few query words
+            are far from them, and the neighbours carry the query into the space without that shift).
             """
             q = self.text_vector(input_ids, attention_mask)
-            M = self.item_features.shape[1]
             if self.mode == "head":
-                return self.head(q).unsqueeze(1).expand(-1, M, -1)
+                return self.head(q)
             sim = torch.matmul(q, self.text_table.t()) + self.text_penalty
             _, near = torch.topk(sim, self.neighbours, dim=1)
-            z = self.item_features[near].sum(1)  # [B, M, D]: absent modalities are zero rows
-            return torch.nn.functional.normalize(z, p=2.0, dim=-1)
+            z = nn.functional.embedding(near, self.item_content).mean(1)
+            return torch.nn.functional.normalize(z, p=2.0, dim=1)
 
         def scores(self, z: torch.Tensor) -> torch.Tensor:
-            """Scores [B, N+1] of query points ``z`` [B, M, D] against every item (padding/empty items excluded).
-
-            A modality none of the query's neighbours has (a zero point) does not count for any item.
-            """
-            M = self.item_features.shape[1]
-            # one matmul per modality (static loop, small M): an einsum over [B, N, M, D] would not fit for large catalogs
-            cos = torch.stack([torch.matmul(z[:, m], self.item_features[:, m].t()) for m in range(M)], -1)  # [B, N+1, M]
-            has = (z.abs().sum(-1) > 0).to(cos.dtype).unsqueeze(1) * self.item_mask.unsqueeze(0)  # [B, N+1, M]
+            """Scores [B, N+1] of query vectors ``z`` [B, D] against every item (padding/empty items excluded)."""
+            n, M, D = self.item_features.shape
+            cos = torch.matmul(z, self.item_features.reshape(n * M, D).t()).reshape(z.shape[0], n, M)
             if self.pool == "mean":
-                s = (cos * has).sum(-1) / has.sum(-1).clamp(min=1.0)
+                s = (cos * self.item_mask).sum(-1) / self.item_mask.sum(-1).clamp(min=1.0)
             else:
-                s = torch.where(has > 0, cos, torch.full_like(cos, -2.0)).amax(-1)
+                s = torch.where(self.item_mask > 0, cos, torch.full_like(cos, -2.0)).amax(-1)
             return s + self.penalty
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
