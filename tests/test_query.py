@@ -111,7 +111,7 @@ def test_neighbours_mode_matches_a_by_hand_reference(trained, tokenizer):
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     ref = np.where(mask[None], np.einsum("bd,nmd->bnm", z, feats), -np.inf).max(-1)
     ref[:, 0] = -np.inf
-    idx, score = QueryRanker(build_query_module(model, aligned, k=10, neighbours=5), tokenizer).search(queries, k=10)
+    idx, score = QueryRanker(build_query_module(model, aligned, k=10, mode="neighbours", neighbours=5), tokenizer).search(queries, k=10)
     for b in range(2):
         # float noise only (padded batch vs per-text buckets); a near-tie at the 5th neighbour would show as a failure
         np.testing.assert_allclose(score[b], ref[b][idx[b]], atol=1e-4)
