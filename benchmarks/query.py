@@ -96,8 +96,8 @@ def main() -> int:
         aligned = prep["by_seed"][seed]["aligned"]
         mods = list(model.spec.modalities)
         rankers = {
-            "neighbours max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max"), tok),
-            "neighbours mean": QueryRanker(build_query_module(model, aligned, k=args.k, pool="mean"), tok),
+            "neighbours max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max", mode="neighbours"), tok),
+            "neighbours mean": QueryRanker(build_query_module(model, aligned, k=args.k, pool="mean", mode="neighbours"), tok),
             "head max": QueryRanker(build_query_module(model, aligned, k=args.k, pool="max", mode="head"), tok),
             "head text": QueryRanker(build_query_module(model, aligned, k=args.k, modalities=["text"], mode="head"), tok),
         }
