@@ -227,7 +227,8 @@ def cold_calibration(model: Recommender, X: torch.Tensor, Y: torch.Tensor, n_sta
     was = model.training
     model.eval()
     vecs, mask = model.channels()
-    input_table, parts = model.item_tables()
+    input_table, parts = model.tables_of(vecs, mask)
+    content_parts = model.tables_of(*model.content_channels(vecs, mask))[1]
     pos = torch.nonzero(Y > 0)
     pick = torch.from_numpy(np.random.default_rng(seed).permutation(len(pos))[:n_states]).to(pos.device)
     pos = pos[pick]
@@ -236,7 +237,7 @@ def cold_calibration(model: Recommender, X: torch.Tensor, Y: torch.Tensor, n_sta
         p = pos[start:start + 512]
         ev = events[p[:, 0]] if events is not None else None
         h = model.user_states(X[p[:, 0]], input_table, ev)[torch.arange(len(p), device=p.device), p[:, 1]]
-        r = model.score(h, _rows(parts, warm)) - model.score(h, _rows(model.content_parts(vecs, mask), warm))
+        r = model.score(h, _rows(parts, warm)) - model.score(h, _rows(content_parts, warm))
         total += float((torch.logsumexp(r.float(), 1) - np.log(r.shape[1])).sum())
     model.train(was)
     return total / max(len(pos), 1)

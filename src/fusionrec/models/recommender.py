@@ -233,28 +233,26 @@ class Recommender(nn.Module):
 
     def item_tables(self, drop_modality: float = 0.0, drop_id: float = 0.0, generator: torch.Generator | None = None):
         """(input table [N+1, d] fed to the sequence model, scoring parts) for the whole catalog."""
-        vecs, mask = self.channels(drop_modality, drop_id, generator)
+        return self.tables_of(*self.channels(drop_modality, drop_id, generator))
+
+    def tables_of(self, vecs: torch.Tensor, mask: torch.Tensor):
+        """``item_tables`` for given channels ``vecs`` [N+1, C, d] and ``mask`` [N+1, C] (e.g. without the ID channel)."""
         fused, _ = self.fusion(vecs, mask)
         if self.user_gate is None:
             return fused, (fused,)
         return fused, (vecs, mask.to(vecs.dtype))
 
-    def content_parts(self, vecs: torch.Tensor, mask: torch.Tensor) -> tuple:
-        """Scoring parts (as ``item_tables`` returns them) of every item seen from content alone (ID channel masked)."""
-        if self.user_gate is None:
-            return (self.content_table(vecs, mask),)
+    def content_channels(self, vecs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The channels with the ID channel masked out: every item as a cold item (content alone) is seen."""
+        if self.id_emb is None:
+            return vecs, mask
         content_mask = mask.clone()
-        if self.id_emb is not None:
-            content_mask[:, -1] = False
-        return vecs * content_mask.unsqueeze(-1).to(vecs.dtype), content_mask.to(vecs.dtype)
+        content_mask[:, -1] = False
+        return vecs * content_mask.unsqueeze(-1).to(vecs.dtype), content_mask
 
     def content_table(self, vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Item vectors [N+1, d] fused from the modality channels alone (ID channel masked): how a cold item is seen."""
-        if self.id_emb is None:
-            return self.fusion(vecs, mask)[0]
-        content_mask = mask.clone()
-        content_mask[:, -1] = False
-        return self.fusion(vecs * content_mask.unsqueeze(-1).to(vecs.dtype), content_mask)[0]
+        return self.fusion(*self.content_channels(vecs, mask))[0]
 
     def fusion_weights(self) -> torch.Tensor:
         """Per-item channel weights [N+1, C] of the item-side fusion (0 for missing channels)."""
@@ -362,13 +360,13 @@ class ServingModule(nn.Module):
         model.eval()
         with torch.no_grad():
             input_table, parts = model.item_tables()
-            penalty = torch.where(model.scorable(), 0.0, UNSCORABLE)
+            known = model.scorable()
+            penalty = torch.where(known, 0.0, UNSCORABLE)
             if model.id_emb is not None and model.spec.cold_bias:
-                penalty = penalty + model.spec.cold_bias * (model.scorable() & ~model.id_mask).to(penalty.dtype)
+                penalty = penalty + model.spec.cold_bias * (known & ~model.id_mask).to(penalty.dtype)
             penalty[0] = EXCLUDED
         model.train(model_was_training)
         self.k = int(k)
-        known = model.scorable()
         # static: the graph drops unknown history items only when the model has any (an ID-only model with cold items)
         self.drop_unknown = model.spec.unknown_history == "drop" and bool((~known[1:]).any())
         if self.drop_unknown:
