@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrec.query import DEFAULT_MODE, DEFAULT_POOL
+
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
@@ -52,7 +54,7 @@ def precision_at(idx: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
 
 #: methods that involve no training (the same at every seed: no interval over seeds)
 SEED_INDEPENDENT = ("random", "plain text")
-SERVED = "head max"  # the method the exported <model>_query graph runs (ExportConfig.query_mode / query_pool defaults)
+SERVED = f"{DEFAULT_MODE} {DEFAULT_POOL}"  # the method the exported <model>_query graph runs (ExportConfig's defaults)
 SHOWS = {"genre": "text", "style": "image", "mood": "audio"}
 
 

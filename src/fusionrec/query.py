@@ -52,6 +52,10 @@ MIN_LATIN_SHARE = 0.5
 """At least this share of a query's letters must be Latin: all-MiniLM-L6-v2 was trained on English."""
 Pool = Literal["max", "mean"]
 Mode = Literal["neighbours", "head"]
+DEFAULT_MODE: Mode = "head"
+"""How a query enters the aligned space unless told (``build_query_module``, ``QueryRanker``, ``ExportConfig``)."""
+DEFAULT_POOL: Pool = "max"
+"""How an item's per-modality cosines become its score unless told."""
 MIX_UNTIL = 3
 """History length (events) from which a mixed query answer is the sequential model's alone."""
 RRF_C = 1.0  # not the 60 of equal-weight RRF: with unequal weights a large c puts the heavier list's whole head first
@@ -325,9 +329,9 @@ def text_encoder_source(aligned: str | os.PathLike, text_embeddings: str | os.Pa
                      "whose weights are not a local folder here: the query must use the same text model")
 
 
-def build_query_module(model, aligned: str | os.PathLike, k: int = 100, pool: Pool = "max",
+def build_query_module(model, aligned: str | os.PathLike, k: int = 100, pool: Pool = DEFAULT_POOL,
                        modalities: Sequence[str] | None = None, text_model: str | os.PathLike | None = None,
-                       mode: Mode = "head", neighbours: int = 20, text_embeddings: str | os.PathLike | None = None):
+                       mode: Mode = DEFAULT_MODE, neighbours: int = 20, text_embeddings: str | os.PathLike | None = None):
     """The query graph of a trained ``Recommender`` (its item table) and the aligned artifact (text head, item texts).
 
     ``modalities``: which of the model's modalities an item is matched by (default: all). ``mode``:
@@ -391,8 +395,8 @@ class QueryRanker:
 
     @classmethod
     def from_artifacts(cls, model: str | os.PathLike, aligned: str | os.PathLike, dataset: str | os.PathLike | None = None,
-                       k: int = 100, pool: Pool = "max", modalities: Sequence[str] | None = None,
-                       mode: Mode = "head", neighbours: int = 20) -> "QueryRanker":
+                       k: int = 100, pool: Pool = DEFAULT_POOL, modalities: Sequence[str] | None = None,
+                       mode: Mode = DEFAULT_MODE, neighbours: int = 20) -> "QueryRanker":
         from fusionrec.models import load_model
 
         m = load_model(model, device="cpu")
