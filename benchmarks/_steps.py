@@ -43,7 +43,7 @@ def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data
     from fusionrec.data.demo import DemoConfig, generate
     from fusionrec.data.ingest import IngestConfig
     from fusionrec.data.ingest import run as ingest
-    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.encode import MODALITIES, EncodeConfig
     from fusionrec.encoders.encode import run as encode
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
@@ -71,7 +71,7 @@ def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data
         if not cached(ds):
             ingest(raw, ds, ingest_cfg)
     embs = {}
-    for m in ("text", "image", "audio", "tabular"):
+    for m in MODALITIES:
         out = work / "emb" / m
         with clock.step(f"encode {m}"):
             if not cached(out):

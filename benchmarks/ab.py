@@ -36,7 +36,6 @@ from _steps import step  # benchmarks/ is on sys.path when a script here runs
 from protocol import provenance
 
 ROOT = Path(__file__).resolve().parent
-MODALITIES = ("text", "image", "audio", "tabular")
 
 
 def shuffled_repo(src: Path, out: Path, seed: int = 0) -> Path:
@@ -106,7 +105,7 @@ def main() -> int:
     from fusionrec.ab import ABConfig, run as ab_run
     from fusionrec.data.demo import DemoConfig, generate
     from fusionrec.data.ingest import IngestConfig, run as ingest
-    from fusionrec.encoders.encode import EncodeConfig, run as encode
+    from fusionrec.encoders.encode import MODALITIES, EncodeConfig, run as encode
     from fusionrec.export import ExportConfig, run as export
     from fusionrec.models.align import AlignConfig, run as align
     from fusionrec.train import TrainConfig, run as train

@@ -99,12 +99,10 @@ def _commit() -> str:
         return "unknown"
 
 
-MODALITIES = ("text", "image", "audio", "tabular")  # the channel order of the prepared alignment
-
-
 def prepare(work: Path, items: int, users: int, seed: int) -> None:
     from fusionrec.data.demo import DemoConfig, generate
     from fusionrec.data.ingest import IngestConfig
+    from fusionrec.encoders.registry import MODALITIES
     from fusionrec.data.ingest import run as ingest
     from fusionrec.encoders.encode import EncodeConfig
     from fusionrec.encoders.encode import run as encode
@@ -121,6 +119,7 @@ def aligned_for(work: Path, settings: dict | None) -> Path:
     """``work/aligned`` or, for AlignConfig ``settings``, an alignment fitted with them (once) from ``work/emb_*``."""
     if not settings:
         return work / "aligned"
+    from fusionrec.encoders.registry import MODALITIES
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
 

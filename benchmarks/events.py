@@ -50,7 +50,7 @@ def main() -> int:
     from fusionrec.data.demo import DemoConfig, generate, oracle_metrics
     from fusionrec.data.ingest import IngestConfig
     from fusionrec.data.ingest import run as ingest
-    from fusionrec.encoders.encode import EncodeConfig
+    from fusionrec.encoders.encode import MODALITIES, EncodeConfig
     from fusionrec.encoders.encode import run as encode
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
@@ -89,7 +89,7 @@ def main() -> int:
     ds = DatasetArtifact(ds_path)
     cache = str(work / "encoder_cache")
     embs = [prep(f"encode {m}", work / f"emb_{m}", lambda m=m: encode(ds_path, work / f"emb_{m}", EncodeConfig(modality=m, cache_dir=cache)))
-            for m in ("text", "image", "audio", "tabular")]
+            for m in MODALITIES]
     with clock.step("oracles"):
         ceilings = {"oracle (generator's truth)": oracle_metrics(raw, ds_path, per_case=True)[1],
                     "oracle reading the last event's kind": oracle_metrics(raw, ds_path, per_case=True, with_kinds=True)[1]}

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import FUSIONS, add_demo_args, run_quality  # noqa: E402
+from fusionrec.encoders.registry import MODALITIES  # noqa: E402  (the library's modality order: the channel order)
 
 
 def main() -> int:
@@ -48,7 +49,7 @@ def main() -> int:
 
     run_quality(
         name=args.name, argv=sys.argv, work=args.work, make_raw=make_raw, make_raw_source_order=None,
-        modalities=["text", "image", "audio", "tabular"], encode_cfg={}, ingest_cfg={"cold_item_share": 0.1, "seed": args.data_seed},
+        modalities=list(MODALITIES), encode_cfg={}, ingest_cfg={"cold_item_share": 0.1, "seed": args.data_seed},
         align_cfg={}, train_cfg={"epochs": args.epochs, "patience": args.patience},
         seeds=[int(s) for s in args.seeds.split(",")], fusions=[f for f in args.fusions.split(",") if f],
         oracle=oracles, threads=args.threads, reuse=args.reuse,

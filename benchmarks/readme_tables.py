@@ -129,10 +129,11 @@ def fmt3(s: dict | None, interval: bool = True, sign: bool = False) -> str:
 
 def _run_line(r: dict) -> str:
     c = r["cache"]
-    reused = ("nothing reused, encoder cache fresh" if not c["reused_artifacts"] and not c["encoder_cache"]["existed_before"]
+    fresh = not c["reused_artifacts"] and not c["encoder_cache"]["existed_before"]
+    reused = ("nothing reused, encoder cache fresh" if fresh
               else f"reused (--reuse): {len(c['reused_artifacts'])} artifacts" + (", encoder cache pre-existing" if c["encoder_cache"]["existed_before"] else ""))
     p = r["provenance"]
-    scratch = " from scratch" if not c["reused_artifacts"] and not c["encoder_cache"]["existed_before"] else ""
+    scratch = " from scratch" if fresh else ""
     return (f"{r['config']['scale']}; seeds {r['seeds']} (alignment + fused attention model per seed); mean [95% t-interval over seeds]; "
             f"commit {p['git_commit'][:10]}{' (dirty)' if p['git_dirty'] else ''}; {r['total']['wall_s']:.0f} s wall / "
             f"{r['total']['cpu_s']:.0f} s CPU{scratch}; {reused}. Command: `{p['command']}`.")
