@@ -43,6 +43,7 @@ SEGMENTS = ("overall", "warm", "cold")
 TABLE_METRICS = ("ndcg@10", "recall@20", "mrr")
 KS = (10, 20, 50)
 K_MAX = 100
+BIASED = " + cold bias"  # the row suffix of a fused model scored with train.calibrate_cold's bias (same weights)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,8 +184,15 @@ def run_quality(
     threads: int | None = None,
     reuse: bool = False,
     scope_note: str = "",
+    cold_bias: bool = False,
 ) -> dict:
-    """Run the whole protocol; returns the result dict (also written to benchmarks/results/<name>.json and .md)."""
+    """Run the whole protocol; returns the result dict (also written to benchmarks/results/<name>.json and .md).
+
+    ``cold_bias``: fused models are trained with ``calibrate_cold`` and the chosen fusion gets a second row,
+    ``<fusion> + cold bias``: the *same* trained weights scored with the bias (the plain row is that model
+    with the bias set to 0, which is exactly the model trained without it: the bias is computed after training
+    and only shifts the scores of items without an ID vector). No retraining, nothing chosen on test.
+    """
     import torch
 
     if threads:
@@ -277,6 +285,7 @@ def run_quality(
             return {"a": a, "b": b, "segment": seg, "metric": metric, **paired_difference(A, B, users[m], seed=seed)}
 
         chosen = [selection[g]["chosen"] for g in ("single", "fused") if selection.get(g)]
+        biased = [f"{c}{BIASED}" for c in chosen if f"{c}{BIASED}" in frames]
         pairs = []
         for t in [x for x in ["id", *chosen] if x in frames]:
             pairs += [(t, "random", "warm"), (t, "popularity", "warm")]
@@ -287,6 +296,8 @@ def run_quality(
             pairs += [(fused, "id", "warm"), (fused, "id", "overall")]
         if fused and single:
             pairs += [(fused, single, seg) for seg in SEGMENTS]
+        for t in biased:  # what the bias buys on cold items and what it costs on warm ones (same weights)
+            pairs += [(t, "content-kNN", "cold"), (t, "random", "cold"), (t, fused, "cold"), (t, fused, "warm"), (t, "id", "warm")]
         pairs += [("content-kNN", "random", "cold"), ("popularity", "random", "warm")]
         comparisons = [compare(*p) for p in pairs]
         checks = {}
@@ -318,8 +329,11 @@ def run_quality(
     _finish(False)
 
     # 3. trained models ----------------------------------------------------------------------------
+    biased_frames: dict[str, list[pd.DataFrame]] = {}  # per fused label, the frames with the cold bias (rows only for the chosen)
+
     def train_model(label: str, seed: int, aligned: Path | None, spec: dict, dataset=ds_path) -> tuple[pd.DataFrame, dict]:
-        cfg = TrainConfig(**{**train_cfg, **spec, "seed": seed})
+        calibrate = cold_bias and spec["model"] == "fused"
+        cfg = TrainConfig(**{**train_cfg, **spec, "seed": seed, **({"calibrate_cold": True} if calibrate else {})})
         out = work / "models" / f"{label.replace(':', '_')}_s{seed}"
         with clock.step(f"train {label} seed {seed}"):
             train(dataset, aligned if spec["model"] not in ("id", "popularity") else None, out, cfg)
@@ -329,6 +343,15 @@ def run_quality(
                "best_valid_ndcg10": tr.get("best_valid_ndcg10"), "valid_curve": tr.get("valid_ndcg@10"),
                **clock.steps[f"train {label} seed {seed}"], "train_config": cfg.model_dump(mode="json")}
         pc = pd.read_parquet(out / "per_case.parquet").sort_values("case_id").reset_index(drop=True)
+        if calibrate:
+            from fusionrec.models.recommender import load_model
+
+            biased_frames.setdefault(label, []).append(pc)
+            model = load_model(out)
+            rec["cold_bias"] = model.spec.cold_bias
+            model.spec = model.spec.model_copy(update={"cold_bias": 0.0})
+            with clock.step(f"evaluate {label} seed {seed} without the cold bias"):
+                pc = evaluate_frame(model, ds, max_len)[0].sort_values("case_id").reset_index(drop=True)
         return pc, rec
 
     candidates_fused = [f"fused:{f}" for f in fusions]
@@ -357,6 +380,12 @@ def run_quality(
                     selection[group] = {"chosen": max(valid, key=valid.get), "by": "best validation NDCG@10 at the first seed",
                                         "validation_ndcg10": valid}
             print(f"selected on validation: {json.dumps({g: s['chosen'] for g, s in selection.items()})}", flush=True)
+        fused_label = selection.get("fused", {}).get("chosen")
+        if fused_label in biased_frames:
+            frames[f"{fused_label}{BIASED}"] = biased_frames[fused_label]
+            records[f"{fused_label}{BIASED}"] = [{"seed": r["seed"], "cold_bias": r["cold_bias"], "epochs_run": r["epochs_run"],
+                                                  "best_epoch": r["best_epoch"], "weights_of": fused_label} for r in records[fused_label]]
+            _finish(False)
         # 5. old vs new protocol on ID-only, right after the first seed (floors: see above) -----------------------------------------------------------------------
         if old_protocol_id and i == 0:
             with clock.step("old vs new protocol (id)"):

@@ -29,6 +29,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_demo_args(ap)
     ap.add_argument("--fusions", default=",".join(FUSIONS))
+    ap.add_argument("--cold-bias", action=argparse.BooleanOptionalAction, default=True,
+                    help="also score the chosen fusion with train.calibrate_cold's bias (same weights, a second row)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_quality_demo"))
     ap.add_argument("--reuse", action="store_true", help="reuse data/embedding/alignment artifacts in --work (recorded in the JSON)")
@@ -52,7 +54,7 @@ def main() -> int:
         modalities=list(MODALITIES), encode_cfg={}, ingest_cfg={"cold_item_share": 0.1, "seed": args.data_seed},
         align_cfg={}, train_cfg={"epochs": args.epochs, "patience": args.patience},
         seeds=[int(s) for s in args.seeds.split(",")], fusions=[f for f in args.fusions.split(",") if f],
-        oracle=oracles, threads=args.threads, reuse=args.reuse,
+        oracle=oracles, threads=args.threads, reuse=args.reuse, cold_bias=args.cold_bias,
     )
     return 0
 

@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--fusions", default=",".join(FUSIONS))
     ap.add_argument("--max-users", type=int, default=None, help="a slice of the users (smoke runs)")
     ap.add_argument("--no-old-id", action="store_true", help="skip training ID-only on the old protocol (saves one model)")
+    ap.add_argument("--cold-bias", action=argparse.BooleanOptionalAction, default=True,
+                    help="also score the chosen fusion with train.calibrate_cold's bias (same weights, a second row)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_quality_movielens"))
     ap.add_argument("--reuse", action="store_true", help="reuse data/embedding/alignment artifacts in --work (recorded in the JSON)")
@@ -59,7 +61,7 @@ def main() -> int:
         name=args.name, argv=sys.argv, work=args.work, make_raw=make_raw, make_raw_source_order=lambda out: make_raw(out, None),
         modalities=["text", "tabular"], encode_cfg=dict(conf.get("encode") or {}), ingest_cfg=dict(conf.get("ingest") or {}),
         align_cfg=dict(conf.get("align") or {}), train_cfg=train_cfg, seeds=[int(s) for s in args.seeds.split(",")],
-        fusions=[f for f in args.fusions.split(",") if f], old_protocol_id=not args.no_old_id, threads=args.threads, reuse=args.reuse,
+        fusions=[f for f in args.fusions.split(",") if f], old_protocol_id=not args.no_old_id, threads=args.threads, reuse=args.reuse, cold_bias=args.cold_bias,
         scope_note=args.scope_note,
     )
     return 0
