@@ -34,6 +34,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30, help="epoch budget per model (early stopping on validation; 20 stopped models short here)")
     ap.add_argument("--patience", type=int, default=8, help="validations without a gain before stopping (4 stopped models on plateaus)")
     ap.add_argument("--fusions", default=",".join(FUSIONS))
+    ap.add_argument("--singles", action=argparse.BooleanOptionalAction, default=True,
+                    help="train the single-modality candidates (--no-singles: ID-only and fused only, for seeds)")
     ap.add_argument("--max-users", type=int, default=None, help="a slice of the users (smoke runs)")
     ap.add_argument("--no-old-id", action="store_true", help="skip training ID-only on the old protocol (saves one model)")
     ap.add_argument("--cold-bias", action=argparse.BooleanOptionalAction, default=True,
@@ -61,7 +63,8 @@ def main() -> int:
         name=args.name, argv=sys.argv, work=args.work, make_raw=make_raw, make_raw_source_order=lambda out: make_raw(out, None),
         modalities=["text", "tabular"], encode_cfg=dict(conf.get("encode") or {}), ingest_cfg=dict(conf.get("ingest") or {}),
         align_cfg=dict(conf.get("align") or {}), train_cfg=train_cfg, seeds=[int(s) for s in args.seeds.split(",")],
-        fusions=[f for f in args.fusions.split(",") if f], old_protocol_id=not args.no_old_id, threads=args.threads, reuse=args.reuse, cold_bias=args.cold_bias,
+        fusions=[f for f in args.fusions.split(",") if f], singles=args.singles, old_protocol_id=not args.no_old_id,
+        threads=args.threads, reuse=args.reuse, cold_bias=args.cold_bias,
         scope_note=args.scope_note,
     )
     return 0
