@@ -1,5 +1,6 @@
-"""The benchmarks' step runners: one pipeline step unless its artifact is already there (resumable runs), and the
-seeded fused demo models that benchmarks/query.py and benchmarks/explain.py measure."""
+"""The benchmarks' step runners: one pipeline step unless its artifact is already there (resumable runs), the demo
+catalog every demo benchmark prepares (generate, ingest, encode) in its own work folder, and the seeded fused demo
+models that benchmarks/query.py and benchmarks/explain.py measure."""
 
 from __future__ import annotations
 
@@ -25,44 +26,39 @@ def step(name: str, out: Path, fn: Callable[[], object], timings: dict, fresh: b
     return out
 
 
-def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data_seed: int, seeds: list[int],
-                        clock, reuse: bool = False, train_cfg: dict | None = None, align_cfg: dict | None = None) -> dict:
-    """The demo catalog, ingested and encoded once, then per seed an alignment and a fused attention model.
+def fresh_work(work: Path, reuse: bool) -> dict:
+    """A benchmark's own work folder, emptied first unless ``reuse``, with its encoder cache inside it.
 
-    From scratch unless ``reuse``: ``work`` is emptied first and the encoder cache is a fresh folder
-    inside it (``$FUSIONREC_CACHE`` points there), so nothing comes from an earlier run. With ``reuse``
-    an artifact already in ``work`` (it has a manifest) is kept and listed in ``cache["reused_artifacts"]``.
-    ``clock`` (benchmarks/protocol.py ``Clock``) records wall and CPU seconds per step.
-
-    Returns ``{"raw", "dataset", "embeddings": {modality: folder}, "by_seed": {seed: {"aligned", "model"}},
-    "cache", "config"}``.
+    ``$FUSIONREC_CACHE`` points at ``work/encoder_cache`` (the image encoder's ONNX export is cached there too),
+    so nothing comes from an earlier run unless ``reuse``. Returns the cache record the result JSONs carry:
+    ``{"reuse_requested", "reused_artifacts", "encoder_cache": {"folder", "existed_before"}}``.
     """
     import os
     import shutil
-
-    from fusionrec.data.demo import DemoConfig, generate
-    from fusionrec.data.ingest import IngestConfig
-    from fusionrec.data.ingest import run as ingest
-    from fusionrec.encoders.encode import MODALITIES, EncodeConfig
-    from fusionrec.encoders.encode import run as encode
-    from fusionrec.models.align import AlignConfig
-    from fusionrec.models.align import run as align
-    from fusionrec.train import TrainConfig
-    from fusionrec.train import run as train
-    from protocol import reuse_checker
 
     if work.exists() and not reuse:
         shutil.rmtree(work)  # from scratch: every artifact below is rebuilt
     work.mkdir(parents=True, exist_ok=True)
     enc_cache = work / "encoder_cache"
-    cache: dict = {"reuse_requested": reuse, "reused_artifacts": [],
-                   "encoder_cache": {"folder": str(enc_cache), "existed_before": enc_cache.exists()}}
-    os.environ["FUSIONREC_CACHE"] = str(enc_cache)  # the image encoder's ONNX export is cached there too
+    os.environ["FUSIONREC_CACHE"] = str(enc_cache)
+    return {"reuse_requested": reuse, "reused_artifacts": [],
+            "encoder_cache": {"folder": str(enc_cache), "existed_before": enc_cache.exists()}}
 
-    cached = reuse_checker(reuse, cache)
 
-    demo_cfg = DemoConfig(n_items=items, n_users=users, events_per_user=events, seed=data_seed)
-    ingest_cfg = IngestConfig(seed=data_seed)
+def demo_catalog(work: Path, demo_cfg, ingest_cfg, clock, cached: Callable[[Path], bool]) -> tuple[Path, Path, dict[str, Path]]:
+    """Generate the demo catalog into ``work/raw``, ingest it into ``work/dataset`` and encode every modality into
+    ``work/emb/<modality>`` (encoder cache: ``$FUSIONREC_CACHE/embeddings``, see :func:`fresh_work`).
+
+    ``cached(path)`` says whether an artifact already there is kept (``protocol.reuse_checker``); ``clock``
+    (``protocol.Clock``) records each step. Returns ``(raw, dataset, {modality: embeddings})``.
+    """
+    import os
+
+    from fusionrec.data.demo import generate
+    from fusionrec.data.ingest import run as ingest
+    from fusionrec.encoders.encode import MODALITIES, EncodeConfig
+    from fusionrec.encoders.encode import run as encode
+
     raw, ds = work / "raw", work / "dataset"
     with clock.step("generate catalog"):
         if not cached(raw):
@@ -70,13 +66,39 @@ def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data
     with clock.step("ingest"):
         if not cached(ds):
             ingest(raw, ds, ingest_cfg)
+    enc_cache = Path(os.environ["FUSIONREC_CACHE"]) / "embeddings"
     embs = {}
     for m in MODALITIES:
         out = work / "emb" / m
         with clock.step(f"encode {m}"):
             if not cached(out):
-                encode(ds, out, EncodeConfig(modality=m, cache_dir=str(enc_cache / "embeddings")))
+                encode(ds, out, EncodeConfig(modality=m, cache_dir=str(enc_cache)))
         embs[m] = out
+    return raw, ds, embs
+
+
+def seeded_fused_models(work: Path, *, items: int, users: int, events: int, data_seed: int, seeds: list[int],
+                        clock, reuse: bool = False, train_cfg: dict | None = None, align_cfg: dict | None = None) -> dict:
+    """The demo catalog (:func:`demo_catalog`, in a :func:`fresh_work` folder), then per seed an alignment and a fused
+    attention model. With ``reuse`` an artifact already in ``work`` (it has a manifest) is kept and listed in
+    ``cache["reused_artifacts"]``. ``clock`` (benchmarks/protocol.py ``Clock``) records wall and CPU seconds per step.
+
+    Returns ``{"raw", "dataset", "embeddings": {modality: folder}, "by_seed": {seed: {"aligned", "model"}},
+    "cache", "config"}``.
+    """
+    from fusionrec.data.demo import DemoConfig
+    from fusionrec.data.ingest import IngestConfig
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+    from fusionrec.train import TrainConfig
+    from fusionrec.train import run as train
+    from protocol import reuse_checker
+
+    cache = fresh_work(work, reuse)
+    cached = reuse_checker(reuse, cache)
+    demo_cfg = DemoConfig(n_items=items, n_users=users, events_per_user=events, seed=data_seed)
+    ingest_cfg = IngestConfig(seed=data_seed)
+    raw, ds, embs = demo_catalog(work, demo_cfg, ingest_cfg, clock, cached)
     tcfg = dict(train_cfg or {})
     acfg = dict(align_cfg or {})
     by_seed = {}

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _steps import step  # benchmarks/ is on sys.path when a script here runs
-from protocol import provenance
+from _steps import demo_catalog, fresh_work, step  # benchmarks/ is on sys.path when a script here runs
+from protocol import Clock, provenance, reuse_checker
 
 ROOT = Path(__file__).resolve().parent
 
@@ -103,26 +103,20 @@ def main() -> int:
     args = ap.parse_args()
 
     from fusionrec.ab import ABConfig, run as ab_run
-    from fusionrec.data.demo import DemoConfig, generate
-    from fusionrec.data.ingest import IngestConfig, run as ingest
-    from fusionrec.encoders.encode import MODALITIES, EncodeConfig, run as encode
+    from fusionrec.data.demo import DemoConfig
+    from fusionrec.data.ingest import IngestConfig
     from fusionrec.export import ExportConfig, run as export
     from fusionrec.models.align import AlignConfig, run as align
     from fusionrec.train import TrainConfig, run as train
 
     prov = provenance(sys.argv)
     w = args.work
-    if w.exists() and not args.reuse:
-        shutil.rmtree(w)  # the benchmark's own scratch folder
-    w.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float | str] = {}
-    raw = w / "raw"
-    if not (raw / "items.csv").exists() and not (raw / "items.parquet").exists():
-        t0 = time.perf_counter()
-        generate(raw, DemoConfig(n_items=args.items, n_users=args.users, events_per_user=args.events, seed=args.seed))
-        timings["demo"] = round(time.perf_counter() - t0, 1)
-    ds = step("ingest", w / "dataset", lambda: ingest(raw, w / "dataset", IngestConfig(seed=args.seed)), timings)
-    embs = [step(f"encode {m}", w / f"emb_{m}", lambda m=m: encode(ds, w / f"emb_{m}", EncodeConfig(modality=m, cache_dir=str(w / "encoder_cache"))), timings) for m in MODALITIES]
+    cache = fresh_work(w, args.reuse)
+    clock = Clock()
+    _, ds, emb_by = demo_catalog(w, DemoConfig(n_items=args.items, n_users=args.users, events_per_user=args.events, seed=args.seed),
+                                 IngestConfig(seed=args.seed), clock, reuse_checker(args.reuse, cache))
+    embs = list(emb_by.values())
+    timings: dict[str, float | str] = {k: v["wall_s"] for k, v in clock.steps.items()}
     aligned = step("align", w / "aligned", lambda: align(ds, embs, w / "aligned", AlignConfig(seed=args.seed)), timings)
     fused = step("train fused", w / "model_fused", lambda: train(ds, aligned, w / "model_fused", TrainConfig(model="fused", epochs=args.epochs, seed=args.seed)), timings)
     idm = step("train id", w / "model_id", lambda: train(ds, None, w / "model_id", TrainConfig(model="id", epochs=args.epochs, seed=args.seed)), timings)
@@ -159,7 +153,8 @@ def main() -> int:
     print()
     for k, v in checks.items():
         print(f"{'PASS' if v else 'FAIL'}  {k}")
-    payload = {"provenance": prov, "reused": sorted(k for k, v in timings.items() if v == "reused"), "config": {"items": args.items, "users": args.users, "events_per_user": args.events, "epochs": args.epochs,
+    payload = {"provenance": prov, "reused": sorted(cache["reused_artifacts"] + [k for k, v in timings.items() if v == "reused"]),
+               "encoder_cache": cache["encoder_cache"], "config": {"items": args.items, "users": args.users, "events_per_user": args.events, "epochs": args.epochs,
                           "seed": args.seed, "online": not args.no_online, "ab": cfg.model_dump(mode="json")},
                "machine": {"python": platform.python_version(), "platform": platform.platform()},
                "timings_s": timings, "results": results, "checks": checks}

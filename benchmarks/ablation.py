@@ -12,7 +12,7 @@ gives the mean difference, its 95% t interval and a user-bootstrap interval of t
     .venv/bin/python benchmarks/ablation.py --work artifacts/demo1000 --seeds 0,1,2 \
         --variants fused,fused+align,id,id:zero --tag demo1000
 
-``--work`` is a prepared folder with ``raw/`` (demo generator output), ``dataset/``, ``emb_<modality>/`` and
+``--work`` is a prepared folder with ``raw/`` (demo generator output), ``dataset/``, ``emb/<modality>/`` and
 ``aligned/`` (see ``--prepare``). A variant whose overrides hold ``align`` (AlignConfig settings, e.g.
 ``{"recon_weight": 30}``) trains on its own alignment, fitted here into ``--work/aligned_<settings>/`` from the
 same embeddings (the align step's code, seed 0); every other variant reads ``aligned/`` (the defaults of the
@@ -100,23 +100,23 @@ def _commit() -> str:
 
 
 def prepare(work: Path, items: int, users: int, seed: int) -> None:
-    from fusionrec.data.demo import DemoConfig, generate
+    """The demo catalog into ``work`` (``_steps.demo_catalog``: raw/, dataset/, emb/<modality>/) and its default alignment
+    (aligned/). The encoder cache is ``work/encoder_cache``, so no embedding comes from another run's cache."""
+    from _steps import demo_catalog
+    from fusionrec.data.demo import DemoConfig
     from fusionrec.data.ingest import IngestConfig
-    from fusionrec.encoders.registry import MODALITIES
-    from fusionrec.data.ingest import run as ingest
-    from fusionrec.encoders.encode import EncodeConfig
-    from fusionrec.encoders.encode import run as encode
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
+    from protocol import Clock
 
-    generate(work / "raw", DemoConfig(n_items=items, n_users=users, seed=seed))
-    ingest(work / "raw", work / "dataset", IngestConfig(seed=seed))
-    embs = [encode(work / "dataset", work / f"emb_{m}", EncodeConfig(modality=m)) for m in MODALITIES]
-    align(work / "dataset", embs, work / "aligned", AlignConfig(seed=seed))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["FUSIONREC_CACHE"] = str(work / "encoder_cache")
+    _, ds, embs = demo_catalog(work, DemoConfig(n_items=items, n_users=users, seed=seed), IngestConfig(seed=seed), Clock(), lambda _: False)
+    align(ds, list(embs.values()), work / "aligned", AlignConfig(seed=seed))
 
 
 def aligned_for(work: Path, settings: dict | None) -> Path:
-    """``work/aligned`` or, for AlignConfig ``settings``, an alignment fitted with them (once) from ``work/emb_*``."""
+    """``work/aligned`` or, for AlignConfig ``settings``, an alignment fitted with them (once) from ``work/emb/*``."""
     if not settings:
         return work / "aligned"
     from fusionrec.encoders.registry import MODALITIES
@@ -125,7 +125,7 @@ def aligned_for(work: Path, settings: dict | None) -> Path:
 
     out = work / ("aligned_" + "_".join(f"{k}{v}" for k, v in sorted(settings.items())))
     if not (out / "manifest.json").exists():
-        embs = [work / f"emb_{m}" for m in MODALITIES if (work / f"emb_{m}" / "manifest.json").exists()]  # prepare()'s order
+        embs = [work / "emb" / m for m in MODALITIES if (work / "emb" / m / "manifest.json").exists()]  # prepare()'s order
         align(work / "dataset", embs, out, AlignConfig(seed=0, **settings))
     return out
 

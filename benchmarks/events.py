@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import RESULTS, SEGMENTS, Clock, _json_default, _row, add_demo_args, evaluate_frame, provenance  # noqa: E402
+from _steps import demo_catalog, fresh_work  # noqa: E402
+from protocol import RESULTS, SEGMENTS, Clock, _json_default, _row, add_demo_args, evaluate_frame, provenance, reuse_checker  # noqa: E402
 from readme_tables import events_block  # noqa: E402
 
 
@@ -47,11 +47,8 @@ def main() -> int:
 
     from fusionrec.compare import paired_difference
     from fusionrec.data.dataset import DatasetArtifact
-    from fusionrec.data.demo import DemoConfig, generate, oracle_metrics
+    from fusionrec.data.demo import DemoConfig, oracle_metrics
     from fusionrec.data.ingest import IngestConfig
-    from fusionrec.data.ingest import run as ingest
-    from fusionrec.encoders.encode import MODALITIES, EncodeConfig
-    from fusionrec.encoders.encode import run as encode
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
     from fusionrec.models.recommender import load_model
@@ -64,32 +61,13 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     prov = provenance(sys.argv)
     work = args.work
-    if work.exists() and not args.reuse:
-        shutil.rmtree(work)  # the benchmark's own scratch folder: from scratch means from scratch
-    work.mkdir(parents=True, exist_ok=True)
     clock = Clock()
-    reused: list[str] = []
-
-    def prep(name: str, out: Path, fn) -> Path:
-        if args.reuse and (out / "manifest.json").exists():
-            reused.append(name)
-            return out
-        with clock.step(name):
-            fn()
-        return out
-
+    cache = fresh_work(work, args.reuse)
+    cached = reuse_checker(args.reuse, cache)
     demo_cfg = DemoConfig(n_items=args.items, n_users=args.users, events_per_user=args.events, seed=args.data_seed)
-    raw = work / "raw"
-    if not (args.reuse and (raw / "truth").exists()):
-        with clock.step("generate"):
-            generate(raw, demo_cfg, force=True)
-    else:
-        reused.append("generate")
-    ds_path = prep("ingest", work / "dataset", lambda: ingest(raw, work / "dataset", IngestConfig(cold_item_share=0.1, seed=args.data_seed)))
+    raw, ds_path, emb_by = demo_catalog(work, demo_cfg, IngestConfig(cold_item_share=0.1, seed=args.data_seed), clock, cached)
     ds = DatasetArtifact(ds_path)
-    cache = str(work / "encoder_cache")
-    embs = [prep(f"encode {m}", work / f"emb_{m}", lambda m=m: encode(ds_path, work / f"emb_{m}", EncodeConfig(modality=m, cache_dir=cache)))
-            for m in MODALITIES]
+    embs = list(emb_by.values())
     with clock.step("oracles"):
         ceilings = {"oracle (generator's truth)": oracle_metrics(raw, ds_path, per_case=True)[1],
                     "oracle reading the last event's kind": oracle_metrics(raw, ds_path, per_case=True, with_kinds=True)[1]}
@@ -98,8 +76,10 @@ def main() -> int:
     training: dict[str, list] = {}
     base = {"epochs": args.epochs, "patience": args.patience}
     for seed in seeds:
-        aligned = prep(f"align seed {seed}", work / f"aligned_s{seed}", lambda seed=seed: align(ds_path, embs, work / f"aligned_s{seed}",
-                                                                                                 AlignConfig(seed=seed)))
+        aligned = work / f"aligned_s{seed}"
+        with clock.step(f"align seed {seed}"):
+            if not cached(aligned):
+                align(ds_path, embs, aligned, AlignConfig(seed=seed))
         for model in models:
             for kinds in (False, True):
                 name = f"{model} + kinds" if kinds else model
@@ -141,7 +121,7 @@ def main() -> int:
         "stats": {"n_items": ds.n_items, "n_users": ds.n_users, "event_kinds": ds.event_kinds, "event_share": kinds_share,
                   "test_cases": {seg: int((seg_of == seg).sum()) for seg in ("warm", "cold")}},
         "rows": rows, "comparisons": comparisons, "timings": clock.steps, "total": total,
-        "cache": {"reused_artifacts": reused, "encoder_cache": "fresh folder in the work dir" if not reused else "reused"},
+        "cache": cache,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
