@@ -3,6 +3,7 @@ the fair input of a model that cannot represent some history items, and the cont
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -318,3 +319,25 @@ def test_cold_calibration_is_the_mean_log_mean_exp_of_the_id_residual_and_shifts
     assert load_model(tmp_path / "cal").spec.cold_bias == bias
     no_id = Recommender(model.spec.model_copy(update={"use_id_embedding": False}), model.features, model.feature_mask, model.id_mask)
     assert cold_calibration(no_id, X, Y) == 0.0
+
+
+def test_calibrate_cold_leaves_the_trained_weights_alone(tiny_text_image_model, tiny_dataset, tmp_path):
+    """The cold bias is computed after training: a model trained with ``calibrate_cold`` has the same weights as
+    one trained without it, so with its bias set to 0 it ranks every test case the same (what the quality
+    benchmarks' ``+ cold bias`` rows rely on: one training, two operating points)."""
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.evaluate import evaluate
+    from fusionrec.models.recommender import load_model
+    from fusionrec.train import TrainConfig, run
+
+    plain_dir, aligned, _, _ = tiny_text_image_model
+    cfg = TrainConfig(**{**json.loads((plain_dir / "manifest.json").read_text())["params"], "calibrate_cold": True})
+    biased = load_model(run(tiny_dataset, aligned, tmp_path / "biased", cfg))
+    plain = load_model(plain_dir)
+    assert biased.spec.cold_bias != 0.0 and plain.spec.cold_bias == 0.0
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(biased.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    biased.spec = biased.spec.model_copy(update={"cold_bias": 0.0})
+    ds = DatasetArtifact(tiny_dataset)
+    a, b = (evaluate(m, ds, "test", ks=(10,), k_max=10, max_len=cfg.max_len).per_case for m in (plain, biased))
+    np.testing.assert_array_equal(a["ndcg@10"].to_numpy(), b["ndcg@10"].to_numpy())
