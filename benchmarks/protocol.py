@@ -341,6 +341,7 @@ def run_quality(
         tr = met["training"]
         rec = {"seed": seed, "epochs_run": tr.get("epochs_run"), "best_epoch": tr.get("best_epoch"),
                "best_valid_ndcg10": tr.get("best_valid_ndcg10"), "valid_curve": tr.get("valid_ndcg@10"),
+               **{k: tr.get(k) for k in ("train_seconds", "sequences_per_second", "n_train_sequences")},
                **clock.steps[f"train {label} seed {seed}"], "train_config": cfg.model_dump(mode="json")}
         pc = pd.read_parquet(out / "per_case.parquet").sort_values("case_id").reset_index(drop=True)
         if calibrate:

@@ -63,17 +63,21 @@ def quality_block(r: dict) -> str:
 
 def cost_block(r: dict) -> str:
     """Training cost per trained row: epochs run, the kept (best-validation) epoch, wall seconds, and the time to the kept
-    epoch estimated as wall x kept / run epochs (epochs cost about the same; the JSON has each seed's valid curve)."""
-    lines = ["| model | seeds | epochs run (kept) | wall s per model | est. wall s to the kept epoch |", "|---|---|---|---|---|"]
+    epoch estimated as wall x kept / run epochs (epochs cost about the same; the JSON has each seed's valid curve), and the
+    training throughput (sequences/s over the training steps) where the run recorded it."""
+    lines = ["| model | seeds | epochs run (kept) | wall s per model | est. wall s to the kept epoch | training sequences/s |",
+             "|---|---|---|---|---|---|"]
     for k, row in r["rows"].items():
         runs = row.get("training") or []
         runs = [t for t in runs if t.get("wall_s") and t.get("epochs_run")]
         if not runs:
             continue
         to_best = [t["wall_s"] * t["best_epoch"] / t["epochs_run"] for t in runs if t.get("best_epoch")]
+        rates = [t["sequences_per_second"] for t in runs if t.get("sequences_per_second")]  # training steps only, validation excluded
         lines.append(f"| {k} | {len(runs)} | " + ", ".join(f"{t['epochs_run']} ({t.get('best_epoch')})" for t in runs)
                      + f" | {sum(t['wall_s'] for t in runs) / len(runs):.0f} | "
-                     + (f"{sum(to_best) / len(to_best):.0f}" if to_best else "-") + " |")
+                     + (f"{sum(to_best) / len(to_best):.0f}" if to_best else "-") + " | "
+                     + (f"{sum(rates) / len(rates):.0f}" if rates else "-") + " |")
     load = r["provenance"]["machine"].get("load_average_at_start")
     note = (f"Epoch budget {r['config']['train'].get('epochs')}, patience {r['config']['train'].get('patience')}; "
             f"{r['provenance']['machine'].get('cpus')} CPUs, torch threads {r['config'].get('threads')}, "
