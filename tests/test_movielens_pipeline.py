@@ -13,6 +13,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "movielens.yaml"
 
 
 def test_config_sections_are_valid_step_configs():
+    from fusionrec.ab.config import ABConfig
     from fusionrec.data.ingest import IngestConfig
     from fusionrec.encoders.encode import EncodeConfig
     from fusionrec.models.align import AlignConfig
@@ -26,6 +27,8 @@ def test_config_sections_are_valid_step_configs():
     load_config(AlignConfig, CONFIG, "align")
     train = load_config(TrainConfig, CONFIG, "train")
     assert train.model == "fused" and train.max_len == 50 and train.use_id_embedding
+    # the control is the in-run ID-only baseline, which scores 0 on cold cases: the decision is taken on warm ones
+    assert data["pipeline"]["baseline"] == "id" and load_config(ABConfig, CONFIG, "ab").primary_segment == "warm"
 
 
 def test_config_maps_onto_pipeline_parameters():
@@ -36,6 +39,7 @@ def test_config_maps_onto_pipeline_parameters():
     assert args["modalities"] == ["text", "tabular"]
     assert args["ingest_config"]["cold_item_share"] == pytest.approx(0.1)
     assert args["train_config"]["max_len"] == 50
+    assert args["ab_config"] == {"primary_segment": "warm"}
     # the pipeline's own `fusion`/`epochs` parameters agree with the train section
     assert args["fusion"] == args["train_config"]["fusion"] and args["epochs"] == args["train_config"]["epochs"]
 
