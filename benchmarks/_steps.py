@@ -56,8 +56,9 @@ def demo_catalog(work: Path, demo_cfg, ingest_cfg, clock, cached: Callable[[Path
 
     from fusionrec.data.demo import generate
     from fusionrec.data.ingest import run as ingest
-    from fusionrec.encoders.encode import MODALITIES, EncodeConfig
+    from fusionrec.encoders.encode import EncodeConfig
     from fusionrec.encoders.encode import run as encode
+    from fusionrec.encoders.registry import MODALITIES
 
     raw, ds = work / "raw", work / "dataset"
     with clock.step("generate catalog"):

@@ -102,15 +102,14 @@ def _commit() -> str:
 def prepare(work: Path, items: int, users: int, seed: int) -> None:
     """The demo catalog into ``work`` (``_steps.demo_catalog``: raw/, dataset/, emb/<modality>/) and its default alignment
     (aligned/). The encoder cache is ``work/encoder_cache``, so no embedding comes from another run's cache."""
-    from _steps import demo_catalog
+    from _steps import demo_catalog, fresh_work
     from fusionrec.data.demo import DemoConfig
     from fusionrec.data.ingest import IngestConfig
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
     from protocol import Clock
 
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ["FUSIONREC_CACHE"] = str(work / "encoder_cache")
+    fresh_work(work, reuse=True)  # keeps what is there (a prepared folder is added to, never emptied); its own encoder cache
     _, ds, embs = demo_catalog(work, DemoConfig(n_items=items, n_users=users, seed=seed), IngestConfig(seed=seed), Clock(), lambda _: False)
     align(ds, list(embs.values()), work / "aligned", AlignConfig(seed=seed))
 
