@@ -265,7 +265,10 @@ def combine(paths: list[Path], tag: str) -> int:
     if len({json.dumps(p["valid_case_ids"]) for p in parts}) != 1 or len({json.dumps(p["seeds"]) for p in parts}) != 1:
         print("the ablation files disagree on the validation cases or the seeds", file=sys.stderr)
         return 2
-    out = {k: parts[0][k] for k in ("work", "dataset", "seeds", "common_overrides", "git_commit", "versions", "valid_case_ids", "oracle")}
+    out = {k: parts[0][k] for k in ("work", "dataset", "seeds", "common_overrides", "versions", "valid_case_ids", "oracle")}
+    # each input's commit: the combined rows may come from runs at different commits
+    out["git_commits"] = {str(path): part["git_commit"] for path, part in zip(paths, parts)}
+    out["git_commit"] = " + ".join(dict.fromkeys(out["git_commits"].values()))
     out["cold_valid_items"] = parts[0].get("cold_valid_items")
     for key in ("variants", "table", "runs", "per_case_valid", "per_case_cold_valid"):
         out[key] = {k: v for p in parts for k, v in p[key].items()}
