@@ -164,6 +164,13 @@ def test_offline_part_matches_per_case_metrics(ab_report, repos, tiny_dataset):
     offline = read_json(ab_report / "offline.json")
     prim = next(c for c in offline["comparisons"] if c["metric"] == "ndcg@10" and c["segment"] == "overall")
     assert prim["n_cases"] == len(cases) and prim["n_users"] == cases["user_idx"].nunique()
+    # coverage split by train count: the treatment's bands are its own lists' items, and sum to its coverage
+    counts = np.bincount(ds.split("train")["item_idx"].to_numpy(), minlength=ds.n_items + 1)
+    bands = offline["coverage_by_train_count"]["treatment"]
+    shown = np.unique(idx[:, :10][idx[:, :10] > 0])
+    assert bands[0]["band"] == "0" and bands[0]["shown"] == int((counts[shown] == 0).sum())
+    assert sum(b["shown"] for b in bands) == pytest.approx(offline["coverage"]["treatment"] * ds.n_items)
+    assert "by how often training saw them" in (ab_report / "report.md").read_text()
     # independent evidence: no user's events are in both parts, and the decision says which part used what
     req = pd.read_parquet(ab_report / "online_requests.parquet")
     assert not set(req["user_id"]) & set(user_id[off])

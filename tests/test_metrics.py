@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fusionrec.metrics import item_coverage, per_case_metrics, ranks_from_topk
+from fusionrec.metrics import coverage_by_count, item_coverage, per_case_metrics, ranks_from_topk
 
 
 def naive_case(ranking: list[int], target: int, k: int) -> dict[str, float]:
@@ -51,6 +51,23 @@ def test_metrics_match_naive_reference_on_random_rankings(seed):
     assert 0 < (ranks > 0).sum() < n_cases
     for k in ks:
         assert item_coverage(topk, n_items, k) == pytest.approx(naive_coverage(topk.tolist(), n_items, k))
+
+
+def test_coverage_by_count_matches_a_per_item_count_and_sums_to_coverage():
+    rng = np.random.default_rng(3)
+    n_items, k = 300, 10
+    counts = np.concatenate([[0], rng.integers(0, 80, n_items)])  # row 0 is padding
+    counts[1:30] = 0  # some items training never saw
+    topk = rng.integers(0, n_items + 1, (50, 20))  # 0 = padding, never counted
+    bands = coverage_by_count(topk, counts, k)
+    assert [b["band"] for b in bands] == ["0", "1-2", "3-9", "10-49", "50+"]
+    shown = {int(i) for i in topk[:, :k].ravel() if i > 0}
+    edges = [(0, 1), (1, 3), (3, 10), (10, 50), (50, 10**9)]
+    for b, (lo, hi) in zip(bands, edges):
+        in_band = {i for i in range(1, n_items + 1) if lo <= counts[i] < hi}
+        assert b["catalog"] == len(in_band) and b["shown"] == len(in_band & shown)
+    assert sum(b["catalog"] for b in bands) == n_items
+    assert sum(b["shown"] for b in bands) == pytest.approx(item_coverage(topk, n_items, k) * n_items)
 
 
 def test_rank_zero_means_not_found_and_coverage_ignores_padding():

@@ -63,6 +63,34 @@ def item_coverage(topk_idx: np.ndarray, n_items: int, k: int) -> float:
     return float(len(shown)) / float(n_items) if n_items else 0.0
 
 
+COUNT_BANDS = (0, 1, 3, 10, 50)
+"""Lower edges of the train-count bands of ``coverage_by_count``: never trained, 1-2, 3-9, 10-49, 50+ events."""
+
+
+def coverage_by_count(topk_idx: np.ndarray, item_counts: np.ndarray, k: int, edges: Sequence[int] = COUNT_BANDS) -> list[dict]:
+    """Item coverage@k split by how often training saw the item: which part of the catalog a coverage change comes from.
+
+    ``item_counts`` [n_items + 1] are train events per item_idx (row 0, padding, is ignored). One row per band
+    (lower edges ``edges``): ``band`` label, ``catalog`` items in it, ``shown`` of them in at least one top-k list.
+    The ``shown`` column sums to ``item_coverage(topk_idx, n_items, k) * n_items``.
+
+    Example:
+        >>> coverage_by_count(np.array([[1, 2], [1, 3]]), np.array([0, 5, 0, 1]), k=2, edges=(0, 1, 3))
+        [{'band': '0', 'catalog': 1, 'shown': 1}, {'band': '1-2', 'catalog': 1, 'shown': 1}, {'band': '3+', 'catalog': 1, 'shown': 1}]
+    """
+    counts = np.asarray(item_counts)[1:]
+    topk_idx = np.asarray(topk_idx)[:, :k]
+    shown = np.zeros(len(counts), bool)
+    shown[np.unique(topk_idx[topk_idx > 0]) - 1] = True
+    bounds = list(edges) + [None]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        band = (counts >= lo) & (counts < hi if hi is not None else True)
+        label = f"{lo}+" if hi is None else str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}"
+        out.append({"band": label, "catalog": int(band.sum()), "shown": int((band & shown).sum())})
+    return out
+
+
 def summarize(per_case: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
     """Mean of each per-case metric (over ``mask`` when given); ``n`` is the number of cases."""
     out: dict[str, float] = {}

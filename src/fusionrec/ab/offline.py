@@ -28,7 +28,7 @@ from fusionrec.ab.online import replay_part
 from fusionrec.ab.stats import PairedComparison, holm, paired_compare
 from fusionrec.artifacts import read_manifest
 from fusionrec.data.dataset import DatasetArtifact
-from fusionrec.metrics import item_coverage, topk_metrics
+from fusionrec.metrics import coverage_by_count, item_coverage, topk_metrics
 from fusionrec.model_repository import OnnxRanker
 from fusionrec.models import load_model
 from fusionrec.progress import get_logger
@@ -154,6 +154,7 @@ class OfflineResult:
     topk_treatment: np.ndarray = field(repr=False)
     primary: PairedComparison | None = None
     events: dict = field(default_factory=dict)  # which held-out events this part used (see ab.online.replay_part)
+    coverage_bands: dict[str, list[dict]] | None = None  # per arm: metrics.coverage_by_count (needs the train counts)
 
     def get(self, metric: str, segment: str) -> PairedComparison | None:
         for c in self.comparisons:
@@ -234,13 +235,18 @@ def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: Dataset
     top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control", exclude=exclude, events=arm_events(dataset, cases, hist, control))
     top_t = rank_cases(treatment, hist, k, cfg.batch_size, desc="treatment", exclude=exclude,
                        events=arm_events(dataset, cases, hist, treatment))
-    res = offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg)
+    counts = np.bincount(dataset.split("train")["item_idx"].to_numpy(np.int64), minlength=dataset.n_items + 1)
+    res = offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg, item_counts=counts)
     res.events = events
     return res
 
 
-def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray, n_items: int, cfg: ABConfig) -> OfflineResult:
-    """The offline comparison from both arms' top-K lists for ``cases`` (needs ``user_idx, item_idx, segment``)."""
+def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray, n_items: int, cfg: ABConfig,
+                      item_counts: np.ndarray | None = None) -> OfflineResult:
+    """The offline comparison from both arms' top-K lists for ``cases`` (needs ``user_idx, item_idx, segment``).
+
+    ``item_counts`` (train events per item_idx, [n_items + 1]): coverage is also split by train-count band.
+    """
     targets = cases["item_idx"].to_numpy(np.int64)
     ks = cfg.metric_ks()
     _, mc = topk_metrics(top_c, targets, ks)
@@ -257,5 +263,7 @@ def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray,
         "treatment": item_coverage(top_t, n_items, cfg.coverage_k),
     }
     res = OfflineResult(comps, coverage, per_case, top_c, top_t)
+    if item_counts is not None:
+        res.coverage_bands = {arm: coverage_by_count(top, item_counts, cfg.coverage_k) for arm, top in (("control", top_c), ("treatment", top_t))}
     res.primary = res.get(cfg.primary_metric, cfg.primary_segment)
     return res

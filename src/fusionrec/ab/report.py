@@ -285,6 +285,12 @@ def render_markdown(decision: dict, offline: OfflineResult, online: OnlineResult
             f"{_fmt(c.p_wilcoxon)} | {_fmt(c.p_holm) if c.p_holm is not None else 'primary'} | {_fmt(c.cohens_dz)} |"
         )
     lines += ["", f"Item coverage@{cfg.coverage_k}: control {offline.coverage['control']:.3f}, treatment {offline.coverage['treatment']:.3f}.", ""]
+    if offline.coverage_bands:  # where a coverage change comes from: rarely trained items or the head
+        lines += [f"Items in at least one top-{cfg.coverage_k} list, by how often training saw them:", "",
+                  "| train events | catalog items | control | treatment |", "|---|---|---|---|"]
+        for c, t in zip(offline.coverage_bands["control"], offline.coverage_bands["treatment"]):
+            lines.append(f"| {c['band']} | {c['catalog']} | {c['shown']} | {t['shown']} |")
+        lines.append("")
     lines += [f"![lift]({plots['lift']})", "", f"![per-user differences]({plots['user_diffs']})", ""]
     lines += ["## Online replay", ""]
     if online is None:
@@ -406,7 +412,8 @@ def write_report(out: str | os.PathLike, offline: OfflineResult, online: OnlineR
         atomic_write_text(tmp / "report.html", render_html(md, plots, decision, examples[1] if examples else ""))
         atomic_write_json(tmp / "decision.json", decision)
         atomic_write_json(tmp / "metrics.json", flat_metrics(decision, offline, online))
-        atomic_write_json(tmp / "offline.json", {"comparisons": [c.to_dict() for c in offline.comparisons], "coverage": offline.coverage})
+        atomic_write_json(tmp / "offline.json", {"comparisons": [c.to_dict() for c in offline.comparisons], "coverage": offline.coverage,
+                                                "coverage_by_train_count": offline.coverage_bands})
         if online is not None:
             atomic_write_json(tmp / "online.json", online.to_dict())
             if online.requests is not None:
