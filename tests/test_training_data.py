@@ -341,3 +341,8 @@ def test_calibrate_cold_leaves_the_trained_weights_alone(tiny_text_image_model, 
     ds = DatasetArtifact(tiny_dataset)
     a, b = (evaluate(m, ds, "test", ks=(10,), k_max=10, max_len=cfg.max_len).per_case for m in (plain, biased))
     np.testing.assert_array_equal(a["ndcg@10"].to_numpy(), b["ndcg@10"].to_numpy())
+    # the bias set afterwards on the model trained without it is the one training set (same windows, same seed)
+    from fusionrec.train import with_cold_calibration
+
+    after = with_cold_calibration(load_model(plain_dir), ds, TrainConfig(**json.loads((plain_dir / "manifest.json").read_text())["params"]))
+    assert after.spec.cold_bias == pytest.approx(load_model(tmp_path / "biased").spec.cold_bias, rel=1e-5)

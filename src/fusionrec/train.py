@@ -243,6 +243,30 @@ def cold_calibration(model: Recommender, X: torch.Tensor, Y: torch.Tensor, n_sta
     return total / max(len(pos), 1)
 
 
+def train_windows(ds, cfg: TrainConfig):
+    """``training_arrays`` of ``ds``'s train sequences as ``cfg`` cuts them, with kinds: ``(X, Y, X_kinds, Y_kinds)``."""
+    return training_arrays(ds.train_sequences(), cfg.max_len, cfg.windows, cfg.window_stride,
+                           kinds=ds.train_kind_sequences(ds.event_kinds))
+
+
+def with_cold_calibration(model: Recommender, ds, cfg: TrainConfig) -> Recommender:
+    """``model`` with ``cold_calibration``'s bias in its spec, as ``fit`` sets it under ``calibrate_cold``; weights unchanged.
+
+    For a model trained without the bias: ``cfg`` is the config it was trained with (its artifact manifest's
+    ``params``), so the same training windows and seed give the bias ``fit`` would have set. Returns ``model``.
+
+    Example:
+        >>> m = with_cold_calibration(load_model("model"), DatasetArtifact("dataset"), TrainConfig(**manifest["params"]))  # doctest: +SKIP
+        >>> save_model(m, "model_cold_bias")                                                                       # doctest: +SKIP
+    """
+    X, Y, KX, _ = train_windows(ds, cfg)
+    device = model.features.device
+    events = torch.from_numpy(KX).to(device) if model.event_emb is not None else None
+    bias = cold_calibration(model, torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device), seed=cfg.seed, events=events)
+    model.spec = model.spec.model_copy(update={"cold_bias": bias})
+    return model
+
+
 def target_weights(kinds: list[str], cfg: TrainConfig) -> np.ndarray | None:
     """Loss weight [len(kinds) + 1] of a target by its kind id (0 = no kind), from ``event_weights`` and
     ``target_events``; None when every target weighs 1. Kinds the dataset does not have are an error."""
@@ -306,8 +330,7 @@ def _subsample(cases, histories, n: int | None, seed: int):
 def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
     """Train ``model`` in place on ``ds`` (a DatasetArtifact); returns the training record (curves, timings)."""
     kinds = ds.event_kinds
-    X_np, Y_np, KX_np, KY_np = training_arrays(ds.train_sequences(), cfg.max_len, cfg.windows, cfg.window_stride,
-                                               kinds=ds.train_kind_sequences(kinds))
+    X_np, Y_np, KX_np, KY_np = train_windows(ds, cfg)
     if len(X_np) == 0:
         raise ValueError(f"{ds.path}: no user has 2 or more train events; nothing to train on")
     tw = target_weights(kinds, cfg)
