@@ -129,6 +129,18 @@ def aligned_for(work: Path, settings: dict | None) -> Path:
     return out
 
 
+def cold_valid(test_cases: tuple) -> tuple[tuple, np.ndarray]:
+    """The cold-valid cases (``eval_cases``' (frame, histories) of the test cases whose target is one of a seeded half
+    of the cold target items) and those items. Validation holds no cold case (a held-out item's events all go to test);
+    choices on cold items read these, and test figures on cold items use the other half only."""
+    frame, histories = test_cases
+    cold_case = frame["segment"].astype(str).to_numpy() == "cold"
+    cold_targets = np.unique(frame["item_idx"].to_numpy()[cold_case])
+    items = np.sort(np.random.default_rng(12345).permutation(cold_targets)[: len(cold_targets) // 2])
+    keep = cold_case & np.isin(frame["item_idx"].to_numpy(), items)
+    return (frame[keep].reset_index(drop=True), histories[keep]), items
+
+
 def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"):
     """Train one variant at one seed by the train step's code; returns (model, training record)."""
     import torch
@@ -335,12 +347,8 @@ def main() -> int:
     # reading test, a seeded half of the cold target ITEMS is set aside as "cold-valid": their test cases
     # are scored like validation; test figures on cold items use the other half only ("cold_rest").
     test_all = ds.eval_cases("test", common.get("max_len", 50))
-    cold_case = test_all[0]["segment"].astype(str).to_numpy() == "cold"
-    cold_targets = np.unique(test_all[0]["item_idx"].to_numpy()[cold_case])
-    coldval_items = np.sort(np.random.default_rng(12345).permutation(cold_targets)[: len(cold_targets) // 2])
-    in_cv = cold_case & np.isin(test_all[0]["item_idx"].to_numpy(), coldval_items)
-    coldval_cases = (test_all[0][in_cv].reset_index(drop=True), test_all[1][in_cv])
-    coldval_exclude = ds.consumed_before(coldval_cases[0]) if in_cv.any() else None
+    coldval_cases, coldval_items = cold_valid(test_all)
+    coldval_exclude = ds.consumed_before(coldval_cases[0]) if len(coldval_cases[0]) else None
     per_case_coldval: dict[str, dict] = {}
     test_cases = test_all if test_names else None
     runs: dict[str, list[dict]] = {}
