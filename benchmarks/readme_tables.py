@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/readme_tables.py --check   # exit 1 if README.md differs from the JSON
 
 A block is the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is a result file
-stem under benchmarks/results/ (quality, movielens, aa, events, query, explain).
+stem under benchmarks/results/ (quality, movielens, aa, events, query, explain, movielens_pipeline_ab).
 """
 
 from __future__ import annotations
@@ -218,15 +218,33 @@ def events_block(r: dict) -> str:
     return "\n".join([head, ""] + lines + verdict_lines(r["comparisons"], "Paired lift of reading the kinds", relative=True))
 
 
+def pipeline_ab_block(r: dict) -> str:
+    """The MovieLens pipeline A/B (benchmarks/ab_movielens.py): every arm's decision and coverage."""
+    p = r["provenance"]
+    lines = ["| arm | promoted | decided by | primary: NDCG@10 control -> treatment (lift, p) | coverage@10 control -> treatment |",
+             "|---|---|---|---|---|"]
+    for arm, a in r["arms"].items():
+        pr = a["primary"]
+        lift = f"{pr['lift']:+.0%}" if pr["mean_control"] else f"{pr['diff']:+.4f}"
+        name = f"{arm} ({a['lever']})" if a.get("lever") else arm
+        lines.append(f"| {name} | {'yes' if a['promote'] else '**no**'} | {a['decided_by']} | {pr['segment']}: {pr['mean_control']:.4f} -> "
+                     f"{pr['mean_treatment']:.4f} ({lift}, p = {pr['pvalue']:.2g}, {pr['n_users']} users) | "
+                     f"{a['coverage']['control']:.3f} -> {a['coverage']['treatment']:.3f} ({a['coverage']['treatment'] / a['coverage']['control'] - 1:+.1%}) |")
+    lines += ["", f"Seed {p['seeds'][0]}, offline A/B; commit {p['git_commit'][:10]}{' (dirty)' if p['git_dirty'] else ''}; "
+              f"{sum(v['wall_s'] for v in p['steps'].values()) / 60:.0f} min wall; command: `{p['command']}`."]
+    return "\n".join(lines)
+
+
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
           "movielens": quality_block, "movielens_effect": effect_block, "movielens_cost": cost_block, "quality_cost": cost_block, "movielens_alignment": alignment_block, "aa": aa_block,
-          "events": events_block, "query": query_block, "explain": explain_block}
+          "events": events_block, "query": query_block, "explain": explain_block, "movielens_pipeline_ab": pipeline_ab_block}
+FILES = {"aa": "aa", "movielens_pipeline_ab": "movielens_pipeline_ab"}  # block -> result file, where not the name's first word
 
 
 def render(readme: str) -> str:
     def sub(m: re.Match) -> str:
         name = m.group(1)
-        path = RESULTS / f"{name.split('_')[0] if name not in ('aa',) else name}.json"
+        path = RESULTS / f"{FILES.get(name, name.split('_')[0])}.json"
         if not path.exists():
             return m.group(0)
         body = RENDER[name](json.loads(path.read_text()))

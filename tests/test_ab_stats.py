@@ -492,3 +492,27 @@ def test_replay_part_splits_users_stably_and_apart_from_the_arm_split():
     arms = assign_arms(users, cfg.online_share, cfg.online_salt)
     # a different salt: replay membership says nothing about the arm (both halves ~50% treatment)
     assert abs(arms[part].mean() - 0.5) < 0.05 and abs(arms[~part].mean() - 0.5) < 0.05
+
+
+def test_overall_decision_against_a_control_blind_to_cold_items_is_flagged():
+    from fusionrec.ab.offline import cold_blind_warning
+
+    rng = np.random.default_rng(2)
+    cases = _cases(60)
+    cold = (cases["segment"] == "cold").to_numpy()
+    assert cold.any() and not cold.all()
+    cfg = ABConfig(bootstrap_resamples=200)
+    top_c, top_t = _lists(cases, 0.2, rng), _lists(cases, 0.3, rng)
+    blind = top_c.copy()
+    blind[cold] = np.arange(2901, 3001)  # an ID-only control: never a cold target in its lists
+    targets = cases["item_idx"].to_numpy()
+    assert not (blind[cold] == targets[cold, None]).any()
+    w = cold_blind_warning(offline_from_topk(cases, blind, top_t, n_items=3000, cfg=cfg), cfg)
+    assert w is not None and f"none of the {int(cold.sum())} cold targets" in w and "primary_segment: warm" in w
+    # deciding on warm, or a control that finds some cold targets, is not flagged
+    warm_cfg = cfg.model_copy(update={"primary_segment": "warm"})
+    assert cold_blind_warning(offline_from_topk(cases, blind, top_t, n_items=3000, cfg=warm_cfg), warm_cfg) is None
+    sees = blind.copy()
+    first_cold = np.flatnonzero(cold)[0]
+    sees[first_cold, 0] = targets[first_cold]
+    assert cold_blind_warning(offline_from_topk(cases, sees, top_t, n_items=3000, cfg=cfg), cfg) is None

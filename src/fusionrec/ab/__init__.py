@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from fusionrec.ab.config import ABConfig
-from fusionrec.ab.offline import load_ranker, offline_compare
+from fusionrec.ab.offline import cold_blind_warning, load_ranker, offline_compare
 from fusionrec.ab.online import OnlineReplay
 from fusionrec.ab.report import arm_names, identical_arms, write_report
 from fusionrec.artifacts import check_output
@@ -64,8 +64,8 @@ def run(
             rankers[role] = arm
     offline = offline_compare(rankers["control"], rankers["treatment"], ds, cfg, leave_replay_part=online is not None)
     online_res = online(Path(control), Path(treatment), ds, cfg) if online is not None else None
-    same = identical_arms(control, treatment, offline)
-    return write_report(out, offline, online_res, cfg, arm_names(control, treatment), inputs, force, [same] if same else [],
+    warnings = [w for w in (identical_arms(control, treatment, offline), cold_blind_warning(offline, cfg)) if w]
+    return write_report(out, offline, online_res, cfg, arm_names(control, treatment), inputs, force, warnings,
                         examples=_explained(treatment, ds))
 
 

@@ -267,3 +267,20 @@ def offline_from_topk(cases: pd.DataFrame, top_c: np.ndarray, top_t: np.ndarray,
         res.coverage_bands = {arm: coverage_by_count(top, item_counts, cfg.coverage_k) for arm, top in (("control", top_c), ("treatment", top_t))}
     res.primary = res.get(cfg.primary_metric, cfg.primary_segment)
     return res
+
+
+def cold_blind_warning(offline: OfflineResult, cfg: ABConfig) -> str | None:
+    """A warning when the decision reads the ``overall`` segment and the control finds no cold target at all.
+
+    An ID-only control cannot score items training never saw, so on every cold case it scores 0 and an overall
+    lift partly measures that, not ranking skill (e.g. MovieLens: 93% of the test cases are cold). None otherwise.
+    """
+    if cfg.primary_segment != "overall":
+        return None
+    cold = (offline.per_case["segment"] == "cold").to_numpy()
+    col = f"{cfg.cold_recall_metric}_control"
+    if not cold.any() or col not in offline.per_case or offline.per_case.loc[cold, col].sum() > 0:
+        return None
+    return (f"the control finds none of the {int(cold.sum())} cold targets ({cold.mean():.0%} of the cases; {cfg.cold_recall_metric} 0): "
+            f"the overall {cfg.primary_metric} lift measures that as much as ranking skill. When the control cannot score new "
+            "items (an ID-only model), decide on warm items (ab.primary_segment: warm); the guardrails still read every case.")
