@@ -116,6 +116,37 @@ def test_training_lowers_loss(synth, fusion, loss):
     assert record["sequences_per_second"] > 0 and len(record["valid_ndcg@10"]) == record["epochs_run"]
 
 
+def test_logit_adjustment_adds_log_train_counts_in_training_only(synth):
+    """``logit_adjustment`` t: the training loss is the cross-entropy of score + t * log(train count) (checked against
+    a hand computation on the same batch), and serving ranks by the score alone."""
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.models.align import load_aligned
+    from fusionrec.models.recommender import Recommender
+    from fusionrec.train import NEG, TrainConfig, _loss, build_spec, training_arrays
+
+    ds_path, _, aligned = synth
+    ds = DatasetArtifact(ds_path)
+    cfg = TrainConfig(model="fused", modality_dropout=0.0, id_dropout=0.0, logit_adjustment=0.5, **FAST)
+    mods, feats, fmask = load_aligned(aligned)
+    torch.manual_seed(0)
+    counts = np.bincount(ds.split("train")["item_idx"], minlength=ds.n_items + 1)
+    model = Recommender(build_spec(cfg, ds.n_items, mods, feats.shape[2]), torch.from_numpy(feats), torch.from_numpy(fmask),
+                        torch.from_numpy(counts > 0)).eval()
+    X, Y = (torch.from_numpy(a) for a in training_arrays(ds.train_sequences(), cfg.max_len))
+    target_counts = torch.bincount(Y[Y > 0], minlength=ds.n_items + 1).float()
+    offset = 0.5 * torch.log(target_counts.clamp_min(1.0))
+    train_items = model.id_mask.clone()
+    with torch.no_grad():
+        got = float(_loss(model, X, Y, cfg, train_items, torch.nonzero(train_items).flatten(), logit_offset=offset))
+        plain = float(_loss(model, X, Y, cfg, train_items, torch.nonzero(train_items).flatten()))
+        table, parts = model.item_tables()
+        h = model.user_states(X, table)[Y > 0]
+        logits = (h @ parts[0].t() + offset).masked_fill(~train_items.unsqueeze(0), NEG)
+        want = float(torch.nn.functional.cross_entropy(logits, Y[Y > 0]))
+    assert got == pytest.approx(want, rel=1e-5) and abs(got - plain) > 1e-3
+    assert TrainConfig().logit_adjustment == 0.0  # off by default: the serving graph has no offset either way
+
+
 def test_train_artifact_deterministic_and_reloadable(synth, tmp_path):
     from fusionrec.models import load_model
     from fusionrec.train import TrainConfig, run

@@ -86,6 +86,9 @@ class TrainConfig(StepConfig, Architecture):
     calibrate_cold: bool = Field(False, description="after training, add to items scored from content alone (cold, added) "
                                  "the bias that scores them at the expected probability of a warm item, not its expected "
                                  "log-probability (``cold_calibration``); more cold items in the lists, a little warm quality lost")
+    logit_adjustment: float = Field(0.0, ge=0.0, description="train on score + t * log(train count) and serve the score alone "
+                                    "(Menon et al. 2021): the scores learn what popularity does not explain, so rarely trained "
+                                    "items reach more lists; 0 = off")
     event_weights: dict[str, float] = Field(default_factory=dict, description="loss weight of a target by its behaviour "
                                             "kind, e.g. {purchase: 3.0, view: 0.5}; kinds not named weigh 1")
     target_events: Optional[list[str]] = Field(None, description="train on targets of these kinds only (e.g. [purchase]: "
@@ -284,8 +287,9 @@ def target_weights(kinds: list[str], cfg: TrainConfig) -> np.ndarray | None:
 
 
 def _loss(model: Recommender, X: torch.Tensor, Y: torch.Tensor, cfg: TrainConfig, train_items: torch.Tensor,
-          train_item_list: torch.Tensor, events: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
-    main = _next_item_loss(model, X, Y, cfg, train_items, train_item_list, events, weights)
+          train_item_list: torch.Tensor, events: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+          logit_offset: torch.Tensor | None = None) -> torch.Tensor:
+    main = _next_item_loss(model, X, Y, cfg, train_items, train_item_list, events, weights, logit_offset)
     if cfg.content_align > 0:
         main = main + cfg.content_align * content_alignment_loss(model)
     return main
@@ -299,8 +303,9 @@ def _weighted_mean(losses: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor
 
 def _next_item_loss(model: Recommender, X: torch.Tensor, Y: torch.Tensor, cfg: TrainConfig, train_items: torch.Tensor,
                     train_item_list: torch.Tensor, events: torch.Tensor | None = None,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of every target; ``weights`` [B, L] (per-kind loss weights) make it a weighted mean."""
+                    weights: torch.Tensor | None = None, logit_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of every target; ``weights`` [B, L] (per-kind loss weights) make it a weighted mean;
+    ``logit_offset`` [N+1] is added to every item's logit in training only (``TrainConfig.logit_adjustment``)."""
     input_table, parts = model.item_tables(cfg.modality_dropout, cfg.id_dropout)
     states = model.user_states(X, input_table, events)
     valid = Y > 0
@@ -309,11 +314,15 @@ def _next_item_loss(model: Recommender, X: torch.Tensor, Y: torch.Tensor, cfg: T
     w = weights[valid] if weights is not None else None
     if cfg.loss == "full":
         logits = model.score(h, parts).float()
+        if logit_offset is not None:
+            logits = logits + logit_offset
         logits = logits.masked_fill(~train_items.unsqueeze(0), NEG)
         return _weighted_mean(nn.functional.cross_entropy(logits, y, reduction="none"), w)
     neg = train_item_list[torch.randint(len(train_item_list), (cfg.n_negatives,), device=y.device)]
     cand = torch.cat([y, neg])
     logits = model.score(h, _rows(parts, cand)).float()
+    if logit_offset is not None:
+        logits = logits + logit_offset[cand]
     same = (cand.unsqueeze(0) == y.unsqueeze(1))
     same[torch.arange(len(y)), torch.arange(len(y))] = False  # keep each row's own positive
     logits = logits.masked_fill(same, NEG)
@@ -348,6 +357,10 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
         train_items[torch.unique(torch.cat([X_all.flatten(), Y_all.flatten()]))] = True
         train_items[0] = False
     train_item_list = torch.nonzero(train_items).flatten()
+    logit_offset = None
+    if cfg.logit_adjustment > 0:  # tau * log(train count); items without train events are never a target or a negative
+        counts = torch.bincount(Y_all[Y_all > 0].flatten(), minlength=model.n_items + 1).float()
+        logit_offset = cfg.logit_adjustment * torch.log(counts.clamp_min(1.0))
     valid_cases = _subsample(*ds.eval_cases("valid", cfg.max_len), cfg.max_valid_cases, cfg.seed)
     valid_exclude = ds.consumed_before(valid_cases[0])
     has_valid = len(valid_cases[0]) > 0
@@ -370,7 +383,7 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
             b = perm[start:start + cfg.batch_size]
             with torch.autocast(dev_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = _loss(model, X_all[b], Y_all[b], cfg, train_items, train_item_list,
-                             None if E_all is None else E_all[b], None if W_all is None else W_all[b])
+                             None if E_all is None else E_all[b], None if W_all is None else W_all[b], logit_offset)
             if not torch.isfinite(loss.detach()):  # diverged: every later step would be nan too
                 raise TrainingError(f"training diverged: loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1} "
                                     f"(lr={cfg.lr:g}); lower lr (--lr / --set lr=...) or use amp=none. No model written.")
