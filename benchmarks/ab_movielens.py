@@ -8,8 +8,10 @@ Steps (a fresh work folder and encoder cache; nothing reused):
 2. The same two repositories decided on the ``overall`` segment (``fusionrec.ab.run``): the control scores 0 on every
    cold case, so its lift there holds by construction; recorded to show the guardrails still read it.
 3. The pipeline's fused model with ``train.with_cold_calibration``'s bias (same weights) against the same control.
-4. ``coverage_levers.lever_table`` on validation for the pipeline's two models; the fused lever with the best validation
-   NDCG@10 among those within the coverage guardrail (read on validation) is then A/B-tested against the same control.
+4. A fused model trained like the pipeline's but with ``train.logit_adjustment`` (``--logit-adjustment``, 0.3: chosen
+   on validation, ``benchmarks/results/coverage_levers_ml_s0.json``) by ``fusionrec train``, against the same control.
+5. ``coverage_levers.lever_table`` on validation for the three models; the pipeline fused model's lever with the best
+   validation NDCG@10 among those within the coverage guardrail (read on validation) is A/B-tested against the same control.
 
 Writes ``benchmarks/results/<name>.json`` (+ .md): every decision, the coverage split by train count, the lever
 table, commit, config, seeds, package versions, timings and the commands. The A/B arms are offline (the config's
@@ -65,7 +67,8 @@ def main() -> int:
     ap.add_argument("--name", default="movielens_pipeline_ab")
     ap.add_argument("--max-users", type=int, default=None, help="a slice of the users (smoke runs)")
     ap.add_argument("--epochs", type=int, default=None, help="override the config's epoch budget (smoke runs)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of steps 2-4 (the pipeline's steps use torch's default)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of steps 2-5 (the pipeline's steps use torch's default)")
+    ap.add_argument("--logit-adjustment", type=float, default=0.3, help="train.logit_adjustment of step 4's fused model (0: skip step 4)")
     args = ap.parse_args()
 
     import torch
@@ -113,9 +116,27 @@ def main() -> int:
         biased = with_cold_calibration(load_model(fused_dir), ds, fused_cfg)
         arms["cold bias"] = arm_record(ab_run(control_repo, biased, dataset, work / "ab_cold_bias", cfg))
         arms["cold bias"]["cold_bias"] = biased.spec.cold_bias
+    models = {}
+    if args.logit_adjustment:
+        adjusted_dir = work / f"fused_logit_adjustment_{args.logit_adjustment:g}"
+        commands["train (logit adjustment)"] = [cli, "train", str(dataset), str(adjusted_dir), "--aligned",
+                                                str(step_output(summary, "aligned", "align")), "--config", str(args.config),
+                                                "--set", f"logit_adjustment={args.logit_adjustment:g}"] + (
+                                                    ["--set", f"epochs={args.epochs}"] if args.epochs else [])
+        with clock.step("train (logit adjustment)"):
+            subprocess.run(commands["train (logit adjustment)"], check=True, stdout=subprocess.DEVNULL)
+        with clock.step("ab: logit-adjusted training"):
+            arms["logit-adjusted training"] = arm_record(ab_run(control_repo, adjusted_dir, dataset, work / "ab_logit_adjusted", cfg))
+            arms["logit-adjusted training"]["lever"] = f"logit_adjustment={args.logit_adjustment:g}"
+        adjusted_cfg = TrainConfig(**read_manifest(adjusted_dir)["params"])
+        # the same training as the pipeline's fused model but for the adjustment (else the arm would compare two changes)
+        same = {k for k, v in adjusted_cfg.model_dump().items() if v != fused_cfg.model_dump()[k]} - {"logit_adjustment"}
+        if same:
+            raise SystemExit(f"the logit-adjusted model's training config differs from the pipeline's fused model in {sorted(same)}")
+        models[f"fused, logit_adjustment={args.logit_adjustment:g}"] = (load_model(adjusted_dir), adjusted_cfg)
     with clock.step("coverage levers (validation)"):
         fused, base = load_model(fused_dir), load_model(base_dir)
-        table = lever_table({"fused": (fused, fused_cfg), "id": (base, base_cfg)}, ds, fused_cfg.max_len)
+        table = lever_table({"fused": (fused, fused_cfg), **models, "id": (base, base_cfg)}, ds, fused_cfg.max_len)
         chosen = choose(table, "fused", "id", cfg.coverage_drop_max if cfg.coverage_drop_max is not None else 1.0)
     if chosen is not None:
         with clock.step(f"ab: {chosen['lever']}"):

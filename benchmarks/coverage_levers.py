@@ -151,12 +151,18 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {}
+    from protocol import provenance
+
+    prov = provenance(sys.argv)
+    models, paths = {}, {}
     for spec in args.model:
         name, path = spec.split("=", 1)
         models[name] = (load_model(path), TrainConfig(**read_manifest(Path(path))["params"]))
+        paths[name] = path
     table = lever_table(models, DatasetArtifact(args.dataset))
-    args.out.write_text(json.dumps(table, indent=1))
+    table["provenance"] = {**prov, "dataset": str(args.dataset),
+                           "models": {n: {"path": paths[n], "train_config": models[n][1].model_dump(mode="json")} for n in models}}
+    args.out.write_text(json.dumps(table, indent=1, default=str))
     args.out.with_suffix(".md").write_text("\n".join(markdown(table)) + "\n")
     print(f"written to {args.out}")
     return 0
