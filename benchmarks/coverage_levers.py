@@ -143,6 +143,7 @@ def main() -> int:
     ap.add_argument("--model", action="append", required=True, help="NAME=PATH of a model artifact written by `fusionrec train`")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--note", default="", help="recorded in the JSON: how the models were made")
     args = ap.parse_args()
     from fusionrec.artifacts import read_manifest
     from fusionrec.data.dataset import DatasetArtifact
@@ -160,7 +161,7 @@ def main() -> int:
         models[name] = (load_model(path), TrainConfig(**read_manifest(Path(path))["params"]))
         paths[name] = path
     table = lever_table(models, DatasetArtifact(args.dataset))
-    table["provenance"] = {**prov, "dataset": str(args.dataset),
+    table["provenance"] = {**prov, "dataset": str(args.dataset), "note": args.note,
                            "models": {n: {"path": paths[n], "train_config": models[n][1].model_dump(mode="json")} for n in models}}
     args.out.write_text(json.dumps(table, indent=1, default=str))
     args.out.with_suffix(".md").write_text("\n".join(markdown(table)) + "\n")
