@@ -24,7 +24,6 @@ table, commit, config, seeds, package versions, timings and the commands. The A/
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import subprocess
 import sys
@@ -125,14 +124,14 @@ def main() -> int:
                                                     ["--set", f"epochs={args.epochs}"] if args.epochs else [])
         with clock.step("train (logit adjustment)"):
             subprocess.run(commands["train (logit adjustment)"], check=True, stdout=subprocess.DEVNULL)
+        adjusted_cfg = TrainConfig(**read_manifest(adjusted_dir)["params"])
+        # the same training as the pipeline's fused model but for the adjustment (else the arm would compare two changes)
+        differ = {k for k, v in adjusted_cfg.model_dump().items() if v != fused_cfg.model_dump()[k]} - {"logit_adjustment"}
+        if differ:
+            raise SystemExit(f"the logit-adjusted model's training config differs from the pipeline's fused model in {sorted(differ)}")
         with clock.step("ab: logit-adjusted training"):
             arms["logit-adjusted training"] = arm_record(ab_run(control_repo, adjusted_dir, dataset, work / "ab_logit_adjusted", cfg))
             arms["logit-adjusted training"]["lever"] = f"logit_adjustment={args.logit_adjustment:g}"
-        adjusted_cfg = TrainConfig(**read_manifest(adjusted_dir)["params"])
-        # the same training as the pipeline's fused model but for the adjustment (else the arm would compare two changes)
-        same = {k for k, v in adjusted_cfg.model_dump().items() if v != fused_cfg.model_dump()[k]} - {"logit_adjustment"}
-        if same:
-            raise SystemExit(f"the logit-adjusted model's training config differs from the pipeline's fused model in {sorted(same)}")
         models[f"fused, logit_adjustment={args.logit_adjustment:g}"] = (load_model(adjusted_dir), adjusted_cfg)
     with clock.step("coverage levers (validation)"):
         fused, base = load_model(fused_dir), load_model(base_dir)
@@ -142,7 +141,7 @@ def main() -> int:
         with clock.step(f"ab: {chosen['lever']}"):
             counts = np.bincount(ds.split("train")["item_idx"].to_numpy(), minlength=ds.n_items + 1)
             ranker = levers(fused, ds, fused_cfg, 100, counts)[chosen["lever"]]
-            arms["coverage lever"] = arm_record(ab_run(control_repo, copy.deepcopy(ranker), dataset, work / "ab_lever", cfg))
+            arms["coverage lever"] = arm_record(ab_run(control_repo, ranker, dataset, work / "ab_lever", cfg))
             arms["coverage lever"]["lever"] = chosen["lever"]
 
     result = {
