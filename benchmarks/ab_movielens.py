@@ -30,14 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import ROOT, Clock, provenance  # noqa: E402
-
-ARMS = ("pipeline", "overall segment", "cold bias", "coverage lever")
-
 
 def step_output(summary: dict, key: str, *steps: str) -> Path:
     """The artifact folder ``key`` of the first pipeline step named one of ``steps`` (``run_summary.json``'s steps;
@@ -139,8 +134,7 @@ def main() -> int:
         chosen = choose(table, "fused", "id", cfg.coverage_drop_max if cfg.coverage_drop_max is not None else 1.0)
     if chosen is not None:
         with clock.step(f"ab: {chosen['lever']}"):
-            counts = np.bincount(ds.split("train")["item_idx"].to_numpy(), minlength=ds.n_items + 1)
-            ranker = levers(fused, ds, fused_cfg, 100, counts)[chosen["lever"]]
+            ranker = levers(fused, ds, fused_cfg, 100, ds.train_counts)[chosen["lever"]]
             arms["coverage lever"] = arm_record(ab_run(control_repo, ranker, dataset, work / "ab_lever", cfg))
             arms["coverage lever"]["lever"] = chosen["lever"]
 

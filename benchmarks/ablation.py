@@ -163,8 +163,7 @@ def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"
         overrides = {k: v for k, v in overrides.items() if k != "align"}
     cfg = TrainConfig(**{**overrides, "seed": seed, "device": device})
     seed_everything(seed)
-    tr = ds.events[ds.events["split"] == "train"]
-    counts = np.bincount(tr["item_idx"].to_numpy(np.int64), minlength=ds.n_items + 1)[: ds.n_items + 1]
+    counts = ds.train_counts
     if cfg.model in ("id", "popularity"):
         mods, feats, fmask = [], np.zeros((ds.n_items + 1, 0, 0), np.float32), np.zeros((ds.n_items + 1, 0), bool)
     else:

@@ -101,7 +101,7 @@ def lever_table(models: dict[str, tuple], ds, max_len: int = 50) -> dict:
 
     valid = ds.eval_cases("valid", max_len)
     coldval, _ = cold_valid(ds.eval_cases("test", max_len))
-    counts = np.bincount(ds.split("train")["item_idx"].to_numpy(np.int64), minlength=ds.n_items + 1)
+    counts = ds.train_counts
     rows = []
     for name, (model, cfg) in models.items():
         for lever, ranker in levers(model, ds, cfg, 20, counts).items():

@@ -149,7 +149,7 @@ def popularity_ranker(ds, max_len: int):
 
     from fusionrec.models.recommender import ModelSpec, PopularityRanker
 
-    counts = np.bincount(ds.split("train")["item_idx"].to_numpy(np.int64), minlength=ds.n_items + 1)[: ds.n_items + 1]
+    counts = ds.train_counts
     return PopularityRanker(ModelSpec(kind="popularity", n_items=ds.n_items, max_len=max_len), torch.from_numpy(counts.astype(np.float32)))
 
 

@@ -358,7 +358,7 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
         train_items[0] = False
     train_item_list = torch.nonzero(train_items).flatten()
     logit_offset = None
-    if cfg.logit_adjustment > 0:  # tau * log(train count); items without train events are never a target or a negative
+    if cfg.logit_adjustment > 0:  # tau * log(times the item is a training target, at least 1): the counts the loss itself sees
         counts = torch.bincount(Y_all[Y_all > 0].flatten(), minlength=model.n_items + 1).float()
         logit_offset = cfg.logit_adjustment * torch.log(counts.clamp_min(1.0))
     valid_cases = _subsample(*ds.eval_cases("valid", cfg.max_len), cfg.max_valid_cases, cfg.seed)
@@ -463,8 +463,7 @@ def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str 
     det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        tr = ds.events[ds.events["split"] == "train"]
-        counts = np.bincount(tr["item_idx"].to_numpy(np.int64), minlength=ds.n_items + 1)[: ds.n_items + 1]
+        counts = ds.train_counts
         if aligned is not None and cfg.model not in ("id", "popularity"):
             mods, feats, fmask = load_aligned(aligned)
             if feats.shape[0] != ds.n_items + 1:

@@ -235,8 +235,7 @@ def offline_compare(control: TopKRanker, treatment: TopKRanker, dataset: Dataset
     top_c = rank_cases(control, hist, k, cfg.batch_size, desc="control", exclude=exclude, events=arm_events(dataset, cases, hist, control))
     top_t = rank_cases(treatment, hist, k, cfg.batch_size, desc="treatment", exclude=exclude,
                        events=arm_events(dataset, cases, hist, treatment))
-    counts = np.bincount(dataset.split("train")["item_idx"].to_numpy(np.int64), minlength=dataset.n_items + 1)
-    res = offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg, item_counts=counts)
+    res = offline_from_topk(cases, top_c, top_t, dataset.n_items, cfg, item_counts=dataset.train_counts)
     res.events = events
     return res
 

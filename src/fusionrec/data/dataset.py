@@ -96,6 +96,12 @@ class DatasetArtifact:
         return self.items.loc[self.items["cold"].astype(bool), "item_idx"].to_numpy(np.int64)
 
     @cached_property
+    def train_counts(self) -> np.ndarray:
+        """Train events per item_idx, int64 [n_items + 1] (row 0, padding, is 0): what training saw of each item."""
+        idx = self.events.loc[self.events["split"] == "train", "item_idx"].to_numpy(np.int64)
+        return np.bincount(idx, minlength=self.n_items + 1)[: self.n_items + 1]
+
+    @cached_property
     def item_ids(self) -> np.ndarray:
         """External item id per item_idx; index 0 is the padding entry ''."""
         ids = np.empty(self.n_items + 1, dtype=object)
