@@ -140,6 +140,7 @@ def main() -> int:
 
     result = {
         "name": args.name,
+        "git_commit": prov["git_commit"] + ("-dirty" if prov["git_dirty"] else ""),  # also in provenance, with the rest
         "summary": {arm: {k: r[k] for k in ("promote", "decided_by", "reason")} | {"coverage": r["coverage"]} for arm, r in arms.items()},
         "arms": arms,
         "coverage_levers_validation": table,

@@ -161,6 +161,7 @@ def main() -> int:
         models[name] = (load_model(path), TrainConfig(**read_manifest(Path(path))["params"]))
         paths[name] = path
     table = lever_table(models, DatasetArtifact(args.dataset))
+    table["git_commit"] = prov["git_commit"] + ("-dirty" if prov["git_dirty"] else "")  # also in provenance, with the rest
     table["provenance"] = {**prov, "dataset": str(args.dataset), "note": args.note,
                            "models": {n: {"path": paths[n], "train_config": models[n][1].model_dump(mode="json")} for n in models}}
     args.out.write_text(json.dumps(table, indent=1, default=str))
