@@ -67,6 +67,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused:recon30+iddrop0.1": (dict(model="fused", align={"recon_weight": 30.0}, id_dropout=0.1), {}),
     "fused:recon30+weighted": (dict(model="fused", align={"recon_weight": 30.0}, fusion="weighted"), {}),
     "fused:logitadj0.3": (dict(model="fused", logit_adjustment=0.3), {}),
+    "fused:iddrop0.1+logitadj0.3": (dict(model="fused", id_dropout=0.1, logit_adjustment=0.3), {}),
     "fused:calibrated": (dict(model="fused", calibrate_cold=True), {}),
     "fused:recon30+calibrated": (dict(model="fused", align={"recon_weight": 30.0}, calibrate_cold=True), {}),
     "single:text": (dict(model="single:text"), {}),
@@ -79,6 +80,7 @@ REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:ali
              "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused",
              "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id",
              "fused:calibrated": "fused", "fused:recon30+calibrated": "fused:recon30", "fused:logitadj0.3": "fused",
+             "fused:iddrop0.1+logitadj0.3": "fused:iddrop0.1",
              "fused:recon30+iddrop0.1": "fused:recon30", "fused:recon30+weighted": "fused:recon30",
              **{f"fused:recon{w}": "fused:recon1" for w in (3, 10, 30, 100)}}
 
