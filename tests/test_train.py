@@ -251,3 +251,22 @@ def test_trains_on_the_real_ingest_output(tiny_dataset, tmp_path):
     cases, hist = ds.eval_cases("test", 10)
     idx, score = m.topk(hist, 5)
     assert np.isfinite(score).all() and not (idx[:, :, None] == hist[:, None, :]).any()
+
+
+def test_short_training_and_alignment_log_no_progress_lines_without_a_terminal(synth, tmp_path, monkeypatch, caplog):
+    """Without a terminal, progress is one line per interval: align and train loops shorter than it say nothing
+    (a per-step postfix update once forced a log line per training step)."""
+    import logging
+
+    from fusionrec.models.align import AlignConfig
+    from fusionrec.models.align import run as align
+    from fusionrec.train import TrainConfig, run
+
+    ds_path, embs, _ = synth
+    monkeypatch.delenv("FUSIONREC_QUIET", raising=False)
+    monkeypatch.setenv("FUSIONREC_PROGRESS_INTERVAL", "60")
+    with caplog.at_level(logging.INFO, logger="fusionrec.progress"):
+        aligned = align(ds_path, embs, tmp_path / "al", AlignConfig(dim=16, hidden=32, epochs=3, batch_size=32, device="cpu"))
+        run(ds_path, aligned, tmp_path / "m", TrainConfig(model="fused", epochs=3, **FAST))
+    assert (tmp_path / "m").is_dir()
+    assert [r.getMessage() for r in caplog.records if r.name == "fusionrec.progress"] == []

@@ -396,7 +396,10 @@ def fit(model: Recommender, ds, cfg: TrainConfig, device: str) -> dict:
             total += float(loss.detach())
             steps += 1
             sequences += len(b)
-            bar.set_postfix(loss=f"{total / steps:.4f}", seq_s=f"{sequences / max(train_seconds + time.perf_counter() - t0, 1e-9):.0f}")
+            # refresh=False: the bar shows the postfix at its next interval; a forced refresh logs one line per step
+            # when stderr is not a terminal (kfp.local, CI), which flooded the logs
+            bar.set_postfix(loss=f"{total / steps:.4f}", seq_s=f"{sequences / max(train_seconds + time.perf_counter() - t0, 1e-9):.0f}",
+                            refresh=False)
         dt = time.perf_counter() - t0
         train_seconds += dt
         record["loss"].append(total / max(steps, 1))

@@ -212,7 +212,7 @@ def run(dataset: str | os.PathLike, embeddings: list[Path], out: str | os.PathLi
             total += float(loss.detach())
             steps += 1
         curve.append(total / max(steps, 1))
-        bar.set_postfix(loss=f"{curve[-1]:.3f}")
+        bar.set_postfix(loss=f"{curve[-1]:.3f}", refresh=False)  # refresh=True would log a line per call without a terminal
     seconds = time.perf_counter() - t0
     for h in heads.values():
         h.eval()
