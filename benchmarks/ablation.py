@@ -234,9 +234,11 @@ def paired(per_case: dict, a: str, b: str, segment: str, metric: str = "ndcg@10"
 
 
 def validation_comparisons(names: list[str], per_case_valid: dict, per_case_coldval: dict) -> dict:
-    """Each variant vs its REFERENCE, and every fused variant vs every single modality: warm, overall and cold-valid."""
+    """Each variant vs its REFERENCE, every fused variant vs the ID-only baseline ``id`` (the issue's warm target) and vs
+    every single modality: warm, overall and cold-valid."""
     comparisons = {}
     pairs = [(n, REFERENCE.get(n)) for n in names]
+    pairs += [(f, "id") for f in names if f.startswith("fused") and REFERENCE.get(f) != "id"]
     pairs += [(f, s) for f in names if f.startswith("fused") for s in names if s.startswith("single:")]
     for a, b in pairs:
         if a in per_case_valid and b in per_case_valid:
