@@ -16,7 +16,7 @@ gives the mean difference, its 95% t interval and a user-bootstrap interval of t
 ``aligned/`` (see ``--prepare``). A variant whose overrides hold ``align`` (AlignConfig settings, e.g.
 ``{"recon_weight": 30}``) trains on its own alignment, fitted here into ``--work/aligned_<settings>/`` from the
 same embeddings (the align step's code, seed 0); every other variant reads ``aligned/`` (the defaults of the
-commit that prepared it). Writes benchmarks/results/ablation_<tag>.json (+ .md) with the git commit,
+commit that prepared it). Writes ablation_<tag>.json (+ .md) under ``--results`` (default benchmarks/results) with the git commit,
 configs, seeds, package versions, wall/CPU seconds and sequences/s of every run. Nothing is cached.
 """
 
@@ -276,7 +276,7 @@ def comparison_lines(comparisons: dict) -> list[str]:
             for k, segs in comparisons.items()]
 
 
-def combine(paths: list[Path], tag: str) -> int:
+def combine(paths: list[Path], tag: str, results: Path = ROOT / "results") -> int:
     parts = [json.loads(p.read_text()) for p in paths]
     if len({json.dumps(p["valid_case_ids"]) for p in parts}) != 1 or len({json.dumps(p["seeds"]) for p in parts}) != 1:
         print("the ablation files disagree on the validation cases or the seeds", file=sys.stderr)
@@ -297,8 +297,8 @@ def combine(paths: list[Path], tag: str) -> int:
                          out["oracle"], comparisons)
     text = "\n".join(lines)
     print(text)
-    (ROOT / "results" / f"ablation_{tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    (ROOT / "results" / f"ablation_{tag}.md").write_text(text + "\n")
+    (results / f"ablation_{tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (results / f"ablation_{tag}.md").write_text(text + "\n")
     return 0
 
 
@@ -311,6 +311,7 @@ def main() -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="TrainConfig override key=value for every variant")
     ap.add_argument("--test", default="", help="comma list of variants whose TEST figures to read (once, after the choices)")
     ap.add_argument("--tag", default="demo")
+    ap.add_argument("--results", type=Path, default=ROOT / "results", help="where ablation_<tag>.json (+ .md) go (default: benchmarks/results)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--save", action="store_true", help="save every trained model under --work/models/ (for a later --from-saved test read)")
     ap.add_argument("--from-saved", action="store_true", help="load the models a --save run wrote instead of training (the --test read)")
@@ -318,7 +319,7 @@ def main() -> int:
                     help="merge ablation JSONs of the same dataset and seeds (run in parallel) into ablation_<tag>.json, comparisons recomputed")
     args = ap.parse_args()
     if args.combine:
-        return combine(args.combine, args.tag)
+        return combine(args.combine, args.tag, args.results)
 
     import torch
 
@@ -453,7 +454,7 @@ def main() -> int:
     if coldval_exclude is not None:
         floors["random_ndcg@10"]["cold_valid"] = random_floor(coldval_cases, coldval_exclude)["cold"]
     if test_names:
-        rest = cold_case & ~in_cv
+        rest = (test_all[0]["segment"].astype(str).to_numpy() == "cold") & ~np.isin(test_all[0]["item_idx"].to_numpy(), coldval_items)
         floors["random_ndcg@10"]["test"] = random_floor(test_all, ds.consumed_before(test_all[0]))
         floors["random_ndcg@10"]["test_cold_rest"] = random_floor((test_all[0][rest].reset_index(drop=True), test_all[1][rest]),
                                                                   ds.consumed_before(test_all[0][rest]))["cold"]
@@ -489,10 +490,10 @@ def main() -> int:
            "torch_threads": torch.get_num_threads(),
            "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
                        "loadavg_at_end": os.getloadavg()}}
-    (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / f"ablation_{args.tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    (ROOT / "results" / f"ablation_{args.tag}.md").write_text(text + "\n")
-    print(f"written to {ROOT / 'results' / f'ablation_{args.tag}.json'}")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"ablation_{args.tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (args.results / f"ablation_{args.tag}.md").write_text(text + "\n")
+    print(f"written to {args.results / f'ablation_{args.tag}.json'}")
     return 0
 
 
