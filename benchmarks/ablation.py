@@ -276,7 +276,7 @@ def comparison_lines(comparisons: dict) -> list[str]:
             for k, segs in comparisons.items()]
 
 
-def combine(paths: list[Path], tag: str, results: Path = ROOT / "results") -> int:
+def combine(paths: list[Path], tag: str, results: Path) -> int:
     parts = [json.loads(p.read_text()) for p in paths]
     if len({json.dumps(p["valid_case_ids"]) for p in parts}) != 1 or len({json.dumps(p["seeds"]) for p in parts}) != 1:
         print("the ablation files disagree on the validation cases or the seeds", file=sys.stderr)
@@ -297,6 +297,7 @@ def combine(paths: list[Path], tag: str, results: Path = ROOT / "results") -> in
                          out["oracle"], comparisons)
     text = "\n".join(lines)
     print(text)
+    results.mkdir(parents=True, exist_ok=True)
     (results / f"ablation_{tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     (results / f"ablation_{tag}.md").write_text(text + "\n")
     return 0
@@ -353,6 +354,8 @@ def main() -> int:
     # are scored like validation; test figures on cold items use the other half only ("cold_rest").
     test_all = ds.eval_cases("test", common.get("max_len", 50))
     coldval_cases, coldval_items = cold_valid(test_all)
+    # the other half: cold test cases of the items no choice read (row-aligned with test_all and evaluate's per_case)
+    cold_rest = (test_all[0]["segment"].astype(str).to_numpy() == "cold") & ~np.isin(test_all[0]["item_idx"].to_numpy(), coldval_items)
     coldval_exclude = ds.consumed_before(coldval_cases[0]) if len(coldval_cases[0]) else None
     per_case_coldval: dict[str, dict] = {}
     test_cases = test_all if test_names else None
@@ -399,13 +402,12 @@ def main() -> int:
             row["diagnostics"] = diagnostics(ranker, res.topk, ds)
             if name in test_names:
                 tres = evaluate(ranker, ds, "test", ks=(10, 20), k_max=20, max_len=cfg.max_len, cases=test_cases)
-                rest = (tres.per_case["segment"] == "cold") & ~tres.per_case["item_idx"].isin(coldval_items)
-                tres.summary["cold_rest"] = {m: float(tres.per_case.loc[rest, m].mean()) for m in ("ndcg@10", "recall@10")}
-                tres.summary["cold_rest"].update(n=int(rest.sum()), **{"coverage@10": float("nan")})
+                tres.summary["cold_rest"] = {m: float(tres.per_case.loc[cold_rest, m].mean()) for m in ("ndcg@10", "recall@10")}
+                tres.summary["cold_rest"].update(n=int(cold_rest.sum()), **{"coverage@10": float("nan")})
                 row["test"] = tres.summary
                 pc = tres.per_case.copy()
-                pc.loc[rest, "segment"] = "cold_rest"  # test comparisons on cold items use only the items no choice looked at
-                pc.loc[(pc["segment"] == "cold") & ~rest, "segment"] = "cold_valid"
+                pc.loc[cold_rest, "segment"] = "cold_rest"  # test comparisons on cold items use only the items no choice looked at
+                pc.loc[(pc["segment"] == "cold") & ~cold_rest, "segment"] = "cold_valid"
                 tstacks.append(pc)
             seg_rows.append(row)
             v = res.summary
@@ -454,10 +456,9 @@ def main() -> int:
     if coldval_exclude is not None:
         floors["random_ndcg@10"]["cold_valid"] = random_floor(coldval_cases, coldval_exclude)["cold"]
     if test_names:
-        rest = (test_all[0]["segment"].astype(str).to_numpy() == "cold") & ~np.isin(test_all[0]["item_idx"].to_numpy(), coldval_items)
         floors["random_ndcg@10"]["test"] = random_floor(test_all, ds.consumed_before(test_all[0]))
-        floors["random_ndcg@10"]["test_cold_rest"] = random_floor((test_all[0][rest].reset_index(drop=True), test_all[1][rest]),
-                                                                  ds.consumed_before(test_all[0][rest]))["cold"]
+        floors["random_ndcg@10"]["test_cold_rest"] = random_floor((test_all[0][cold_rest].reset_index(drop=True), test_all[1][cold_rest]),
+                                                                  ds.consumed_before(test_all[0][cold_rest]))["cold"]
     oracle = {}
     if (args.work / "raw" / "truth").exists():
         from fusionrec.data.demo import oracle_metrics
