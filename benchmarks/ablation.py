@@ -132,16 +132,19 @@ def aligned_for(work: Path, settings: dict | None) -> Path:
     return out
 
 
-def cold_valid(test_cases: tuple) -> tuple[tuple, np.ndarray]:
+def cold_valid(test_cases: tuple) -> tuple[tuple, np.ndarray, np.ndarray]:
     """The cold-valid cases (``eval_cases``' (frame, histories) of the test cases whose target is one of a seeded half
-    of the cold target items) and those items. Validation holds no cold case (a held-out item's events all go to test);
-    choices on cold items read these, and test figures on cold items use the other half only."""
+    of the cold target items), those items, and the other half as a mask over the test cases ("cold_rest": the cold
+    test cases of the items no choice reads; row-aligned with ``test_cases`` and so with evaluate's per_case).
+    Validation holds no cold case (a held-out item's events all go to test); choices on cold items read the
+    cold-valid cases, and test figures on cold items use cold_rest only."""
     frame, histories = test_cases
     cold_case = frame["segment"].astype(str).to_numpy() == "cold"
     cold_targets = np.unique(frame["item_idx"].to_numpy()[cold_case])
     items = np.sort(np.random.default_rng(12345).permutation(cold_targets)[: len(cold_targets) // 2])
-    keep = cold_case & np.isin(frame["item_idx"].to_numpy(), items)
-    return (frame[keep].reset_index(drop=True), histories[keep]), items
+    in_half = np.isin(frame["item_idx"].to_numpy(), items)
+    keep = cold_case & in_half
+    return (frame[keep].reset_index(drop=True), histories[keep]), items, cold_case & ~in_half
 
 
 def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"):
@@ -276,6 +279,15 @@ def comparison_lines(comparisons: dict) -> list[str]:
             for k, segs in comparisons.items()]
 
 
+def write_results(results: Path, tag: str, out: dict, text: str) -> Path:
+    """Write ablation_<tag>.json (+ the report as .md) under ``results``; returns the JSON's path."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"ablation_{tag}.json"
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (results / f"ablation_{tag}.md").write_text(text + "\n")
+    return path
+
+
 def combine(paths: list[Path], tag: str, results: Path) -> int:
     parts = [json.loads(p.read_text()) for p in paths]
     if len({json.dumps(p["valid_case_ids"]) for p in parts}) != 1 or len({json.dumps(p["seeds"]) for p in parts}) != 1:
@@ -297,9 +309,7 @@ def combine(paths: list[Path], tag: str, results: Path) -> int:
                          out["oracle"], comparisons)
     text = "\n".join(lines)
     print(text)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"ablation_{tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    (results / f"ablation_{tag}.md").write_text(text + "\n")
+    write_results(results, tag, out, text)
     return 0
 
 
@@ -353,9 +363,7 @@ def main() -> int:
     # reading test, a seeded half of the cold target ITEMS is set aside as "cold-valid": their test cases
     # are scored like validation; test figures on cold items use the other half only ("cold_rest").
     test_all = ds.eval_cases("test", common.get("max_len", 50))
-    coldval_cases, coldval_items = cold_valid(test_all)
-    # the other half: cold test cases of the items no choice read (row-aligned with test_all and evaluate's per_case)
-    cold_rest = (test_all[0]["segment"].astype(str).to_numpy() == "cold") & ~np.isin(test_all[0]["item_idx"].to_numpy(), coldval_items)
+    coldval_cases, coldval_items, cold_rest = cold_valid(test_all)
     coldval_exclude = ds.consumed_before(coldval_cases[0]) if len(coldval_cases[0]) else None
     per_case_coldval: dict[str, dict] = {}
     test_cases = test_all if test_names else None
@@ -491,10 +499,7 @@ def main() -> int:
            "torch_threads": torch.get_num_threads(),
            "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
                        "loadavg_at_end": os.getloadavg()}}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"ablation_{args.tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    (args.results / f"ablation_{args.tag}.md").write_text(text + "\n")
-    print(f"written to {args.results / f'ablation_{args.tag}.json'}")
+    print(f"written to {write_results(args.results, args.tag, out, text)}")
     return 0
 
 

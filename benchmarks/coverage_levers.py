@@ -100,7 +100,7 @@ def lever_table(models: dict[str, tuple], ds, max_len: int = 50) -> dict:
     from fusionrec.metrics import coverage_by_count, item_coverage
 
     valid = ds.eval_cases("valid", max_len)
-    coldval, _ = cold_valid(ds.eval_cases("test", max_len))
+    coldval, _, _ = cold_valid(ds.eval_cases("test", max_len))
     counts = ds.train_counts
     rows = []
     for name, (model, cfg) in models.items():
