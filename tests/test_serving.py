@@ -358,3 +358,45 @@ def test_serve_subprocess_sigterm_leaves_no_process(serving_repo):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_subprocess_sigterm_during_start_up_stops_triton(serving_repo):
+    """A SIGTERM that lands while `fusionrec serve` is still starting (Triton up, the model loading) stops it cleanly
+    (exit 0, no process left); before the handlers were installed ahead of the start, the default handler killed the
+    CLI (exit 143), skipping its own shutdown of Triton."""
+    g, h, m = free_ports(3)
+    cli = Path(sys.executable).parent / "fusionrec"
+    proc = subprocess.Popen([str(cli), "serve", str(serving_repo), "--grpc-port", str(g), "--http-port", str(h),
+                             "--metrics-port", str(m)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "FUSIONREC_LOG_LEVEL": "WARNING"})
+    seen: dict[int, str] = {}
+
+    def look() -> None:
+        for p in _descendants(proc.pid):
+            if p not in seen and _alive(p):
+                try:
+                    seen[p] = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    pass
+
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not any("tritonserver" in c for c in seen.values()):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            look()
+            time.sleep(0.05)
+        assert any("tritonserver" in c for c in seen.values()), seen
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 90
+        while proc.poll() is None and time.time() < deadline:
+            look()  # processes started after the signal (backend stubs) must go too
+            time.sleep(0.05)
+        assert proc.wait(timeout=5) == 0, proc.stdout.read().decode()[-3000:]
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(p) for p in seen):
+            time.sleep(0.2)
+        left = {p: c for p, c in seen.items() if _alive(p)}
+        assert not left, f"left after SIGTERM during start-up: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -49,16 +49,17 @@ def register(app: typer.Typer) -> None:
         """Serve exported models on a local Triton server (nvidia-pytriton) until SIGINT/SIGTERM."""
         with user_errors():
             from fusionrec.encoders.image import cache_root
-            from fusionrec.serving.server import serve_forever, start_server
+            from fusionrec.serving.server import serve_forever, start_server, stop_requested
 
             models = _named_repositories(repos)
             log_file = log_file or cache_root() / "logs" / f"triton-{grpc_port}.log"
             typer.echo(f"Triton's own log: {log_file}", err=True)
-            handle = start_server(models, host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
-                                  max_queue_delay_us=max_queue_delay_us, instances=instances, dynamic_batching=not no_batching,
-                                  log_file=log_file)
-            for m in handle.models.values():
-                typer.echo(f"serving '{m.name}' (L={m.max_len}, K={m.k}, max batch {m.max_batch_size}, "
-                           f"queue delay {m.max_queue_delay_us} us, {m.provider}) on grpc {handle.grpc_url}", err=True)
-            typer.echo(f"ready: grpc {handle.grpc_url} http {handle.http_url} metrics {host}:{metrics_port}", err=True)
-            serve_forever(handle)
+            with stop_requested() as stop:  # before the start: a signal during start-up stops Triton too
+                handle = start_server(models, host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+                                      max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                      dynamic_batching=not no_batching, log_file=log_file)
+                for m in handle.models.values():
+                    typer.echo(f"serving '{m.name}' (L={m.max_len}, K={m.k}, max batch {m.max_batch_size}, "
+                               f"queue delay {m.max_queue_delay_us} us, {m.provider}) on grpc {handle.grpc_url}", err=True)
+                typer.echo(f"ready: grpc {handle.grpc_url} http {handle.http_url} metrics {host}:{metrics_port}", err=True)
+                serve_forever(handle, stop)

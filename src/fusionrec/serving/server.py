@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -31,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -375,8 +376,17 @@ def start_server(
     return handle
 
 
-def serve_forever(handle: ServerHandle) -> None:
-    """Block until SIGINT/SIGTERM (or the server dies), then stop Triton so no process is orphaned."""
+@contextlib.contextmanager
+def stop_requested() -> Iterator[threading.Event]:
+    """An event that SIGINT/SIGTERM set while the block runs (the previous handlers come back after it).
+
+    Enter it before ``start_server``: a signal that lands while the server is still starting (Triton already
+    answering, the handlers of ``serve_forever`` not yet in place) then stops it cleanly instead of killing
+    this process with the default handler and leaving Triton behind.
+
+    >>> with stop_requested() as stop:  # doctest: +SKIP
+    ...     serve_forever(start_server(models), stop)
+    """
     done = threading.Event()
 
     def _on_signal(signum, _frame):
@@ -385,11 +395,22 @@ def serve_forever(handle: ServerHandle) -> None:
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not done.wait(0.5):
+        yield done
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def serve_forever(handle: ServerHandle, stop: threading.Event | None = None) -> None:
+    """Block until ``stop`` is set (by default: SIGINT/SIGTERM, see ``stop_requested``) or the server dies, then stop
+    Triton so no process is orphaned."""
+    if stop is None:
+        with stop_requested() as stop:
+            return serve_forever(handle, stop)
+    try:
+        while not stop.wait(0.5):
             if not handle.is_alive():
                 log.error("Triton server exited unexpectedly")
                 break
     finally:
         handle.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
