@@ -164,11 +164,12 @@ def test_containers_give_the_same_artifacts_as_the_subprocess_runner(runs):
         }, indent=2))
 
 
-def _wait_ready(client, container: str, timeout_s: float = 180) -> None:
+def _wait_ready(client, container: str, model: str, timeout_s: float = 180) -> None:
+    """Wait for ``model`` itself: Triton's is_server_ready() turns true before pytriton has loaded any model."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
-            if client.is_server_ready():
+            if client.is_model_ready(model):
                 return
         except Exception:  # noqa: BLE001 (connection refused while the server starts)
             pass
@@ -197,8 +198,7 @@ def test_serving_container_answers_grpc_with_the_library_topk(runs):
            "-v", f"{repo}:/models:ro", images.image("serve"))
     try:
         client = grpc.InferenceServerClient(f"127.0.0.1:{g}")
-        _wait_ready(client, container)
-        assert client.is_model_ready(name)
+        _wait_ready(client, container, name)
         k = 10
         ref_idx, ref_score = model.topk(histories, model.n_items)  # the full ranking, to look up ties
         for s in range(0, len(histories), 32):
@@ -215,7 +215,7 @@ def test_serving_container_answers_grpc_with_the_library_topk(runs):
                 r, j = row
                 full = dict(zip(ref_idx[s + r].tolist(), ref_score[s + r].tolist()))
                 assert abs(full[int(idx[r, j])] - float(lib_score[r, j])) <= 1e-4, (s + r, j, idx[r], lib_idx[r])
-        # the image's HEALTHCHECK (Triton's readiness endpoint) reports healthy too
+        # the image's HEALTHCHECK (every model under /models ready: fusionrec.serving.health) reports healthy too
         deadline = time.time() + 60
         while docker("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip() != "healthy":
             assert time.time() < deadline, docker("inspect", "--format", "{{json .State.Health}}", container).stdout

@@ -400,3 +400,36 @@ def test_serve_subprocess_sigterm_during_start_up_stops_triton(serving_repo):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_health_is_ready_only_once_every_model_is_loaded(server, serving_repo):
+    """The serving image's HEALTHCHECK (fusionrec.serving.health): Triton up with nothing loaded yet (pytriton's
+    explicit model-control mode, before it loads the models) is ready for Triton's own probe but not here;
+    with the models loaded it is ready, from Python and as the `python -m` command the image runs."""
+    import tritonclient.grpc as grpc
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    from fusionrec.serving.health import models_ready
+
+    def probe(url: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fusionrec.serving.health", "--url", url, *args], capture_output=True, text=True)
+
+    ok, why = models_ready(server.http_url, [MODEL, "second"])
+    assert ok, why
+    assert not models_ready(server.http_url, [MODEL, "third"])[0]  # one missing model is enough to wait
+    done = probe(server.http_url, "--repo", str(serving_repo))  # the repository's one model, served as MODEL
+    assert done.returncode == 0 and MODEL in done.stdout, done.stderr
+
+    g, h, m = free_ports(3)
+    bare = Triton(config=TritonConfig(grpc_address="127.0.0.1", http_address="127.0.0.1", metrics_address="127.0.0.1",
+                                      grpc_port=g, http_port=h, metrics_port=m, exit_timeout_secs=5),
+                  security_config=TritonSecurityConfig(restricted_endpoints=[]))
+    bare.run()
+    try:
+        assert grpc.InferenceServerClient(f"127.0.0.1:{g}").is_server_ready()  # Triton's own probe: ready
+        done = probe(f"127.0.0.1:{h}", "--repo", str(serving_repo))
+        assert done.returncode == 1 and f"{MODEL} (HTTP 400)" in done.stderr, (done.returncode, done.stderr)
+    finally:
+        bare.stop()
+    ok, why = models_ready(f"127.0.0.1:{h}", [MODEL], timeout_s=1)  # stopped: no answer, not ready
+    assert not ok and "no answer" in why, why
