@@ -43,6 +43,7 @@ SEGMENTS = ("overall", "warm", "cold")
 TABLE_METRICS = ("ndcg@10", "recall@20", "mrr")
 KS = (10, 20, 50)
 K_MAX = 100
+LAST_WARM = "warm (last event)"  # secondary test: the warm cases at each user's last warm event (the primary test's positions)
 BIASED = " + cold bias"  # the row suffix of a fused model scored with train.calibrate_cold's bias (same weights)
 
 
@@ -245,6 +246,14 @@ def run_quality(
                 encode(ds_path, out, EncodeConfig(**{**encode_cfg, "modality": m, "cache_dir": str(enc_cache / "embeddings")}))
         embs.append(out)
     max_len = int(train_cfg.get("max_len", 50))
+    # the secondary test (ingest.extra_test_events): its warm cases at each user's last warm event, the primary
+    # test's positions, are also compared on their own (the same models, trained without the extra events)
+    extra_segments: dict[str, np.ndarray] = {}
+    if icfg.extra_test_events:
+        t = ds.split("test").sort_values("case_id").reset_index(drop=True)
+        warm = (t["segment"] == "warm").to_numpy()
+        pos = pd.Series(np.where(warm, t["seq_pos"].to_numpy(), -1))
+        extra_segments[LAST_WARM] = warm & (pos == pos.groupby(t["user_idx"].to_numpy()).transform("max")).to_numpy()
     stats = {"n_items": ds.n_items, "n_users": ds.n_users, "events": int(len(ds.events)), "held_out_cold_items": int(len(ds.cold_items)),
              "test_cases": ds.stats["test_cases"], "valid_cases": ds.stats["valid_cases"], "ties": ds.stats.get("ties"),
              "raw": raw_info}
@@ -277,7 +286,7 @@ def run_quality(
         seg_of = frames["random"][0]["segment"].to_numpy()
 
         def compare(a: str, b: str, seg: str, metric: str = "ndcg@10", seed: int = 0) -> dict:
-            m = np.ones(len(users), bool) if seg == "overall" else seg_of == seg
+            m = np.ones(len(users), bool) if seg == "overall" else extra_segments[seg] if seg in extra_segments else seg_of == seg
             fa = frames.get(a) or [ceilings[a]]
             fb = frames.get(b) or [ceilings[b]]
             A = np.stack([f[metric].to_numpy()[m] for f in fa])
@@ -293,7 +302,7 @@ def run_quality(
             pairs += [(t, "random", "cold"), (t, "content-kNN", "cold")]
         fused, single = selection.get("fused", {}).get("chosen"), selection.get("single", {}).get("chosen")
         if fused and "id" in frames:
-            pairs += [(fused, "id", "warm"), (fused, "id", "overall")]
+            pairs += [(fused, "id", "warm"), (fused, "id", "overall"), *((fused, "id", seg) for seg in extra_segments)]
         if fused and single:
             pairs += [(fused, single, seg) for seg in SEGMENTS]
         for t in biased:  # what the bias buys on cold items and what it costs on warm ones (same weights)
@@ -302,7 +311,7 @@ def run_quality(
         comparisons = [compare(*p) for p in pairs]
         checks = {}
         for c in comparisons:
-            if c["b"] in ("random", "content-kNN", "popularity") or (c["b"] == "id" and c["segment"] == "warm"):
+            if c["b"] in ("random", "content-kNN", "popularity") or (c["b"] == "id" and c["segment"] in ("warm", *extra_segments)):
                 checks[f"{c['a']} beats {c['b']} on {c['segment']} (NDCG@10, paired)"] = c["verdict"] == "beats"
         result = {
             "name": name, "complete": complete, "provenance": prov, "stats": stats, "seeds": seeds,

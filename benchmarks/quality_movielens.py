@@ -11,6 +11,7 @@ measured on the floors and on ID-only (first seed), on the source-order data wit
 
     .venv/bin/python benchmarks/quality_movielens.py                  # 3 seeds -> benchmarks/results/movielens.{json,md}
     .venv/bin/python benchmarks/quality_movielens.py --seeds 0 --fusions attention --max-users 100 --name movielens_smoke
+    .venv/bin/python benchmarks/quality_movielens.py --extra-test-events 4 --name movielens_secondary   # the secondary test
 
 Settings: ``configs/movielens.yaml`` (sections ingest, encode, align, train); ``--epochs``/``--patience``
 set the budget for every model. The README's MovieLens table is rendered from the JSON.
@@ -40,6 +41,8 @@ def main() -> int:
     ap.add_argument("--no-old-id", action="store_true", help="skip training ID-only on the old protocol (saves one model)")
     ap.add_argument("--cold-bias", action=argparse.BooleanOptionalAction, default=True,
                     help="also score the chosen fusion with train.calibrate_cold's bias (same weights, a second row)")
+    ap.add_argument("--extra-test-events", type=int, default=None,
+                    help="secondary test: ingest.extra_test_events, k more warm events per user held out as test cases")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_quality_movielens"))
     ap.add_argument("--reuse", action="store_true", help="reuse data/embedding/alignment artifacts in --work (recorded in the JSON)")
@@ -55,13 +58,17 @@ def main() -> int:
     train_cfg.update(epochs=args.epochs, patience=args.patience)
     train_cfg.pop("max_train_seconds", None)
 
+    ingest_cfg = dict(conf.get("ingest") or {})
+    if args.extra_test_events is not None:
+        ingest_cfg["extra_test_events"] = args.extra_test_events
+
     def make_raw(out: Path, shuffle_seed=0) -> dict:
         convert(out, MovieLensConfig(max_users=args.max_users, shuffle_seed=shuffle_seed))
         return {"movielens": MovieLensConfig(max_users=args.max_users, shuffle_seed=shuffle_seed).model_dump(mode="json")}
 
     run_quality(
         name=args.name, argv=sys.argv, work=args.work, make_raw=make_raw, make_raw_source_order=lambda out: make_raw(out, None),
-        modalities=["text", "tabular"], encode_cfg=dict(conf.get("encode") or {}), ingest_cfg=dict(conf.get("ingest") or {}),
+        modalities=["text", "tabular"], encode_cfg=dict(conf.get("encode") or {}), ingest_cfg=ingest_cfg,
         align_cfg=dict(conf.get("align") or {}), train_cfg=train_cfg, seeds=[int(s) for s in args.seeds.split(",")],
         fusions=[f for f in args.fusions.split(",") if f], singles=args.singles, old_protocol_id=not args.no_old_id,
         threads=args.threads, reuse=args.reuse, cold_bias=args.cold_bias,

@@ -362,6 +362,48 @@ def test_cold_items_never_trained_every_event_with_history_is_a_case(tmp_path):
     assert set(again.cold_items.tolist()) == cold
 
 
+def test_extra_test_events_hold_out_earlier_positions_as_test_cases(tmp_path):
+    """The secondary test (``extra_test_events``): k more warm events per user, the ones just before the
+    validation event, become test cases; each user keeps a warm train event; none of them is trained on,
+    and their histories are the user's earlier events like any case's."""
+    rng = np.random.default_rng(4)
+    n_items, n_users = 30, 40
+    items = "item_id,title\n" + "".join(f"it{i},Item {i}\n" for i in range(n_items))
+    rows = [f"usr{u},it{rng.integers(n_items)},{int(t)}\n" for u in range(n_users) for t in rng.integers(0, 50, size=rng.integers(1, 12))]
+    raw = write_raw(tmp_path / "raw", items, "user_id,item_id,timestamp\n" + "".join(rows), media=False)
+    plain = DatasetArtifact(run(raw, tmp_path / "plain", IngestConfig(cold_item_share=0.2, seed=5)))
+    ds = DatasetArtifact(run(raw, tmp_path / "ds", IngestConfig(cold_item_share=0.2, seed=5, extra_test_events=2)))
+    assert set(ds.cold_items.tolist()) == set(plain.cold_items.tolist())
+    ev = ds.events
+    assert ev[["user_idx", "item_idx", "seq_pos"]].equals(plain.events[["user_idx", "item_idx", "seq_pos"]])
+    on_cold = ev["item_idx"].isin(set(ds.cold_items.tolist()))
+    lengths = set()
+    for _, g in ev[~on_cold].groupby("user_idx"):
+        n = len(g)
+        lengths.add(n)
+        expect = (["train"] * (n - 4) + ["test", "test", "valid", "test"] if n >= 5 else ["train", "test", "valid", "test"] if n == 4
+                  else ["train"] * (n - 2) + ["valid", "test"] if n == 3 else ["train"] * n)
+        assert g["split"].tolist() == expect
+    assert {3, 4} <= lengths and max(lengths) >= 5, lengths  # the data reaches every branch above
+    # every event that was a case stays one; the extras are taken from training, nothing else moves
+    was_case = plain.events["split"].isin(["valid", "test"])
+    assert (ev.loc[was_case, "split"] == plain.events.loc[was_case, "split"]).all()
+    moved = ev["split"] != plain.events["split"]
+    assert (plain.events.loc[moved, "split"] == "train").all() and (ev.loc[moved, "split"] == "test").all()
+    # nothing held out is trained on: the train sequences hold exactly the train events, in order
+    train = ev[ev["split"] == "train"]
+    seqs = {int(u): g["item_idx"].tolist() for u, g in train.groupby("user_idx", sort=False)}
+    assert [s.tolist() for s in ds.train_sequences()] == [seqs[u] for u in sorted(seqs, key=list(train["user_idx"].unique()).index)]
+    trained = set(train["item_idx"])
+    test = ds.split("test")
+    assert ((test["segment"] == "warm") == test["item_idx"].isin(trained)).all()
+    assert int(moved.sum()) > 0 and len(test) == len(plain.split("test")) + int(moved.sum())
+    cases, hist = ds.eval_cases("test", max_len=50)
+    for (_, c), h in zip(cases.iterrows(), hist):
+        seq = ev[ev["user_idx"] == c["user_idx"]]["item_idx"].tolist()[: c["seq_pos"]]
+        assert h[h > 0].tolist() == seq[-50:]
+
+
 # ---------------------------------------------------------------------------------------------
 # atomic write
 # ---------------------------------------------------------------------------------------------

@@ -113,6 +113,10 @@ class IngestConfig(StepConfig):
         "random", description="Order of a user's events with equal timestamps: 'random' = a permutation seeded by `seed` "
                               "(default), 'row' = input row order (leaks any sort order of the source file).")
     link_media: bool = Field(True, description="Hard-link media into the artifact when possible (else copy).")
+    extra_test_events: int = Field(
+        0, ge=0, description="Secondary test: hold out this many more warm events per user, the ones just before the "
+                             "validation event, as extra test cases (each user keeps at least one warm train event). "
+                             "Tighter intervals on the same users; training loses those events. 0 = leave-one-out.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,9 +656,13 @@ def tie_break_keys(n: int, how: str, seed: int) -> np.ndarray:
     raise ValueError(f"tie_break must be 'random' or 'row', got {how!r}")
 
 
-def _split(events: pd.DataFrame, cold: np.ndarray, tie_break: str = "random", seed: int = 0) -> pd.DataFrame:
+def _split(events: pd.DataFrame, cold: np.ndarray, tie_break: str = "random", seed: int = 0,
+           extra_test_events: int = 0) -> pd.DataFrame:
     """Order events per user (time, then the tie-break key), assign seq_pos, split, segment and case_id.
 
+    Per user, the last warm event is the test case and the one before it the validation case (when the
+    user has >= 3 warm events); ``extra_test_events`` more warm events before the validation one become
+    test cases too (the secondary test), each only while a warm train event is left before it.
     Segments by what a model trained on this split saw: a valid/test case is ``warm`` when its
     target item has at least one train event, else ``cold`` (``cold_reason`` ``held_out`` for
     the held-out cold-start items, ``unseen`` for an item whose only events fall after training).
@@ -682,6 +690,10 @@ def _split(events: pd.DataFrame, cold: np.ndarray, tie_break: str = "random", se
     segment[warm_pos[enough & (from_end == 0)]] = "warm"
     split[warm_pos[enough & (from_end == 1)]] = "valid"
     segment[warm_pos[enough & (from_end == 1)]] = "warm"
+    for j in range(int(extra_test_events)):  # from the end: test, valid, then these; one warm train event stays
+        extra = warm_pos[(n_warm >= 4 + j) & (from_end == 2 + j)]
+        split[extra] = "test"
+        segment[extra] = "warm"
     case = np.isin(split, ("valid", "test"))
     trained = np.zeros(len(cold), bool)
     trained[ev["item_idx"].to_numpy()[split == "train"]] = True
@@ -765,7 +777,7 @@ def run(source: Path, out: Path, cfg: IngestConfig | None = None, force: bool = 
     cold[cold_idx] = True
     items["cold"] = cold[items["item_idx"].to_numpy()]
 
-    ev = _split(events, cold, cfg.tie_break, cfg.seed)
+    ev = _split(events, cold, cfg.tie_break, cfg.seed, cfg.extra_test_events)
     cols = ["user_idx", "item_idx", "timestamp", "event", "weight", "seq_pos", "split"]
     ev_out = ev[cols].copy()
     ev_out["weight"] = ev_out["weight"].astype(np.float32)
