@@ -62,6 +62,9 @@ def main() -> int:
     ap.add_argument("--max-users", type=int, default=None, help="a slice of the users (smoke runs)")
     ap.add_argument("--epochs", type=int, default=None, help="override the config's epoch budget (smoke runs)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of steps 2-5 (the pipeline's steps use torch's default)")
+    ap.add_argument("--extra-test-events", type=int, default=None,
+                    help="ingest.extra_test_events for this run: k more warm events per user replayed as test cases (the "
+                         "secondary test); the config with it is written to the work folder and used by every step")
     ap.add_argument("--logit-adjustment", type=float, default=0.3, help="train.logit_adjustment of step 4's fused model (0: skip step 4)")
     args = ap.parse_args()
 
@@ -84,6 +87,14 @@ def main() -> int:
     work = args.work.resolve()
     cache = fresh_work(work, reuse=False)
     clock = Clock()
+    if args.extra_test_events is not None:  # the config file with the override, used by the pipeline and every step below
+        import yaml
+
+        conf = read_config_file(args.config)
+        conf.setdefault("ingest", {})["extra_test_events"] = args.extra_test_events
+        args.config = work / f"{args.config.stem}_extra_test_events_{args.extra_test_events}.yaml"
+        args.config.write_text(f"# {sys.argv[0]} --extra-test-events {args.extra_test_events}: the repository's config with "
+                               f"ingest.extra_test_events set\n" + yaml.safe_dump(conf, sort_keys=False))
     cli = str(Path(sys.executable).parent / "fusionrec")
     commands = {
         "datasets": [cli, "datasets", "movielens", str(work / "raw")] + (["--max-users", str(args.max_users)] if args.max_users else []),
@@ -148,6 +159,7 @@ def main() -> int:
         "provenance": {**prov, "cache": cache, "steps": clock.steps, "commands": {k: " ".join(v) for k, v in commands.items()},
                        "pipeline_steps": [{k: s[k] for k in ("step", "status", "wall_s")} for s in summary["steps"]],
                        "seeds": [fused_cfg.seed], "ab_config": cfg.model_dump(mode="json"),
+                       "config_file": str(args.config), "ingest_config": read_manifest(dataset)["params"],
                        "train_config": {"fused": fused_cfg.model_dump(mode="json"), "id": base_cfg.model_dump(mode="json")},
                        "online_replay": "off (offline A/B only)", "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }

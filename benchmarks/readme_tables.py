@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/readme_tables.py --check   # exit 1 if README.md differs from the JSON
 
 A block is the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is a result file
-stem under benchmarks/results/ (quality, movielens, aa, events, query, explain, movielens_pipeline_ab).
+stem under benchmarks/results/ (quality, movielens, aa, events, query, explain, movielens_pipeline_ab,
+movielens_secondary, movielens_secondary_ab).
 """
 
 from __future__ import annotations
@@ -218,6 +219,22 @@ def events_block(r: dict) -> str:
     return "\n".join([head, ""] + lines + verdict_lines(r["comparisons"], "Paired lift of reading the kinds", relative=True))
 
 
+def secondary_block(r: dict) -> str:
+    """The secondary test (quality_movielens --extra-test-events): fused vs ID-only on the enlarged warm test."""
+    tc, k = r["stats"]["test_cases"], r["config"]["ingest"]["extra_test_events"]
+    pairs = [c for c in r["comparisons"] if c["b"] == "id"]
+    head = ["**Incomplete run** (rows written so far)."] if not r.get("complete", True) else []
+    head.append(f"`ingest.extra_test_events: {k}`: {tc['warm']:,} warm test cases of {pairs[0]['n_users'] if pairs else '?'} users "
+                f"(leave-one-out: one per user); seeds {r['seeds']}; commit {r['provenance']['git_commit'][:10]}; "
+                f"{r['total']['wall_s']:.0f} s wall; command (its scope note aside): `{r['provenance']['command'].split(' --scope-note')[0]}`.")
+    lines = ["| model | seeds | NDCG@10 warm (all warm test cases) | Recall@20 warm |", "|---|---|---|---|"]
+    for name, row in r["rows"].items():
+        if row["seeds"] and name in ("id", *(c["a"] for c in pairs)):
+            s = row["summary"]["warm"]
+            lines.append(f"| {name} | {len(row['seeds'])} | {fmt_mean_ci(s['ndcg@10'])} | {fmt_mean_ci(s['recall@20'])} |")
+    return "\n".join(head + [""] + lines + verdict_lines(pairs, "Fused vs ID-only", relative=True))
+
+
 def pipeline_ab_block(r: dict) -> str:
     """The MovieLens pipeline A/B (benchmarks/ab_movielens.py): every arm's decision and coverage."""
     p = r["provenance"]
@@ -237,8 +254,10 @@ def pipeline_ab_block(r: dict) -> str:
 
 RENDER = {"quality": quality_block, "quality_effect": effect_block, "quality_alignment": alignment_block,
           "movielens": quality_block, "movielens_effect": effect_block, "movielens_cost": cost_block, "quality_cost": cost_block, "movielens_alignment": alignment_block, "aa": aa_block,
-          "events": events_block, "query": query_block, "explain": explain_block, "movielens_pipeline_ab": pipeline_ab_block}
-FILES = {"aa": "aa", "movielens_pipeline_ab": "movielens_pipeline_ab"}  # block -> result file, where not the name's first word
+          "events": events_block, "query": query_block, "explain": explain_block, "movielens_pipeline_ab": pipeline_ab_block,
+          "movielens_secondary": secondary_block, "movielens_secondary_ab": pipeline_ab_block}
+FILES = {"aa": "aa", "movielens_pipeline_ab": "movielens_pipeline_ab", "movielens_secondary": "movielens_secondary",
+         "movielens_secondary_ab": "movielens_secondary_ab"}  # block -> result file, where not the name's first word
 
 
 def render(readme: str) -> str:
