@@ -284,9 +284,10 @@ def run_quality(
             rows[k] = {"seeds": None, "summary": _row([f]), "training": None}
         users = frames["random"][0]["user_idx"].to_numpy()
         seg_of = frames["random"][0]["segment"].to_numpy()
+        masks = {"overall": np.ones(len(users), bool), **{s: seg_of == s for s in SEGMENTS if s != "overall"}, **extra_segments}
 
         def compare(a: str, b: str, seg: str, metric: str = "ndcg@10", seed: int = 0) -> dict:
-            m = np.ones(len(users), bool) if seg == "overall" else extra_segments[seg] if seg in extra_segments else seg_of == seg
+            m = masks[seg]
             fa = frames.get(a) or [ceilings[a]]
             fb = frames.get(b) or [ceilings[b]]
             A = np.stack([f[metric].to_numpy()[m] for f in fa])

@@ -324,14 +324,23 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def _serve_process(repo: Path) -> tuple[subprocess.Popen, int]:
+    """`fusionrec serve repo` as a child process on free ports (output piped); returns it and its gRPC port."""
+    g, h, m = free_ports(3)
+    cli = Path(sys.executable).parent / "fusionrec"
+    proc = subprocess.Popen([str(cli), "serve", str(repo), "--grpc-port", str(g), "--http-port", str(h), "--metrics-port", str(m)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "FUSIONREC_LOG_LEVEL": "WARNING"})
+    return proc, g
+
+
 def test_serve_subprocess_sigterm_leaves_no_process(serving_repo):
     import tritonclient.grpc as grpc
 
-    g, h, m = free_ports(3)
-    cli = Path(sys.executable).parent / "fusionrec"
-    proc = subprocess.Popen([str(cli), "serve", str(serving_repo), "--grpc-port", str(g), "--http-port", str(h),
-                             "--metrics-port", str(m)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "FUSIONREC_LOG_LEVEL": "WARNING"})
+    proc, g = _serve_process(serving_repo)
     try:
         client = grpc.InferenceServerClient(f"127.0.0.1:{g}")
         deadline = time.time() + 90
@@ -345,7 +354,7 @@ def test_serve_subprocess_sigterm_leaves_no_process(serving_repo):
             time.sleep(0.5)
         assert client.is_model_ready(MODEL)
         kids = _descendants(proc.pid)
-        cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") for p in kids if _alive(p)}
+        cmdlines = {p: _cmdline(p) for p in kids if _alive(p)}
         assert any("tritonserver" in c for c in cmdlines.values()), cmdlines
         assert any("stub" in c for c in cmdlines.values()), cmdlines  # the Python-backend stub(s)
         proc.send_signal(signal.SIGTERM)
@@ -364,18 +373,14 @@ def test_serve_subprocess_sigterm_during_start_up_stops_triton(serving_repo):
     """A SIGTERM that lands while `fusionrec serve` is still starting (Triton up, the model loading) stops it cleanly
     (exit 0, no process left); before the handlers were installed ahead of the start, the default handler killed the
     CLI (exit 143), skipping its own shutdown of Triton."""
-    g, h, m = free_ports(3)
-    cli = Path(sys.executable).parent / "fusionrec"
-    proc = subprocess.Popen([str(cli), "serve", str(serving_repo), "--grpc-port", str(g), "--http-port", str(h),
-                             "--metrics-port", str(m)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "FUSIONREC_LOG_LEVEL": "WARNING"})
+    proc, _ = _serve_process(serving_repo)
     seen: dict[int, str] = {}
 
     def look() -> None:
         for p in _descendants(proc.pid):
             if p not in seen and _alive(p):
                 try:
-                    seen[p] = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    seen[p] = _cmdline(p)
                 except OSError:
                     pass
 

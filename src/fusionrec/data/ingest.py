@@ -690,10 +690,8 @@ def _split(events: pd.DataFrame, cold: np.ndarray, tie_break: str = "random", se
     segment[warm_pos[enough & (from_end == 0)]] = "warm"
     split[warm_pos[enough & (from_end == 1)]] = "valid"
     segment[warm_pos[enough & (from_end == 1)]] = "warm"
-    for j in range(int(extra_test_events)):  # from the end: test, valid, then these; one warm train event stays
-        extra = warm_pos[(n_warm >= 4 + j) & (from_end == 2 + j)]
-        split[extra] = "test"
-        segment[extra] = "warm"
+    # from the end: test, valid, then the extras, each only with a warm train event left before it (their segment is set below)
+    split[warm_pos[(from_end >= 2) & (from_end < 2 + int(extra_test_events)) & (n_warm >= from_end + 2)]] = "test"
     case = np.isin(split, ("valid", "test"))
     trained = np.zeros(len(cold), bool)
     trained[ev["item_idx"].to_numpy()[split == "train"]] = True
