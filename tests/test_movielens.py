@@ -39,6 +39,21 @@ def test_join_keeps_the_most_voted_of_ambiguous_imdb_rows():
     assert len(joined) == 1 and joined["imdb_votes"].iloc[0] == 44588 and report["matched"] == 1
 
 
+def test_all_imdb_columns_add_the_vote_histogram_and_genre_flags(raw):
+    ratings, imdb = raw
+    summary, _, _ = build(ratings, imdb, MovieLensConfig(max_users=30))
+    full, _, _ = build(ratings, imdb, MovieLensConfig(max_users=30, imdb_columns="all"))
+    extra = sorted(set(full.columns) - set(summary.columns))
+    assert len(extra) == 17 and "imdb_votes_10star_pct" in extra and "imdb_genre_animation" in extra
+    pd.testing.assert_frame_equal(full[summary.columns], summary)  # the summary columns are untouched
+    hist = full[[f"imdb_votes_{k}star_pct" for k in range(1, 11)]].dropna()
+    # shares of one movie's votes in percent, binned by the source (0, 4.5, 14.5, ...): about 100 in all
+    assert len(hist) > 100 and ((hist >= 0) & (hist <= 100)).all().all()
+    assert hist.sum(axis=1).between(50, 150).all() and abs(hist.sum(axis=1).mean() - 100) < 10
+    toy = full[full["title"] == "Toy Story"]
+    assert len(toy) == 1 and toy["imdb_genre_animation"].iloc[0] == 1
+
+
 def test_min_rating_and_slice(raw):
     ratings, imdb = raw
     _, inter, rep = build(ratings, imdb, MovieLensConfig(min_rating=4.0, max_users=10))

