@@ -26,9 +26,14 @@ def step(name: str, out: Path, fn: Callable[[], object], timings: dict, fresh: b
     return out
 
 
+WORK_MARKER = ".fusionrec-benchmark-work"
+
+
 def fresh_work(work: Path, reuse: bool) -> dict:
     """A benchmark's own work folder, emptied first unless ``reuse``, with its encoder cache inside it.
 
+    Only a folder a benchmark made (it holds ``WORK_MARKER``) is ever emptied: a missing or empty folder is taken,
+    anything else is refused with a ``SystemExit`` that names the folder, so a mistyped ``--work`` loses nothing.
     ``$FUSIONREC_CACHE`` points at ``work/encoder_cache`` (the image encoder's ONNX export is cached there too),
     so nothing comes from an earlier run unless ``reuse``. Returns the cache record the result JSONs carry:
     ``{"reuse_requested", "reused_artifacts", "encoder_cache": {"folder", "existed_before"}}``.
@@ -36,9 +41,13 @@ def fresh_work(work: Path, reuse: bool) -> dict:
     import os
     import shutil
 
+    if work.exists() and any(work.iterdir()) and not (work / WORK_MARKER).exists():
+        raise SystemExit(f"{work} holds files that no benchmark wrote (no {WORK_MARKER} in it); refusing to use it as a "
+                         "work folder: choose a new or empty folder")
     if work.exists() and not reuse:
-        shutil.rmtree(work)  # from scratch: every artifact below is rebuilt
+        shutil.rmtree(work)  # from scratch: every artifact below is rebuilt (the marker says a benchmark made it all)
     work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARKER).write_text("a fusionrec benchmark's work folder: a later run may empty it\n")
     enc_cache = work / "encoder_cache"
     os.environ["FUSIONREC_CACHE"] = str(enc_cache)
     return {"reuse_requested": reuse, "reused_artifacts": [],

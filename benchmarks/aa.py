@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _steps import fresh_work  # noqa: E402
 from protocol import RESULTS, Clock, provenance  # noqa: E402
 
 
@@ -63,8 +64,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     prov = provenance(sys.argv)
     clock = Clock()
-    if args.work.exists():
-        shutil.rmtree(args.work)  # from scratch
+    fresh_work(args.work, reuse=False)  # from scratch; refuses a folder no benchmark made
     with clock.step("data"):
         generate(args.work / "raw", DemoConfig(n_items=args.items, n_users=args.users, events_per_user=args.events, seed=0))
         ds_path = ingest(args.work / "raw", args.work / "dataset", IngestConfig(seed=0))

@@ -324,10 +324,10 @@ def combine(paths: list[Path], tag: str, results: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True, help="a prepared folder: raw/, dataset/, emb/<modality>/, aligned/ (see --prepare)")
     ap.add_argument("--prepare", default=None, help="ITEMSxUSERS: generate + ingest + encode + align the demo catalog into --work first")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--variants", default="id,id:zero,fused,fused:align1")
+    ap.add_argument("--seeds", default="0,1,2", help="comma list of training seeds (default: %(default)s)")
+    ap.add_argument("--variants", default="id,id:zero,fused,fused:align1", help="comma list of: " + ", ".join(VARIANTS) + " (default: %(default)s)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="TrainConfig override key=value for every variant")
     ap.add_argument("--test", default="", help="comma list of variants whose TEST figures to read (once, after the choices)")
     ap.add_argument("--tag", default="demo")

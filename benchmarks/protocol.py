@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -200,13 +199,9 @@ def run_quality(
         torch.set_num_threads(threads)
     prov = provenance(argv)
     clock = Clock()
-    cache = {"reused_artifacts": [], "encoder_cache": None}
-    if work.exists() and not reuse:
-        shutil.rmtree(work)  # from scratch: every artifact below is rebuilt
-    work.mkdir(parents=True, exist_ok=True)
-    enc_cache = work / "encoder_cache"
-    cache["encoder_cache"] = {"folder": str(enc_cache), "existed_before": enc_cache.exists()}
-    os.environ["FUSIONREC_CACHE"] = str(enc_cache)
+    from _steps import fresh_work
+
+    cache = fresh_work(work, reuse)  # emptied unless reuse, and only if a benchmark made it; its own encoder cache
 
     from fusionrec.compare import paired_difference
     from fusionrec.data.dataset import DatasetArtifact

@@ -452,3 +452,29 @@ def test_ab_report_zero_control_lift_and_clipped_latency_are_labelled(tiny_datas
     row = [line for line in md.splitlines() if line.startswith("| cold | recall@20 |")][-1]  # the synthetic one
     assert "+0.6250 (abs.; control 0)" in row and "(abs.)" in row, row
     assert "1 slower request(s), up to 2000.0 ms, are counted in its last bin" in md
+
+
+def test_benchmark_work_folder_is_emptied_only_when_a_benchmark_made_it(tmp_path, monkeypatch):
+    """``--work`` of every benchmark goes through ``_steps.fresh_work``: a mistyped folder is refused, not emptied."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.setenv("FUSIONREC_CACHE", str(tmp_path / "unused"))  # fresh_work points it into the work folder
+    from _steps import WORK_MARKER, fresh_work
+
+    users = tmp_path / "thesis"
+    users.mkdir()
+    (users / "chapter1.txt").write_text("three years of work")
+    before = tree(users)
+    for reuse in (False, True):
+        with pytest.raises(SystemExit, match="no benchmark wrote"):
+            fresh_work(users, reuse=reuse)
+        assert tree(users) == before
+
+    work = tmp_path / "bench"
+    fresh_work(work, reuse=False)  # missing: taken, and marked
+    (work / "dataset").mkdir()
+    (work / "dataset" / "old.parquet").write_text("an earlier run's output")
+    fresh_work(work, reuse=True)
+    assert (work / "dataset" / "old.parquet").exists()  # reuse keeps it
+    cache = fresh_work(work, reuse=False)
+    assert not (work / "dataset").exists() and (work / WORK_MARKER).exists()  # from scratch: the benchmark's own files go
+    assert cache["encoder_cache"]["folder"] == str(work / "encoder_cache") and os.environ["FUSIONREC_CACHE"] == str(work / "encoder_cache")
