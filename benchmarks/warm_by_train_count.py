@@ -34,12 +34,16 @@ def bin_label(lo: int, hi: int | None) -> str:
     return f"{lo}+" if hi is None else f"{lo}-{hi}"
 
 
+def in_bin(train_counts: np.ndarray, lo: int, hi: int | None) -> np.ndarray:
+    return (train_counts >= lo) & (train_counts <= (hi if hi is not None else np.inf))
+
+
 def by_train_count(per_case: dict, train_counts: np.ndarray, a: str, b: str) -> dict:
     """``a`` vs ``b`` (``ablation.paired``) on the warm cases of each bin of ``train_counts`` (one per case)."""
     out = {}
     for lo, hi in BINS:
-        in_bin = (train_counts >= lo) & (train_counts <= (hi if hi is not None else np.inf))
-        sub = {n: {**pc, "segment": np.where(in_bin & (pc["segment"] == "warm"), "bin", "other")} for n, pc in per_case.items()}
+        mask = in_bin(train_counts, lo, hi)
+        sub = {n: {**pc, "segment": np.where(mask & (pc["segment"] == "warm"), "bin", "other")} for n, pc in per_case.items()}
         out[bin_label(lo, hi)] = paired(sub, a, b, "bin")
     out["all warm"] = paired(per_case, a, b, "warm")
     return out
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = ds.train_counts[cases["item_idx"].to_numpy()]
     table = by_train_count(per_case, counts, args.a, args.b)
     warm = per_case[args.b]["segment"] == "warm"
-    share = {bin_label(lo, hi): int(((counts >= lo) & (counts <= (hi if hi is not None else np.inf)) & warm).sum()) for lo, hi in BINS}
+    share = {bin_label(lo, hi): int((in_bin(counts, lo, hi) & warm).sum()) for lo, hi in BINS}
 
     lines = [f"# Warm validation NDCG@10 by the target's train events: {args.a} vs {args.b}", "",
              f"From `{args.ablation.name}` (seeds {abl['seeds']}, per-case values pooled over seeds; its commit "
