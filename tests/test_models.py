@@ -185,3 +185,52 @@ def test_popularity_ranker_same_api(tmp_path):
     save_model(pop, tmp_path / "p")
     assert np.array_equal(load_model(tmp_path / "p").topk(h, 5)[0], idx)
     assert pop.with_new_items({"text": np.zeros((3, 4))}).n_items == N + 3
+
+
+def count_gate_model(fusion: str = "attention") -> Recommender:
+    """tiny_model's items with ``id_count_gate``: train counts 0 (padding, cold) to 1000 (the head)."""
+    base = tiny_model(fusion)
+    counts = torch.zeros(N + 1, dtype=torch.long)
+    counts[1:-5] = torch.tensor([1, 2, 3, 5, 9, 20, 40, 80, 150, 300, 600, 1000] * 2 + [7])
+    spec = base.spec.model_copy(update={"id_count_gate": True})
+    model = Recommender(spec, base.features, base.feature_mask, base.id_mask, counts)
+    model.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        model.id_count_bias.copy_(torch.linspace(-2, 2, model.id_count_bias.numel()))  # as if trained: trust IDs of the head
+    return model.eval()
+
+
+@pytest.mark.parametrize("fusion", ["attention", "weighted"])
+def test_id_count_gate_shifts_weight_to_the_id_channel_by_train_count(fusion):
+    plain, gated = tiny_model(fusion), count_gate_model(fusion)
+    assert gated.count_bucket.tolist()[:4] == [0, 1, 1, 2] and int(gated.count_bucket[12]) == 9  # counts 0, 1, 2, 3; 1000
+    w_plain, w_gated = plain.fusion_weights(), gated.fusion_weights()
+    assert torch.allclose(w_gated.sum(1)[1:], torch.ones(N))  # still a distribution over each item's channels
+    assert torch.equal(w_gated == 0, w_plain == 0)  # missing channels stay at exactly 0
+    warm = gated.id_mask
+    # the ID channel's share moves with the bias of the item's bucket: up for the head, down for the rarely seen
+    head = warm & (gated.count_bucket >= 7)
+    tail = warm & (gated.count_bucket <= 2) & (gated.feature_mask.any(1))
+    assert head.sum() >= 4 and tail.sum() >= 4
+    assert (w_gated[head, -1] > w_plain[head, -1]).all() and (w_gated[tail, -1] < w_plain[tail, -1]).all()
+    # cold items have no ID channel, so the gate cannot touch their content-only vectors
+    cold = ~warm
+    cold[0] = False
+    assert torch.allclose(gated.item_tables()[0][cold], plain.item_tables()[0][cold], atol=1e-6)
+
+
+def test_id_count_gate_survives_save_load_export_and_new_items(tmp_path):
+    model = count_gate_model()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    h = histories()
+    a, sa = model.topk(h, 10)
+    b, sb = loaded.topk(h, 10)
+    assert np.array_equal(a, b) and np.array_equal(sa, sb) and torch.equal(loaded.count_bucket, model.count_bucket)
+    idx, score = model.serving_module(10)(torch.from_numpy(h))  # the item table, gate included, is baked in
+    assert np.array_equal(idx.numpy(), a) and np.allclose(score.numpy(), sa, atol=1e-5)
+    feats = {m: model.features[[3], j].numpy() for j, m in enumerate(model.spec.modalities)}
+    bigger = model.with_new_items(feats)
+    assert bigger.count_bucket.tolist() == model.count_bucket.tolist() + [0]  # a new item was never trained on
+    with pytest.raises(ValueError, match="concat"):
+        ModelSpec(n_items=3, fusion="concat", id_count_gate=True)

@@ -75,7 +75,7 @@ class ExplainModule(nn.Module):
         model.eval()
         with torch.no_grad():
             vecs, mask = model.channels()
-            fused, weights = model.fusion(vecs, mask)
+            fused, weights = model.fuse(vecs, mask)
         model.train(was)
         import copy
 

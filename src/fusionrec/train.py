@@ -206,7 +206,7 @@ def content_alignment_loss(model: Recommender) -> torch.Tensor:
         return torch.zeros((), device=model.features.device)
     vecs, mask = model.channels()
     warm = model.id_mask & model.feature_mask.any(1)
-    full = model.fusion(vecs, mask)[0][warm].detach()
+    full = model.fuse(vecs, mask)[0][warm].detach()
     content = model.content_table(vecs, mask)[warm]
     return nn.functional.mse_loss(content, full)
 
@@ -482,7 +482,8 @@ def run(dataset: str | os.PathLike, aligned: str | os.PathLike | None, out: str 
             record = {"train_seconds": time.perf_counter() - t0, "sequences_per_second": None}
         else:
             keep = [mods.index(m) for m in spec.modalities]
-            model = Recommender(spec, torch.from_numpy(feats[:, keep]), torch.from_numpy(fmask[:, keep]), torch.from_numpy(counts > 0))
+            model = Recommender(spec, torch.from_numpy(feats[:, keep]), torch.from_numpy(fmask[:, keep]), torch.from_numpy(counts > 0),
+                                torch.from_numpy(counts))
             model.to(device)
             log.info("training %s (%s) on %s: %d params", cfg.model, model.describe(), device, sum(p.numel() for p in model.parameters()))
             record = fit(model, ds, cfg, device)

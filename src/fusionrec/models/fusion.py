@@ -1,7 +1,8 @@
 """Fusion of an item's channels (aligned modality vectors, optionally its ID embedding) into one vector.
 
 Every item-side fusion maps ``vecs`` [n, C, d] and ``mask`` [n, C] (bool, True = channel
-present) to ``(fused [n, d], weights [n, C])``. Missing channels get weight exactly 0:
+present) to ``(fused [n, d], weights [n, C])``; ``weighted`` and ``attention`` also take an optional
+``bias`` [n, C] added to their logits (``id_count_gate``). Missing channels get weight exactly 0:
 
 - ``concat``    concat of the (zeroed-when-missing) channels + MLP;
 - ``weighted``  one learned softmax weight per channel, renormalised over present channels;
@@ -53,8 +54,9 @@ class WeightedFusion(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, vecs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = masked_softmax(self.logits.unsqueeze(0).expand(mask.shape[0], -1), mask)
+    def forward(self, vecs: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits.unsqueeze(0).expand(mask.shape[0], -1)
+        w = masked_softmax(logits if bias is None else logits + bias, mask)
         return (w.unsqueeze(-1) * vecs).sum(1), w
 
 
@@ -67,9 +69,9 @@ class AttentionFusion(nn.Module):
         self.proj = nn.Linear(dim, hidden)
         self.score = nn.Linear(hidden, 1, bias=False)
 
-    def forward(self, vecs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, vecs: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.score(torch.tanh(self.proj(vecs))).squeeze(-1)  # [n, C]
-        w = masked_softmax(logits, mask)
+        w = masked_softmax(logits if bias is None else logits + bias, mask)
         return (w.unsqueeze(-1) * vecs).sum(1), w
 
 

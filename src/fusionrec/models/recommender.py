@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from fusionrec.artifacts import atomic_write_json, read_json
@@ -57,6 +57,10 @@ class Architecture(BaseModel):
     use_events: bool = False
     """Read behaviour kinds (the ``event`` column: view, purchase, ...): a learned embedding per kind is added
     to each history position (kinds unknown at serving time read as a zero vector)."""
+    id_count_gate: bool = False
+    """Let the item-side fusion weigh the ID channel by how often training saw the item: a learned bias per
+    log2 bucket of the item's train count is added to the ID channel's fusion logit (attention and weighted
+    fusion). Well-trained items can then lean on their ID vector and rarely seen ones on their content."""
 
     @field_validator("fusion")
     @classmethod
@@ -64,6 +68,12 @@ class Architecture(BaseModel):
         if v not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got '{v}'")
         return v
+
+    @model_validator(mode="after")
+    def _count_gate_needs_a_logit(self) -> "Architecture":
+        if self.id_count_gate and self.fusion == "concat":
+            raise ValueError("id_count_gate biases a fusion logit: use fusion attention, weighted or user_gate, not concat")
+        return self
 
 
 class ModelSpec(Architecture):
@@ -139,6 +149,18 @@ def whitening(x: np.ndarray | torch.Tensor, eps: float = 1e-5) -> tuple[torch.Te
     return mean.float(), (vecs / torch.sqrt(vals.clamp_min(0) + eps)).float()
 
 
+COUNT_BUCKETS = 12  # buckets of an item's train count, floor(log2(count + 1)): 0 | 1-2 | 3-6 | 7-14 | ... | 2047+
+
+
+def count_buckets(train_counts: torch.Tensor) -> torch.Tensor:
+    """Bucket of each item's train count for ``id_count_gate``: ``floor(log2(count + 1))``, capped at ``COUNT_BUCKETS - 1``.
+
+    >>> count_buckets(torch.tensor([0, 1, 2, 3, 4, 50, 10**6])).tolist()
+    [0, 1, 1, 2, 2, 5, 11]
+    """
+    return torch.floor(torch.log2(train_counts.double().clamp_min(0) + 1)).long().clamp(0, COUNT_BUCKETS - 1)
+
+
 def _prepare_histories(histories: np.ndarray, max_len: int) -> torch.Tensor:
     return torch.from_numpy(pad_histories(histories, max_len))
 
@@ -147,7 +169,9 @@ class Recommender(nn.Module):
     """Fused item vectors + causal Transformer user model; a ``fusionrec.ranking.TopKRanker``."""
 
     def __init__(self, spec: ModelSpec, features: torch.Tensor | None = None, feature_mask: torch.Tensor | None = None,
-                 id_mask: torch.Tensor | None = None):
+                 id_mask: torch.Tensor | None = None, train_counts: torch.Tensor | None = None):
+        """``train_counts`` [n_items + 1]: each item's train events, read by ``spec.id_count_gate`` only (a saved model
+        carries their buckets; a new item counts 0)."""
         super().__init__()
         self.spec = spec
         n, M, D = spec.n_items + 1, len(spec.modalities), spec.aligned_dim
@@ -179,6 +203,12 @@ class Recommender(nn.Module):
         self.id_emb = nn.Embedding(n, d) if spec.use_id_embedding else None
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.1)
+        if spec.id_count_gate and self.id_emb is not None:
+            counts = torch.zeros(n) if train_counts is None else torch.as_tensor(train_counts)
+            if tuple(counts.shape) != (n,):
+                raise ValueError(f"train_counts shape {tuple(counts.shape)} != (n_items+1,) = {(n,)}")
+            self.register_buffer("count_bucket", count_buckets(counts).contiguous())
+            self.id_count_bias = nn.Parameter(torch.zeros(COUNT_BUCKETS))
         if spec.channels == 0:
             raise ValueError("a model needs at least one modality or the item-ID embedding")
         self.fusion = make_fusion(spec.fusion, spec.channels, d)
@@ -235,9 +265,18 @@ class Recommender(nn.Module):
         """(input table [N+1, d] fed to the sequence model, scoring parts) for the whole catalog."""
         return self.tables_of(*self.channels(drop_modality, drop_id, generator))
 
+    def fuse(self, vecs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The item-side fusion of ``vecs`` [N+1, C, d] / ``mask`` [N+1, C] -> (fused [N+1, d], weights [N+1, C]);
+        with ``id_count_gate`` the ID channel's logit gets its train-count bucket's learned bias."""
+        if not hasattr(self, "id_count_bias"):
+            return self.fusion(vecs, mask)
+        bias = torch.zeros(mask.shape, dtype=vecs.dtype, device=vecs.device)
+        bias[:, -1] = self.id_count_bias[self.count_bucket]
+        return self.fusion(vecs, mask, bias)
+
     def tables_of(self, vecs: torch.Tensor, mask: torch.Tensor):
         """``item_tables`` for given channels ``vecs`` [N+1, C, d] and ``mask`` [N+1, C] (e.g. without the ID channel)."""
-        fused, _ = self.fusion(vecs, mask)
+        fused, _ = self.fuse(vecs, mask)
         if self.user_gate is None:
             return fused, (fused,)
         return fused, (vecs, mask.to(vecs.dtype))
@@ -252,12 +291,12 @@ class Recommender(nn.Module):
 
     def content_table(self, vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Item vectors [N+1, d] fused from the modality channels alone (ID channel masked): how a cold item is seen."""
-        return self.fusion(*self.content_channels(vecs, mask))[0]
+        return self.fuse(*self.content_channels(vecs, mask))[0]
 
     def fusion_weights(self) -> torch.Tensor:
         """Per-item channel weights [N+1, C] of the item-side fusion (0 for missing channels)."""
         vecs, mask = self.channels()
-        return self.fusion(vecs, mask)[1]
+        return self.fuse(vecs, mask)[1]
 
     def scorable(self) -> torch.Tensor:
         """[N+1] bool: items with at least one channel (padding row 0 excluded)."""
@@ -338,8 +377,11 @@ class Recommender(nn.Module):
         spec = self.spec.model_copy(update={"n_items": self.n_items + m})
         new = Recommender(spec, torch.cat([self.features.cpu(), feats]), torch.cat([self.feature_mask.cpu(), fmask]),
                           torch.cat([self.id_mask.cpu(), torch.zeros(m, dtype=torch.bool)]))
-        state = {k: v for k, v in self.state_dict().items() if k not in ("features", "feature_mask", "id_mask", "id_emb.weight")}
+        per_item = ("features", "feature_mask", "id_mask", "id_emb.weight", "count_bucket")
+        state = {k: v for k, v in self.state_dict().items() if k not in per_item}
         new.load_state_dict(state, strict=False)
+        if hasattr(self, "count_bucket"):  # the new items were never trained on: bucket 0
+            new.count_bucket[: self.n_items + 1] = self.count_bucket.cpu()
         if self.id_emb is not None:
             with torch.no_grad():
                 new.id_emb.weight.zero_()
