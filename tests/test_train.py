@@ -180,6 +180,23 @@ def test_train_artifact_deterministic_and_reloadable(synth, tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_id_count_gate_trains_its_bias_from_the_train_counts(synth, tmp_path):
+    from fusionrec.data.dataset import DatasetArtifact
+    from fusionrec.models import load_model
+    from fusionrec.models.recommender import count_buckets
+    from fusionrec.train import TrainConfig, run
+
+    ds, _, aligned = synth
+    out = run(ds, aligned, tmp_path / "gate", TrainConfig(model="fused", id_count_gate=True, epochs=2, seed=0, **FAST))
+    model = load_model(out)
+    assert model.spec.id_count_gate
+    # the buckets are the dataset's train counts, and training moved the biases of the buckets that hold items
+    counts = DatasetArtifact(ds).train_counts
+    assert torch.equal(model.count_bucket, count_buckets(torch.from_numpy(counts)))
+    used = torch.unique(model.count_bucket[model.id_mask])
+    assert used.numel() >= 2 and (model.id_count_bias[used] != 0).all()
+
+
 def test_baselines_by_the_same_code_path(synth, tmp_path):
     from fusionrec.models import load_model
     from fusionrec.train import TrainConfig, run
