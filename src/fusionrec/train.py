@@ -57,7 +57,8 @@ class TrainConfig(StepConfig, Architecture):
     """Settings of the train step (config section ``train``). Defaults train the demo catalog in about a minute on 2 cores.
 
     The model's hyperparameters (fusion, use_id_embedding, dim, layers, heads, max_len, dropout,
-    adapter, whiten, unknown_history) come from ``Architecture``, the fields ``ModelSpec`` records.
+    adapter, whiten, unknown_history, use_events, id_count_gate) come from ``Architecture``, the fields
+    ``ModelSpec`` records.
     """
 
     # Ranges are checked here, so a bad value is one line naming the field, not a torch error.
