@@ -90,6 +90,10 @@ REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:ali
              **{f"fused:recon{w}": "fused:recon1" for w in (3, 10, 30, 100)}}
 
 
+# warm items by train events, as the A/B report bins them (0 is cold)
+TRAIN_COUNT_BINS = ((1, 2), (3, 9), (10, 49), (50, None))
+
+
 def _versions() -> dict:
     from importlib.metadata import version
 
@@ -228,6 +232,15 @@ def diagnostics(ranker, topk: np.ndarray, ds) -> dict:
             ok = ranker.scorable().numpy()
             out["item_norm_warm"] = round(float(norms[trained & ok].mean()), 4)
             out["item_norm_cold"] = round(float(norms[~trained & ok].mean()), 4) if (~trained & ok).any() else None
+        if getattr(ranker, "id_emb", None) is not None and ranker.spec.modalities:
+            # how much the fusion leans on the ID vector, by how often training saw the item (the A/B report's bins)
+            with torch.no_grad():
+                id_weight = ranker.fusion_weights()[:, -1].numpy()
+            counts = ds.train_counts
+            in_bins = {(f"{lo}+" if hi is None else f"{lo}-{hi}"): (counts >= lo) & (counts <= (hi or np.inf)) for lo, hi in TRAIN_COUNT_BINS}
+            out["id_weight_by_train_count"] = {b: round(float(id_weight[m].mean()), 4) if m.any() else None for b, m in in_bins.items()}
+            if hasattr(ranker, "id_count_bias"):
+                out["id_count_bias"] = [round(float(b), 4) for b in ranker.id_count_bias.detach()]
     return out
 
 

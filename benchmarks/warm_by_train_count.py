@@ -24,11 +24,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from _steps import fresh_work  # noqa: E402
+from ablation import TRAIN_COUNT_BINS as BINS  # noqa: E402
 from ablation import paired  # noqa: E402
 from protocol import RESULTS, provenance  # noqa: E402
-
-BINS = ((1, 2), (3, 9), (10, 49), (50, None))
-
 
 def bin_label(lo: int, hi: int | None) -> str:
     return f"{lo}+" if hi is None else f"{lo}-{hi}"

@@ -34,6 +34,11 @@ def test_train_save_then_test_read_from_the_saved_models(tiny_raw, tiny_dataset,
     assert set(trained["table"]) == {"id", "fused"} and "test" not in trained["table"]["fused"]
     assert "fused vs id" in trained["comparisons_valid"] and not trained["comparisons_test"]
     assert len(list((work / "models").iterdir())) == 4  # two variants x two seeds
+    # the fusion's ID-channel weight by train-count bin: a share of each item's weights, only for a model that fuses
+    weights = trained["runs"]["fused"][0]["diagnostics"]["id_weight_by_train_count"]
+    assert set(weights) == {"1-2", "3-9", "10-49", "50+"} and any(w is not None for w in weights.values())
+    assert all(0 < w <= 1 for w in weights.values() if w is not None)
+    assert "id_weight_by_train_count" not in trained["runs"]["id"][0]["diagnostics"]
 
     # the test read: no retraining, the same validation figures, test paired on warm and on the cold items no choice read
     assert run_ablation(monkeypatch, *common, "--from-saved", "--test", "id,fused", "--tag", "read") == 0
