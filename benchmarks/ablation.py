@@ -90,10 +90,6 @@ REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:ali
              **{f"fused:recon{w}": "fused:recon1" for w in (3, 10, 30, 100)}}
 
 
-# warm items by train events, as the A/B report bins them (0 is cold)
-TRAIN_COUNT_BINS = ((1, 2), (3, 9), (10, 49), (50, None))
-
-
 def _versions() -> dict:
     from importlib.metadata import version
 
@@ -217,6 +213,8 @@ def diagnostics(ranker, topk: np.ndarray, ds) -> dict:
     cold item is scored on), the share of top-10 slots that go to cold items, and how concentrated the lists are."""
     import torch
 
+    from fusionrec.metrics import COUNT_BANDS, count_bands
+
     out: dict = {}
     trained = np.zeros(ds.n_items + 1, bool)
     trained[np.unique(ds.split("train")["item_idx"].to_numpy())] = True
@@ -233,12 +231,11 @@ def diagnostics(ranker, topk: np.ndarray, ds) -> dict:
             out["item_norm_warm"] = round(float(norms[trained & ok].mean()), 4)
             out["item_norm_cold"] = round(float(norms[~trained & ok].mean()), 4) if (~trained & ok).any() else None
         if getattr(ranker, "id_emb", None) is not None and ranker.spec.modalities:
-            # how much the fusion leans on the ID vector, by how often training saw the item (the A/B report's bins)
+            # how much the fusion leans on the ID vector, by how often training saw the item (the A/B report's bands, 0 aside)
             with torch.no_grad():
                 id_weight = ranker.fusion_weights()[:, -1].numpy()
-            counts = ds.train_counts
-            in_bins = {(f"{lo}+" if hi is None else f"{lo}-{hi}"): (counts >= lo) & (counts <= (hi or np.inf)) for lo, hi in TRAIN_COUNT_BINS}
-            out["id_weight_by_train_count"] = {b: round(float(id_weight[m].mean()), 4) if m.any() else None for b, m in in_bins.items()}
+            warm_bands = count_bands(ds.train_counts, COUNT_BANDS[1:])
+            out["id_weight_by_train_count"] = {b: round(float(id_weight[m].mean()), 4) if m.any() else None for b, m in warm_bands.items()}
             if hasattr(ranker, "id_count_bias"):
                 out["id_count_bias"] = [round(float(b), 4) for b in ranker.id_count_bias.detach()]
     return out

@@ -4,8 +4,8 @@ often training saw each case's target movie (issue 14: "show the ablations that 
 It reads the seed-pooled per-case arrays an ``ablation.py`` run saved (no model is trained or scored here; test is
 not read), rebuilds the dataset they were scored on from scratch (``fusionrec datasets movielens`` + ingest with
 the config's ``ingest`` section, both deterministic), checks that its validation cases are the JSON's case for case,
-and compares two variants on the warm cases of each train-count bin. The bins are the A/B report's
-(``fusionrec.ab.report``: 1-2, 3-9, 10-49, 50+ train events; 0 is cold).
+and compares two variants on the warm cases of each train-count band. The bands are the A/B report's
+(``fusionrec.metrics.COUNT_BANDS``: 1-2, 3-9, 10-49, 50+ train events; 0 is cold).
 
     .venv/bin/python benchmarks/warm_by_train_count.py      # -> benchmarks/results/warm_by_train_count_ml.{json,md}
 """
@@ -24,25 +24,20 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from _steps import fresh_work  # noqa: E402
-from ablation import TRAIN_COUNT_BINS as BINS  # noqa: E402
 from ablation import paired  # noqa: E402
 from protocol import RESULTS, provenance  # noqa: E402
 
-def bin_label(lo: int, hi: int | None) -> str:
-    return f"{lo}+" if hi is None else f"{lo}-{hi}"
+from fusionrec.metrics import COUNT_BANDS, count_bands  # noqa: E402
 
-
-def in_bin(train_counts: np.ndarray, lo: int, hi: int | None) -> np.ndarray:
-    return (train_counts >= lo) & (train_counts <= (hi if hi is not None else np.inf))
+WARM_BANDS = COUNT_BANDS[1:]  # the A/B report's train-count bands without the never-trained one (cold cases)
 
 
 def by_train_count(per_case: dict, train_counts: np.ndarray, a: str, b: str) -> dict:
-    """``a`` vs ``b`` (``ablation.paired``) on the warm cases of each bin of ``train_counts`` (one per case)."""
+    """``a`` vs ``b`` (``ablation.paired``) on the warm cases of each band of ``train_counts`` (one per case)."""
     out = {}
-    for lo, hi in BINS:
-        mask = in_bin(train_counts, lo, hi)
-        sub = {n: {**pc, "segment": np.where(mask & (pc["segment"] == "warm"), "bin", "other")} for n, pc in per_case.items()}
-        out[bin_label(lo, hi)] = paired(sub, a, b, "bin")
+    for label, band in count_bands(train_counts, WARM_BANDS).items():
+        sub = {n: {**pc, "segment": np.where(band & (pc["segment"] == "warm"), "bin", "other")} for n, pc in per_case.items()}
+        out[label] = paired(sub, a, b, "bin")
     out["all warm"] = paired(per_case, a, b, "warm")
     return out
 
@@ -79,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = ds.train_counts[cases["item_idx"].to_numpy()]
     table = by_train_count(per_case, counts, args.a, args.b)
     warm = per_case[args.b]["segment"] == "warm"
-    share = {bin_label(lo, hi): int((in_bin(counts, lo, hi) & warm).sum()) for lo, hi in BINS}
+    share = {label: int((band & warm).sum()) for label, band in count_bands(counts, WARM_BANDS).items()}
 
     lines = [f"# Warm validation NDCG@10 by the target's train events: {args.a} vs {args.b}", "",
              f"From `{args.ablation.name}` (seeds {abl['seeds']}, per-case values pooled over seeds; its commit "
@@ -95,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"name": args.name, "provenance": {**prov, "cache": cache, "wall_s": round(time.perf_counter() - t0, 1)},
            "source": {"ablation": str(args.ablation.relative_to(ROOT.parent) if args.ablation.is_relative_to(ROOT.parent) else args.ablation),
                       "git_commit": abl.get("git_commit"), "seeds": abl["seeds"]},
-           "a": args.a, "b": args.b, "bins": [bin_label(lo, hi) for lo, hi in BINS], "warm_cases_per_bin": share, "table": table}
+           "a": args.a, "b": args.b, "bins": list(share), "warm_cases_per_bin": share, "table": table}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     (RESULTS / f"{args.name}.md").write_text(text + "\n")
     print(f"written to {RESULTS / (args.name + '.json')}")

@@ -67,6 +67,19 @@ COUNT_BANDS = (0, 1, 3, 10, 50)
 """Lower edges of the train-count bands of ``coverage_by_count``: never trained, 1-2, 3-9, 10-49, 50+ events."""
 
 
+def count_bands(counts: np.ndarray, edges: Sequence[int] = COUNT_BANDS) -> dict[str, np.ndarray]:
+    """Band label -> bool mask over ``counts`` (train events, of items or of each case's target), bands by lower ``edges``.
+
+    Example:
+        >>> {b: m.tolist() for b, m in count_bands(np.array([0, 2, 7, 60]), edges=(1, 3, 50)).items()}
+        {'1-2': [False, True, False, False], '3-49': [False, False, True, False], '50+': [False, False, False, True]}
+    """
+    counts = np.asarray(counts)
+    bounds = list(edges) + [None]
+    return {(f"{lo}+" if hi is None else str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}"):
+            (counts >= lo) & (counts < hi if hi is not None else True) for lo, hi in zip(bounds[:-1], bounds[1:])}
+
+
 def coverage_by_count(topk_idx: np.ndarray, item_counts: np.ndarray, k: int, edges: Sequence[int] = COUNT_BANDS) -> list[dict]:
     """Item coverage@k split by how often training saw the item: which part of the catalog a coverage change comes from.
 
@@ -82,13 +95,8 @@ def coverage_by_count(topk_idx: np.ndarray, item_counts: np.ndarray, k: int, edg
     topk_idx = np.asarray(topk_idx)[:, :k]
     shown = np.zeros(len(counts), bool)
     shown[np.unique(topk_idx[topk_idx > 0]) - 1] = True
-    bounds = list(edges) + [None]
-    out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        band = (counts >= lo) & (counts < hi if hi is not None else True)
-        label = f"{lo}+" if hi is None else str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}"
-        out.append({"band": label, "catalog": int(band.sum()), "shown": int((band & shown).sum())})
-    return out
+    return [{"band": label, "catalog": int(band.sum()), "shown": int((band & shown).sum())}
+            for label, band in count_bands(counts, edges).items()]
 
 
 def summarize(per_case: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
