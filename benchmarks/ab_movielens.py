@@ -58,7 +58,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "movielens.yaml", help="the pipeline config (default: %(default)s)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_ab_movielens"),
-                    help="work folder, emptied first if it holds only this script's output (default: %(default)s)")
+                    help="work folder, emptied first if a benchmark made it; any other non-empty folder is refused (default: %(default)s)")
     ap.add_argument("--name", default="movielens_pipeline_ab", help="results go to benchmarks/results/<name>.{json,md} (default: %(default)s)")
     ap.add_argument("--max-users", type=int, default=None, help="a slice of the users (smoke runs)")
     ap.add_argument("--epochs", type=int, default=None, help="override the config's epoch budget (smoke runs)")
