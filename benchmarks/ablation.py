@@ -55,6 +55,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused:whiten": (dict(model="fused", whiten=True), {}),
     "fused:iddrop0.5": (dict(model="fused", id_dropout=0.5), {}),
     "fused:iddrop0.1": (dict(model="fused", id_dropout=0.1), {}),
+    "fused:iddrop0": (dict(model="fused", id_dropout=0.0), {}),
     "fused:moddrop0.3": (dict(model="fused", modality_dropout=0.3), {}),
     "fused:iddrop0.5+align1": (dict(model="fused", id_dropout=0.5, content_align=1.0), {}),
     "fused:iddrop0.5+align3": (dict(model="fused", id_dropout=0.5, content_align=3.0), {}),
@@ -82,7 +83,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:align0": "fused", "fused:align1": "fused",
              "fused:align3": "fused", "fused:mlp": "fused", "fused:linear": "fused", "fused:whiten": "fused",
-             "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused",
+             "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused", "fused:iddrop0": "fused",
              "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id",
              "fused:calibrated": "fused", "fused:imdb_all": "fused", "fused:countgate": "fused", "fused:recon30+calibrated": "fused:recon30", "fused:logitadj0.3": "fused",
              "fused:iddrop0.1+logitadj0.3": "fused:iddrop0.1",
