@@ -56,6 +56,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused:iddrop0.5": (dict(model="fused", id_dropout=0.5), {}),
     "fused:iddrop0.1": (dict(model="fused", id_dropout=0.1), {}),
     "fused:iddrop0": (dict(model="fused", id_dropout=0.0), {}),
+    # SASRec's MovieLens-1M setting reads the last 200 items; the default reads 50
+    "id:len200": (dict(model="id", max_len=200), {}),
+    "fused:len200": (dict(model="fused", max_len=200), {}),
     "fused:moddrop0.3": (dict(model="fused", modality_dropout=0.3), {}),
     "fused:iddrop0.5+align1": (dict(model="fused", id_dropout=0.5, content_align=1.0), {}),
     "fused:iddrop0.5+align3": (dict(model="fused", id_dropout=0.5, content_align=3.0), {}),
@@ -83,7 +86,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 REFERENCE = {"id:zero": "id", "id:last": "id", "fused:last": "fused", "fused:align0": "fused", "fused:align1": "fused",
              "fused:align3": "fused", "fused:mlp": "fused", "fused:linear": "fused", "fused:whiten": "fused",
-             "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused", "fused:iddrop0": "fused",
+             "fused:iddrop0.5": "fused", "fused:iddrop0.1": "fused", "fused:iddrop0": "fused", "id:len200": "id", "fused:len200": "fused",
              "fused:iddrop0.5+align1": "fused:iddrop0.5", "fused:iddrop0.5+align3": "fused:iddrop0.5", "fused:iddrop0.7": "fused", "fused:align10": "fused", "fused:moddrop0.3": "fused", "fused": "id",
              "fused:calibrated": "fused", "fused:imdb_all": "fused", "fused:countgate": "fused", "fused:recon30+calibrated": "fused:recon30", "fused:logitadj0.3": "fused",
              "fused:iddrop0.1+logitadj0.3": "fused:iddrop0.1",
@@ -380,12 +383,14 @@ def main() -> int:
     common = parse_overrides(args.sets)
     test_names = [v.strip() for v in args.test.split(",") if v.strip()]
 
-    valid_cases = ds.eval_cases("valid", common.get("max_len", 50))
+    # histories as long as the longest-reading variant needs; each model reads its own last max_len items of them
+    history_len = max({**common, **VARIANTS[n][0]}.get("max_len", 50) for n in names)
+    valid_cases = ds.eval_cases("valid", history_len)
     valid_exclude = ds.consumed_before(valid_cases[0])
     # Validation has no cold case (a held-out item's events all go to test). To choose on cold items without
     # reading test, a seeded half of the cold target ITEMS is set aside as "cold-valid": their test cases
     # are scored like validation; test figures on cold items use the other half only ("cold_rest").
-    test_all = ds.eval_cases("test", common.get("max_len", 50))
+    test_all = ds.eval_cases("test", history_len)
     coldval_cases, coldval_items, cold_rest = cold_valid(test_all)
     coldval_exclude = ds.consumed_before(coldval_cases[0]) if len(coldval_cases[0]) else None
     per_case_coldval: dict[str, dict] = {}
