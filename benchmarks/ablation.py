@@ -521,7 +521,7 @@ def main() -> int:
            "per_case_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_valid.items()},
            "per_case_cold_valid": {n: {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()} for n, d in per_case_coldval.items()},
            "cold_valid_items": coldval_items.tolist(),
-           "valid_case_ids": valid_cases[0]["case_id"].astype(int).tolist(), "comparisons_test": test_comparisons, "oracle": oracle, "floors": floors, "runs": runs,
+           "eval_history_len": history_len, "valid_case_ids": valid_cases[0]["case_id"].astype(int).tolist(), "comparisons_test": test_comparisons, "oracle": oracle, "floors": floors, "runs": runs,
            "cached": False, "git_commit": _commit(), "versions": _versions(),
            "wall_seconds": round(time.perf_counter() - t_all, 1), "cpu_seconds": round(time.process_time() - c_all, 1),
            "torch_threads": torch.get_num_threads(),

@@ -53,3 +53,13 @@ def test_train_save_then_test_read_from_the_saved_models(tiny_raw, tiny_dataset,
     cold_valid_n = read["runs"]["fused"][0]["valid"]["cold_valid"]["n"]
     assert cold_rest_n + cold_valid_n == cold_n > cold_rest_n > 0  # the two halves of the cold test cases
     assert 0 < read["floors"]["random_ndcg@10"]["test_cold_rest"] < 1
+
+    # a variant that reads longer histories (id:len200): the run's histories grow to its length and a model of the
+    # common length keeps its own last max_len items of them, so ID-only (retrained, same seeds) scores as before
+    assert run_ablation(monkeypatch, *common, "--variants", "id,id:len200", "--tag", "long") == 0
+    long = json.loads((results / "ablation_long.json").read_text())
+    assert long["eval_history_len"] == 200 and trained["eval_history_len"] == 20
+    assert [r["config"]["max_len"] for r in long["runs"]["id:len200"]] == [200, 200]
+    assert [r["config"]["max_len"] for r in long["runs"]["id"]] == [20, 20]
+    np.testing.assert_allclose(long["per_case_valid"]["id"]["ndcg@10"], trained["per_case_valid"]["id"]["ndcg@10"], atol=1e-6)
+    assert "id:len200 vs id" in long["comparisons_valid"]
