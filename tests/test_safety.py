@@ -166,7 +166,7 @@ def test_sigterm_mid_write_leaves_no_temporary_folder(tmp_path):
         else:
             pytest.fail("demo-data never started writing")
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
+        rc = proc.wait(timeout=120)  # a guard, not a speed claim: a loaded machine (tests beside training) needed over 30 s
     finally:
         if proc.poll() is None:
             proc.kill()
